@@ -1,0 +1,72 @@
+"""The hutch Python SDK (async written by hand, sync generated from it).
+
+Import from :mod:`hutch`; this package's own modules are private.
+"""
+
+from hutch.client._async_client import AsyncSandbox, AsyncSandboxClient
+from hutch.client._errors import (
+    CommandTimeoutError,
+    DataplaneNotConfiguredError,
+    QuotaExceededError,
+    ResourceAlreadyExistsError,
+    ResourceCreationError,
+    ResourceInUseError,
+    ResourceNameConflictError,
+    ResourceNotFoundError,
+    ResourceTimeoutError,
+    SandboxAPIError,
+    SandboxAuthenticationError,
+    SandboxClientError,
+    SandboxConnectionError,
+    SandboxNotReadyError,
+    SandboxOperationError,
+    SandboxServerReloadError,
+    TunnelConnectionRefusedError,
+    TunnelError,
+    TunnelPortNotAllowedError,
+    TunnelUnsupportedVersionError,
+    ValidationError,
+)
+from hutch.client._models import (
+    ExecutionResult,
+    OutputChunk,
+    ResourceSpec,
+    ResourceStatus,
+    SandboxTemplate,
+    VolumeMountSpec,
+)
+from hutch.client._sync_client import Sandbox, SandboxClient
+
+__all__ = [
+    "AsyncSandbox",
+    "AsyncSandboxClient",
+    "CommandTimeoutError",
+    "DataplaneNotConfiguredError",
+    "ExecutionResult",
+    "OutputChunk",
+    "QuotaExceededError",
+    "ResourceAlreadyExistsError",
+    "ResourceCreationError",
+    "ResourceInUseError",
+    "ResourceNameConflictError",
+    "ResourceNotFoundError",
+    "ResourceSpec",
+    "ResourceStatus",
+    "ResourceTimeoutError",
+    "Sandbox",
+    "SandboxAPIError",
+    "SandboxAuthenticationError",
+    "SandboxClient",
+    "SandboxClientError",
+    "SandboxConnectionError",
+    "SandboxNotReadyError",
+    "SandboxOperationError",
+    "SandboxServerReloadError",
+    "SandboxTemplate",
+    "TunnelConnectionRefusedError",
+    "TunnelError",
+    "TunnelPortNotAllowedError",
+    "TunnelUnsupportedVersionError",
+    "ValidationError",
+    "VolumeMountSpec",
+]

@@ -1,0 +1,874 @@
+"""The async SDK: :class:`AsyncSandboxClient` and :class:`AsyncSandbox`.
+
+Written by hand. ``scripts/gen_sync.py`` generates the sync SDK (``_sync_client.py``) from this
+file: keep every async-only name in that script's replacement table, and run it after editing.
+"""
+
+# ASYNC109: ``timeout`` parameters are the wire protocol's command/readiness timeouts, sent to the
+# server and mirrored by the sync API, not a cancellation scope the caller could replace.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+
+import httpx
+
+from hutch.client import _backend
+from hutch.client._config import resolve_config
+from hutch.client._errors import (
+    DataplaneNotConfiguredError,
+    ResourceCreationError,
+    ResourceTimeoutError,
+    SandboxAPIError,
+    SandboxClientError,
+    SandboxConnectionError,
+    SandboxNotReadyError,
+)
+from hutch.client._mapping import (
+    dataplane_error,
+    decode_error,
+    download_error,
+    sandbox_create_error,
+    sandbox_error,
+    template_error,
+)
+from hutch.client._models import (
+    ExecutionResult,
+    ResourceStatus,
+    SandboxTemplate,
+    VolumeMountSpec,
+)
+from hutch.client._transport import CONNECT_ERRORS, RetryPolicy
+from hutch.protocol._errors import WireError
+
+logger = logging.getLogger("hutch.client")
+
+RequestHeaders: TypeAlias = Mapping[str, str] | None
+_ErrorMapper: TypeAlias = Callable[[WireError], SandboxClientError]
+
+
+class _StreamingUnavailableError(SandboxClientError):
+    """Raised by ``_run_ws`` while this SDK has no WebSocket execution (spec §4)."""
+
+
+# What makes ``run()`` fall back from the WebSocket to HTTP ``/execute`` (spec §4.6, §5).
+_WS_FALLBACK_ERRORS = (
+    _StreamingUnavailableError,
+    SandboxConnectionError,
+    ImportError,
+    OSError,
+    TypeError,
+)
+
+
+def _validate_ttl(value: int | None, name: str) -> None:
+    """Sandbox TTLs are ``None`` (unset), 0 (disabled) or a positive multiple of 60 (spec §2.2)."""
+    if value is None:
+        return
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if value % 60 != 0:
+        raise ValueError(f"{name} must be 0 or a multiple of 60 seconds, got {value}")
+
+
+class AsyncRetryTransport(httpx.AsyncBaseTransport):
+    """Wraps another transport and re-sends per :class:`RetryPolicy` (spec §1.5)."""
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        policy: RetryPolicy,
+        sleep: _backend.AsyncSleep,
+    ) -> None:
+        self._transport = transport
+        self._policy = policy
+        self._sleep = sleep
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        attempt = 0
+        while True:
+            delay: float | None
+            try:
+                response = await self._transport.handle_async_request(request)
+            except CONNECT_ERRORS as exc:
+                delay = self._policy.connect_error_delay(attempt)
+                if delay is None:
+                    raise self._policy.connect_failure(exc, request.url) from exc
+                logger.debug(
+                    "%s %s: %s; retrying in %.1fs", request.method, request.url, exc, delay
+                )
+            else:
+                delay = self._policy.response_delay(attempt, response)
+                if delay is None:
+                    return response
+                logger.debug(
+                    "%s %s: status %d; retrying in %.1fs",
+                    request.method,
+                    request.url,
+                    response.status_code,
+                    delay,
+                )
+                await response.aclose()
+            await self._sleep(delay)
+            attempt += 1
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+class AsyncSandboxClient:
+    """Client of a hutch server (or any server speaking the LangSmith sandbox API).
+
+    Example::
+
+        async with AsyncSandboxClient() as client:
+            async with await client.sandbox("python-sandbox") as sb:
+                result = await sb.run("python --version")
+
+    Args:
+        api_endpoint: Full control-plane URL (``.../v2/sandboxes``). Default: ``HUTCH_ENDPOINT``
+            (else ``LANGSMITH_ENDPOINT``, ``LANGCHAIN_ENDPOINT``, else ``http://127.0.0.1:8080``)
+            plus ``/v2/sandboxes``.
+        timeout: Default HTTP timeout in seconds.
+        api_key: Sent as ``X-Api-Key``. Default: ``HUTCH_API_KEY`` (else ``LANGSMITH_API_KEY``,
+            ``LANGCHAIN_API_KEY``); with none, no key is sent.
+        max_retries: Re-sends on 429, 502, 503, 504 and connect errors (0 disables).
+        headers: Extra headers for every HTTP request.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_endpoint: str | None = None,
+        timeout: float = 10.0,
+        api_key: str | None = None,
+        max_retries: int = 3,
+        headers: RequestHeaders = None,
+        _transport: httpx.AsyncBaseTransport | None = None,
+        _sleep: _backend.AsyncSleep | None = None,
+        _clock: _backend.Clock | None = None,
+    ) -> None:
+        # ``_transport``, ``_sleep`` and ``_clock`` are the fake-server and fake-time seams of the
+        # unit tests; they are not public API.
+        config = resolve_config(api_endpoint, api_key)
+        self._base_url = config.base_url
+        self._api_key = config.api_key
+        self._timeout = timeout
+        self._sleep = _sleep or _backend.async_sleep
+        self._clock = _clock or time.monotonic
+        default_headers: dict[str, str] = {}
+        if config.api_key:
+            default_headers["X-Api-Key"] = config.api_key
+        if headers:
+            default_headers.update(headers)
+        transport = AsyncRetryTransport(
+            _transport or httpx.AsyncHTTPTransport(),
+            RetryPolicy(max_retries=max_retries),
+            self._sleep,
+        )
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout,
+            headers=default_headers,
+            # An injected transport is a fake server: keep proxy settings from bypassing it.
+            trust_env=_transport is None,
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- HTTP plumbing -------------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: RequestHeaders,
+        timeout: float | None,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+    ) -> httpx.Response:
+        """Send one request (with retries); no httpx exception leaves this method."""
+        try:
+            return await self._http.request(
+                method,
+                url,
+                json=json,
+                params=params,
+                files=files,
+                headers=dict(headers) if headers else None,
+                timeout=timeout,
+            )
+        except httpx.TimeoutException as exc:
+            raise SandboxConnectionError(
+                f"{method} {url} timed out after {timeout}s ({type(exc).__name__}); the server "
+                "may be overloaded, or the operation needs a longer timeout"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise SandboxConnectionError(f"{method} {url} failed: {exc}") from exc
+        except httpx.InvalidURL as exc:
+            raise SandboxClientError(f"Invalid URL {url!r}: {exc}") from exc
+
+    @staticmethod
+    def _raise_for_status(response: httpx.Response, mapper: _ErrorMapper) -> None:
+        """Raise the mapped SDK error if ``response`` is not 2xx (3xx included, spec §1.4)."""
+        if response.is_success:
+            return
+        request = response.request
+        fallback = (
+            f"{request.method} {request.url} answered {response.status_code} "
+            f"{response.reason_phrase}"
+        )
+        if response.is_redirect:
+            fallback += f" (redirect to {response.headers.get('location', '?')})"
+        raise mapper(decode_error(response.status_code, response.content, fallback))
+
+    @staticmethod
+    def _json_object(response: httpx.Response) -> dict[str, Any]:
+        """The JSON object body of a 2xx answer."""
+        request = response.request
+        try:
+            data = response.json()
+        except ValueError as exc:
+            error = SandboxAPIError(
+                f"{request.method} {request.url} answered {response.status_code} with a body "
+                "that is not JSON; is api_endpoint a hutch server?"
+            )
+            error.status = response.status_code
+            raise error from exc
+        if not isinstance(data, dict):
+            error = SandboxAPIError(
+                f"{request.method} {request.url} answered {response.status_code} with JSON "
+                f"{type(data).__name__}, expected an object"
+            )
+            error.status = response.status_code
+            raise error
+        return data
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        mapper: _ErrorMapper,
+        *,
+        headers: RequestHeaders,
+        json: Any = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """A control-plane call: send, then map a non-2xx answer through ``mapper``.
+
+        ``timeout=None`` here means the client's default timeout.
+        """
+        response = await self._send(
+            method,
+            url,
+            headers=headers,
+            json=json,
+            timeout=self._timeout if timeout is None else timeout,
+        )
+        self._raise_for_status(response, mapper)
+        return response
+
+    @staticmethod
+    def _items(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        items = data.get(key)
+        if not isinstance(items, list):
+            return []
+        return [item for item in items if isinstance(item, dict)]
+
+    # -- Templates (spec §2.1) -----------------------------------------------------------------
+
+    async def create_template(
+        self,
+        name: str,
+        image: str,
+        *,
+        cpu: str = "500m",
+        memory: str = "512Mi",
+        storage: str | None = None,
+        volume_mounts: Sequence[VolumeMountSpec] | None = None,
+        headers: RequestHeaders = None,
+    ) -> SandboxTemplate:
+        """Create a template: the image and limits sandboxes are made from.
+
+        Raises:
+            ValidationError: The server rejected a value.
+            SandboxClientError: Other failures, e.g. a duplicate name (409).
+        """
+        resources: dict[str, str] = {"cpu": cpu, "memory": memory}
+        if storage:
+            resources["storage"] = storage
+        payload: dict[str, Any] = {"name": name, "image": image, "resources": resources}
+        if volume_mounts:
+            payload["volume_mounts"] = [
+                {"volume_name": vm.volume_name, "mount_path": vm.mount_path} for vm in volume_mounts
+            ]
+        url = f"{self._base_url}/templates"
+        response = await self._call(
+            "POST",
+            url,
+            lambda w: template_error(w, op="create", name=name, url=url),
+            headers=headers,
+            json=payload,
+        )
+        return SandboxTemplate.from_dict(self._json_object(response))
+
+    async def list_templates(self, *, headers: RequestHeaders = None) -> list[SandboxTemplate]:
+        """All templates."""
+        url = f"{self._base_url}/templates"
+        response = await self._call(
+            "GET",
+            url,
+            lambda w: template_error(w, op="list", name="", url=url),
+            headers=headers,
+        )
+        data = self._json_object(response)
+        return [SandboxTemplate.from_dict(item) for item in self._items(data, "templates")]
+
+    async def get_template(self, name: str, *, headers: RequestHeaders = None) -> SandboxTemplate:
+        """One template.
+
+        Raises:
+            ResourceNotFoundError: No such template (``resource_type="template"``).
+        """
+        url = f"{self._base_url}/templates/{name}"
+        response = await self._call(
+            "GET",
+            url,
+            lambda w: template_error(w, op="get", name=name, url=url),
+            headers=headers,
+        )
+        return SandboxTemplate.from_dict(self._json_object(response))
+
+    async def update_template(
+        self, name: str, *, new_name: str, headers: RequestHeaders = None
+    ) -> SandboxTemplate:
+        """Rename a template.
+
+        Raises:
+            ResourceNotFoundError: No such template.
+            ResourceNameConflictError: ``new_name`` is taken.
+        """
+        url = f"{self._base_url}/templates/{name}"
+        response = await self._call(
+            "PATCH",
+            url,
+            lambda w: template_error(w, op="update", name=name, url=url),
+            headers=headers,
+            json={"name": new_name},
+        )
+        return SandboxTemplate.from_dict(self._json_object(response))
+
+    async def delete_template(self, name: str, *, headers: RequestHeaders = None) -> None:
+        """Delete a template.
+
+        Raises:
+            ResourceNotFoundError: No such template.
+            ResourceInUseError: Sandboxes still use it.
+        """
+        url = f"{self._base_url}/templates/{name}"
+        await self._call(
+            "DELETE",
+            url,
+            lambda w: template_error(w, op="delete", name=name, url=url),
+            headers=headers,
+        )
+
+    # -- Sandboxes (spec §2.2) -----------------------------------------------------------------
+
+    async def sandbox(
+        self,
+        template_name: str,
+        *,
+        name: str | None = None,
+        timeout: int = 30,
+        ttl_seconds: int | None = None,
+        idle_ttl_seconds: int | None = None,
+        headers: RequestHeaders = None,
+    ) -> AsyncSandbox:
+        """Create a sandbox, wait until it is ready, and delete it when its context exits::
+
+            async with await client.sandbox("python-sandbox") as sb:
+                ...
+
+        Deletion errors on exit are ignored. Arguments as :meth:`create_sandbox`.
+        """
+        sb = await self.create_sandbox(
+            template_name,
+            name=name,
+            timeout=timeout,
+            ttl_seconds=ttl_seconds,
+            idle_ttl_seconds=idle_ttl_seconds,
+            headers=headers,
+        )
+        sb._auto_delete = True
+        return sb
+
+    async def create_sandbox(
+        self,
+        template_name: str,
+        *,
+        name: str | None = None,
+        timeout: int = 30,
+        wait_for_ready: bool = True,
+        ttl_seconds: int | None = None,
+        idle_ttl_seconds: int | None = None,
+        headers: RequestHeaders = None,
+    ) -> AsyncSandbox:
+        """Create a sandbox that stays until deleted.
+
+        Args:
+            template_name: Template to create it from.
+            name: Its name; the server generates one if omitted.
+            timeout: Seconds the server may take to make it ready (with ``wait_for_ready``).
+            wait_for_ready: Wait until it is ready; otherwise return at once with status
+                ``"provisioning"`` (then use :meth:`wait_for_sandbox`).
+            ttl_seconds: Lifetime from creation; 0 or a multiple of 60.
+            idle_ttl_seconds: Lifetime without activity; 0 or a multiple of 60.
+
+        Raises:
+            ValueError: A TTL is negative or not a multiple of 60.
+            ResourceTimeoutError: Not ready within ``timeout``.
+            ResourceCreationError: Provisioning failed (``error_type`` says why).
+            ResourceNotFoundError: The template does not exist.
+            QuotaExceededError: A quota would be exceeded.
+        """
+        _validate_ttl(ttl_seconds, "ttl_seconds")
+        _validate_ttl(idle_ttl_seconds, "idle_ttl_seconds")
+        payload: dict[str, Any] = {"template_name": template_name, "wait_for_ready": wait_for_ready}
+        if wait_for_ready:
+            payload["timeout"] = timeout
+        if name:
+            payload["name"] = name
+        if ttl_seconds is not None:
+            payload["ttl_seconds"] = ttl_seconds
+        if idle_ttl_seconds is not None:
+            payload["idle_ttl_seconds"] = idle_ttl_seconds
+        # The server may hold the answer for ``timeout`` seconds (spec §1.4).
+        http_timeout = timeout + 30 if wait_for_ready else 30
+        response = await self._call(
+            "POST",
+            f"{self._base_url}/boxes",
+            sandbox_create_error,
+            headers=headers,
+            json=payload,
+            timeout=http_timeout,
+        )
+        return AsyncSandbox.from_dict(self._json_object(response), client=self)
+
+    async def get_sandbox(self, name: str, *, headers: RequestHeaders = None) -> AsyncSandbox:
+        """One sandbox.
+
+        Raises:
+            ResourceNotFoundError: No such sandbox (``resource_type="sandbox"``).
+        """
+        url = f"{self._base_url}/boxes/{name}"
+        response = await self._call(
+            "GET",
+            url,
+            lambda w: sandbox_error(w, op="get", name=name, url=url),
+            headers=headers,
+        )
+        return AsyncSandbox.from_dict(self._json_object(response), client=self)
+
+    async def list_sandboxes(self, *, headers: RequestHeaders = None) -> list[AsyncSandbox]:
+        """All sandboxes."""
+        url = f"{self._base_url}/boxes"
+        response = await self._call(
+            "GET",
+            url,
+            lambda w: sandbox_error(w, op="list", name="", url=url),
+            headers=headers,
+        )
+        data = self._json_object(response)
+        return [
+            AsyncSandbox.from_dict(item, client=self) for item in self._items(data, "sandboxes")
+        ]
+
+    async def update_sandbox(
+        self,
+        name: str,
+        *,
+        new_name: str | None = None,
+        ttl_seconds: int | None = None,
+        idle_ttl_seconds: int | None = None,
+        headers: RequestHeaders = None,
+    ) -> AsyncSandbox:
+        """Rename a sandbox or change its TTLs (only the arguments given are sent).
+
+        Raises:
+            ValueError: A TTL is negative or not a multiple of 60.
+            ResourceNotFoundError: No such sandbox.
+            ResourceNameConflictError: ``new_name`` is taken.
+        """
+        _validate_ttl(ttl_seconds, "ttl_seconds")
+        _validate_ttl(idle_ttl_seconds, "idle_ttl_seconds")
+        payload: dict[str, Any] = {}
+        if new_name is not None:
+            payload["name"] = new_name
+        if ttl_seconds is not None:
+            payload["ttl_seconds"] = ttl_seconds
+        if idle_ttl_seconds is not None:
+            payload["idle_ttl_seconds"] = idle_ttl_seconds
+        url = f"{self._base_url}/boxes/{name}"
+        response = await self._call(
+            "PATCH",
+            url,
+            lambda w: sandbox_error(w, op="update", name=name, url=url, new_name=new_name),
+            headers=headers,
+            json=payload,
+        )
+        return AsyncSandbox.from_dict(self._json_object(response), client=self)
+
+    async def delete_sandbox(self, name: str, *, headers: RequestHeaders = None) -> None:
+        """Delete a sandbox.
+
+        Raises:
+            ResourceNotFoundError: No such sandbox.
+        """
+        url = f"{self._base_url}/boxes/{name}"
+        await self._call(
+            "DELETE",
+            url,
+            lambda w: sandbox_error(w, op="delete", name=name, url=url),
+            headers=headers,
+        )
+
+    async def get_sandbox_status(
+        self, name: str, *, headers: RequestHeaders = None
+    ) -> ResourceStatus:
+        """A sandbox's provisioning status (cheap; meant for polling).
+
+        Raises:
+            ResourceNotFoundError: No such sandbox.
+        """
+        url = f"{self._base_url}/boxes/{name}/status"
+        response = await self._call(
+            "GET",
+            url,
+            lambda w: sandbox_error(w, op="status", name=name, url=url),
+            headers=headers,
+        )
+        return ResourceStatus.from_dict(self._json_object(response))
+
+    async def wait_for_sandbox(
+        self,
+        name: str,
+        *,
+        timeout: int = 120,
+        poll_interval: float = 1.0,
+        headers: RequestHeaders = None,
+    ) -> AsyncSandbox:
+        """Poll until the sandbox is ready, then return it (spec §2.2).
+
+        Raises:
+            ResourceCreationError: Its status became ``"failed"``.
+            ResourceTimeoutError: Not ready within ``timeout`` seconds (``last_status`` set).
+            ResourceNotFoundError: No such sandbox.
+        """
+        deadline = self._clock() + timeout
+        while True:
+            status = await self.get_sandbox_status(name, headers=headers)
+            if status.status == "ready":
+                return await self.get_sandbox(name, headers=headers)
+            if status.status == "failed":
+                raise ResourceCreationError(
+                    status.status_message or "Sandbox provisioning failed",
+                    resource_type="sandbox",
+                )
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise ResourceTimeoutError(
+                    f"Sandbox '{name}' not ready after {timeout}s",
+                    resource_type="sandbox",
+                    last_status=status.status,
+                )
+            await self._sleep(min(poll_interval, remaining))
+
+
+_STREAMING_UNAVAILABLE = (
+    "Streaming output (wait=False, on_stdout, on_stderr) needs WebSocket execution, which this "
+    "version of the hutch SDK does not have yet; call run() with wait=True and no callbacks"
+)
+
+
+@dataclass
+class AsyncSandbox:
+    """A sandbox: run commands in it and read or write its files.
+
+    Obtained from :meth:`AsyncSandboxClient.create_sandbox` and friends. Used in ``async with``,
+    it deletes the sandbox on exit if it came from :meth:`AsyncSandboxClient.sandbox`.
+
+    Attributes:
+        name: Its name.
+        template_name: The template it was created from.
+        dataplane_url: Where its commands and files are served; ``None`` blocks those.
+        id: Its unique id, if the server sent one.
+        status: ``"provisioning"``, ``"ready"`` or ``"failed"`` (``None`` if the server sent null).
+        status_message: Why it failed, if it did.
+        created_at: Creation time (ISO 8601).
+        updated_at: Last update time (ISO 8601).
+        ttl_seconds: Lifetime from creation (0: none).
+        idle_ttl_seconds: Lifetime without activity (0: none).
+        expires_at: When the TTLs will delete it, if set.
+    """
+
+    name: str
+    template_name: str
+    dataplane_url: str | None = None
+    id: str | None = None
+    status: str | None = "ready"
+    status_message: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    ttl_seconds: int | None = None
+    idle_ttl_seconds: int | None = None
+    expires_at: str | None = None
+    _client: AsyncSandboxClient = field(kw_only=True, repr=False, compare=False)
+    _auto_delete: bool = field(default=False, kw_only=True, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, client: AsyncSandboxClient, auto_delete: bool = False
+    ) -> AsyncSandbox:
+        """Build from a sandbox object of the API (defaults per spec §7)."""
+        return cls(
+            name=data.get("name", ""),
+            template_name=data.get("template_name", ""),
+            dataplane_url=data.get("dataplane_url"),
+            id=data.get("id"),
+            status=data.get("status", "ready"),
+            status_message=data.get("status_message"),
+            created_at=data.get("created_at"),
+            updated_at=data.get("updated_at"),
+            ttl_seconds=data.get("ttl_seconds"),
+            idle_ttl_seconds=data.get("idle_ttl_seconds"),
+            expires_at=data.get("expires_at"),
+            _client=client,
+            _auto_delete=auto_delete,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._auto_delete:
+            try:
+                await self._client.delete_sandbox(self.name)
+            except SandboxClientError as error:
+                # Cleanup must not hide the block's own outcome (spec §2.2).
+                logger.debug("deleting sandbox %r on exit failed: %s", self.name, error)
+
+    async def delete(self, *, headers: RequestHeaders = None) -> None:
+        """Delete this sandbox.
+
+        Raises:
+            ResourceNotFoundError: It no longer exists.
+        """
+        await self._client.delete_sandbox(self.name, headers=headers)
+
+    def _require_dataplane_url(self) -> str:
+        """The data-plane URL, after the client-side checks of spec §3.1."""
+        if self.status != "ready":
+            raise SandboxNotReadyError(
+                f"Sandbox '{self.name}' is not ready (status: {self.status}); get a ready copy "
+                f"with wait_for_sandbox('{self.name}')"
+            )
+        if not self.dataplane_url:
+            raise DataplaneNotConfiguredError(
+                f"Sandbox '{self.name}' has no dataplane_url, so it cannot run commands or "
+                "access files; the server must report a data-plane URL"
+            )
+        return self.dataplane_url
+
+    async def _dataplane(
+        self,
+        method: str,
+        path: str,
+        mapper: _ErrorMapper,
+        *,
+        headers: RequestHeaders,
+        timeout: float | None,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+    ) -> httpx.Response:
+        """A data-plane call (spec §3): checks, send, map a non-2xx answer."""
+        url = f"{self._require_dataplane_url()}{path}"
+        response = await self._client._send(
+            method, url, headers=headers, timeout=timeout, json=json, params=params, files=files
+        )
+        self._client._raise_for_status(response, mapper)
+        return response
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: int = 60,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        shell: str = "/bin/bash",
+        on_stdout: Callable[[str], Any] | None = None,
+        on_stderr: Callable[[str], Any] | None = None,
+        idle_timeout: int = 300,
+        kill_on_disconnect: bool = False,
+        ttl_seconds: int = 600,
+        pty: bool = False,
+        headers: RequestHeaders = None,
+        wait: bool = True,
+    ) -> ExecutionResult:
+        """Run ``<shell> -c <command>`` in the sandbox and return its result.
+
+        Args:
+            command: Shell command line.
+            timeout: Seconds before the command is stopped; 0 means no limit.
+            env: Variables merged over the sandbox environment.
+            cwd: Working directory (default: the sandbox's).
+            shell: The shell that runs ``command``.
+            on_stdout: Called with each stdout chunk (streaming; not available yet).
+            on_stderr: Called with each stderr chunk (streaming; not available yet).
+            idle_timeout: Streaming sessions only: seconds a command may run with no client.
+            kill_on_disconnect: Streaming sessions only: kill when the last client leaves.
+            ttl_seconds: Streaming sessions only: how long a finished session stays.
+            pty: Streaming sessions only: run in a pseudo-terminal.
+            wait: ``False`` returns a handle at once (streaming; not available yet).
+
+        Raises:
+            ValueError: ``wait=False`` combined with callbacks.
+            SandboxNotReadyError: The sandbox is not ready.
+            DataplaneNotConfiguredError: The sandbox has no data-plane URL.
+            SandboxOperationError: The command could not be run.
+            SandboxClientError: Streaming was asked for (not in this version), or other errors.
+        """
+        if not wait and (on_stdout or on_stderr):
+            raise ValueError(
+                "Cannot combine wait=False with on_stdout/on_stderr: iterate the handle "
+                "instead, or pass callbacks with wait=True"
+            )
+        self._require_dataplane_url()
+        ws_args: dict[str, Any] = {
+            "timeout": timeout,
+            "env": env,
+            "cwd": cwd,
+            "shell": shell,
+            "on_stdout": on_stdout,
+            "on_stderr": on_stderr,
+            "idle_timeout": idle_timeout,
+            "kill_on_disconnect": kill_on_disconnect,
+            "ttl_seconds": ttl_seconds,
+            "pty": pty,
+            "headers": headers,
+            "wait": wait,
+        }
+        if not wait or on_stdout or on_stderr:
+            # Streaming exists only over the WebSocket: no HTTP fallback (spec §4.6).
+            return await self._run_ws(command, **ws_args)
+        try:
+            return await self._run_ws(command, **ws_args)
+        except _WS_FALLBACK_ERRORS as exc:
+            logger.debug("run(%r): WebSocket unavailable (%s); using HTTP /execute", command, exc)
+        return await self._run_http(
+            command, timeout=timeout, env=env, cwd=cwd, shell=shell, headers=headers
+        )
+
+    async def _run_ws(self, command: str, **kwargs: Any) -> ExecutionResult:
+        """Run over the WebSocket protocol of spec §4 (a later version of the SDK)."""
+        raise _StreamingUnavailableError(_STREAMING_UNAVAILABLE)
+
+    async def _run_http(
+        self,
+        command: str,
+        *,
+        timeout: int,
+        env: dict[str, str] | None,
+        cwd: str | None,
+        shell: str,
+        headers: RequestHeaders,
+    ) -> ExecutionResult:
+        """Run over blocking HTTP ``POST /execute`` (spec §3.2, §5)."""
+        payload: dict[str, Any] = {"command": command, "timeout": timeout, "shell": shell}
+        if env is not None:
+            payload["env"] = env
+        if cwd is not None:
+            payload["cwd"] = cwd
+        # The server answers when the command ends: allow its timeout plus 10 s (spec §1.4).
+        # langsmith gives up after 10 s when timeout=0 (no limit); we wait as long as it runs.
+        http_timeout = timeout + 10 if timeout > 0 else None
+        response = await self._dataplane(
+            "POST",
+            "/execute",
+            dataplane_error,
+            headers=headers,
+            timeout=http_timeout,
+            json=payload,
+        )
+        return ExecutionResult.from_dict(self._client._json_object(response))
+
+    async def write(
+        self,
+        path: str,
+        content: str | bytes,
+        *,
+        timeout: int = 60,
+        headers: RequestHeaders = None,
+    ) -> None:
+        """Write a file (creating parent directories; ``str`` is UTF-8 encoded).
+
+        Relative paths resolve from the sandbox's home directory.
+
+        Raises:
+            SandboxOperationError: The write failed (``operation="write"``).
+        """
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        await self._dataplane(
+            "POST",
+            "/upload",
+            dataplane_error,
+            headers=headers,
+            timeout=timeout,
+            params={"path": path},
+            files={"file": ("file", data, "application/octet-stream")},
+        )
+
+    async def read(self, path: str, *, timeout: int = 60, headers: RequestHeaders = None) -> bytes:
+        """Read a file's bytes.
+
+        Raises:
+            ResourceNotFoundError: No such file (``resource_type="file"``).
+            SandboxOperationError: The read failed (``operation="read"``).
+        """
+        response = await self._dataplane(
+            "GET",
+            "/download",
+            lambda w: download_error(w, path=path, sandbox_name=self.name),
+            headers=headers,
+            timeout=timeout,
+            params={"path": path},
+        )
+        return response.content

@@ -1,0 +1,95 @@
+"""The runtime seam: what the server needs from a container runtime, nothing about HTTP.
+
+One real implementation exists (``hutch.runtime.runc``); a second (Kubernetes, microVM) must pass
+the same conformance tests.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from hutch.runtime.images._types import Image
+
+
+class RuntimeError_(Exception):
+    """Base of runtime failures; ``str()`` is meant for users."""
+
+
+class SandboxNotFound(RuntimeError_):
+    pass
+
+
+class SpawnError(RuntimeError_):
+    """A process could not be started inside a sandbox."""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What a sandbox is made of. ``id`` is the runtime's key (stable across renames)."""
+
+    id: str
+    hostname: str
+    image: Image
+    cpu_millis: int | None = None
+    memory_bytes: int | None = None
+    pids_limit: int = 1024
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    pty: bool = False
+
+
+class Process(abc.ABC):
+    """A process running inside a sandbox (and every process it starts)."""
+
+    pid: int
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader | None  # None when a PTY merges both into stdout
+    stdin: asyncio.StreamWriter | None
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """Exit code once the process has exited and been reaped (128+N for signal N)."""
+
+    @abc.abstractmethod
+    async def kill(self) -> None:
+        """Kill the whole process tree, including children that called ``setsid``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release resources held for this process (after it exited)."""
+
+
+class Runtime(abc.ABC):
+    @abc.abstractmethod
+    async def create(self, spec: SandboxSpec) -> None:
+        """Create and start the sandbox; on failure nothing of it is left behind."""
+
+    @abc.abstractmethod
+    async def delete(self, sandbox_id: str) -> None:
+        """Stop and remove everything of the sandbox; idempotent."""
+
+    @abc.abstractmethod
+    async def list_ids(self) -> set[str]:
+        """Ids of all sandboxes this runtime holds."""
+
+    @abc.abstractmethod
+    async def is_running(self, sandbox_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def exec(self, sandbox_id: str, spec: ExecSpec) -> Process: ...
+
+    @abc.abstractmethod
+    def root_fd(self, sandbox_id: str) -> int:
+        """An ``O_PATH`` fd of the sandbox's root as the sandbox sees it (caller closes it)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release runtime-wide resources (not the sandboxes)."""

@@ -1,0 +1,332 @@
+"""The runc implementation of the runtime seam.
+
+Layout under ``data_dir``::
+
+    runc/                 runc's own state (``runc --root``), private to this server
+    sandboxes/<id>/       OCI bundle: config.json, hosts, hostname, resolv.conf, upper/, work/,
+                          rootfs/ (an overlay of the image's layers plus upper/), exec/ (process specs)
+
+Every sandbox lives in cgroup ``/hutch/<id>``; each command in a freezer sub-cgroup of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from hutch.runtime import _fs
+from hutch.runtime._interface import (
+    ExecSpec,
+    Process,
+    Runtime,
+    RuntimeError_,
+    SandboxNotFound,
+    SandboxSpec,
+    SpawnError,
+)
+from hutch.runtime.runc import _cgroups, _spec
+
+log = logging.getLogger("hutch.runtime")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2
+HOME = "/home/user"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _mount(source: str, target: str, fstype: str, data: str) -> None:
+    if len(data) >= 4000:
+        raise RuntimeError_("Image has too many layers for one overlay mount")
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeError_(f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def _umount(target: str) -> None:
+    if _libc.umount2(target.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (22, 2):  # EINVAL: not a mount point; ENOENT: gone
+            raise RuntimeError_(f"umount {target}: {os.strerror(err)}")
+
+
+def _is_mounted(target: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+class RuncProcess(Process):
+    """A ``runc exec`` child; its exit code is the command's (128+N when killed by signal N)."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, cgroup: Path, spec_file: Path, pid_file: Path
+    ) -> None:
+        self._proc = proc
+        self._cgroup = cgroup
+        self._spec_file = spec_file
+        self._pid_file = pid_file
+        self.pid = 0
+        assert proc.stdout is not None
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.stdin = proc.stdin
+
+    async def host_pid(self, timeout: float = 2.0) -> int:
+        """The command's pid on the host (waits for runc to write its pid file)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.pid:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                self.pid = int(self._pid_file.read_text())
+            if self.pid or self._proc.returncode is not None or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.002)
+        return self.pid
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    async def kill(self) -> None:
+        await _cgroups.kill_all(self._cgroup)
+
+    def members(self) -> list[int]:
+        return _cgroups.pids(self._cgroup)
+
+    async def close(self) -> None:
+        if self._proc.returncode is None:
+            await self.kill()
+            await self._proc.wait()
+        for f in (self._spec_file, self._pid_file):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+        # Background children of a finished command may still be running; their cgroup stays
+        # until they exit or the sandbox is deleted.
+        with contextlib.suppress(OSError):
+            _cgroups.remove_if_empty(self._cgroup)
+
+
+class RuncRuntime(Runtime):
+    def __init__(self, data_dir: Path, runc: str = "runc") -> None:
+        self.state_root = data_dir / "runc"
+        self.bundles = data_dir / "sandboxes"
+        self.state_root.mkdir(parents=True, exist_ok=True)
+        self.bundles.mkdir(parents=True, exist_ok=True)
+        self._runc_bin = shutil.which(runc) or runc
+        self._init_pids: dict[str, int] = {}
+        self._env: dict[str, dict[str, str]] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _runc(self, *args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            self._runc_bin,
+            "--root",
+            str(self.state_root),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode(errors="replace").strip()
+
+    def _bundle(self, sandbox_id: str) -> Path:
+        if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
+            raise SandboxNotFound(f"invalid sandbox id {sandbox_id!r}")
+        return self.bundles / sandbox_id
+
+    def init_pid(self, sandbox_id: str) -> int:
+        pid = self._init_pids.get(sandbox_id)
+        if pid is None:
+            try:
+                pid = int((self._bundle(sandbox_id) / "init.pid").read_text())
+            except (FileNotFoundError, ValueError) as exc:
+                raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
+            self._init_pids[sandbox_id] = pid
+        return pid
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> None:
+        bundle = self._bundle(spec.id)
+        if bundle.exists() or spec.id in await self._runc_ids():
+            await self.delete(spec.id)
+        try:
+            await asyncio.to_thread(self._prepare_bundle, spec, bundle)
+            rc, out = await self._runc(
+                "run",
+                "-d",
+                "--pid-file",
+                str(bundle / "init.pid"),
+                "--bundle",
+                str(bundle),
+                spec.id,
+            )
+            if rc != 0:
+                raise RuntimeError_(f"runc could not start the sandbox: {out}")
+            pid = self.init_pid(spec.id)
+            root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                _fs.makedirs(root, HOME)
+            finally:
+                os.close(root)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.delete(spec.id))
+            raise
+
+    def _prepare_bundle(self, spec: SandboxSpec, bundle: Path) -> None:
+        bundle.mkdir(mode=0o700)
+        for d in ("upper", "work", "rootfs", "exec", "empty"):
+            (bundle / d).mkdir()
+        (bundle / "hostname").write_text(spec.hostname + "\n")
+        (bundle / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{spec.hostname}\n"
+        )
+        # Loopback-only network for now: an empty resolver config, so lookups fail fast.
+        (bundle / "resolv.conf").write_text("# no network: this sandbox has loopback only\n")
+        layers = [str(p) for p in reversed(spec.image.layers)] or [str(bundle / "empty")]
+        _mount(
+            "overlay",
+            str(bundle / "rootfs"),
+            "overlay",
+            f"lowerdir={':'.join(layers)},upperdir={bundle / 'upper'},workdir={bundle / 'work'}",
+        )
+        env = self.sandbox_env(spec)
+        self._env[spec.id] = env
+        (bundle / "env.json").write_text(json.dumps(env))
+        cfg = _spec.config(spec, str(bundle / "rootfs"), str(bundle), env)
+        (bundle / "config.json").write_text(json.dumps(cfg))
+
+    @staticmethod
+    def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
+        env: dict[str, str] = {"PATH": DEFAULT_PATH}
+        for item in spec.image.config.env:
+            k, _, v = item.partition("=")
+            if k:
+                env[k] = v
+        env.update({"HOME": HOME, "HOSTNAME": spec.hostname})
+        env.update(spec.env)
+        return env
+
+    def env_of(self, sandbox_id: str) -> dict[str, str]:
+        env = self._env.get(sandbox_id)
+        if env is None:
+            try:
+                env = json.loads((self._bundle(sandbox_id) / "env.json").read_text())
+            except FileNotFoundError as exc:
+                raise SandboxNotFound(f"sandbox {sandbox_id} does not exist") from exc
+            self._env[sandbox_id] = env
+        return dict(env)
+
+    async def _runc_ids(self) -> set[str]:
+        rc, out = await self._runc("list", "-q")
+        return set(out.split()) if rc == 0 else set()
+
+    async def _wait_pid_gone(self, pid: int, timeout: float) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+        try:
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            log.warning("sandbox init %d still alive after %.1fs", pid, timeout)
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+
+    async def delete(self, sandbox_id: str) -> None:
+        bundle = self._bundle(sandbox_id)
+        pid = self._init_pids.pop(sandbox_id, None)
+        self._env.pop(sandbox_id, None)
+        if pid is None:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                pid = int((bundle / "init.pid").read_text())
+        # Killing the PID namespace's init makes the kernel SIGKILL every process in it.
+        await self._runc("kill", sandbox_id, "KILL")
+        if pid:
+            await self._wait_pid_gone(pid, 5.0)
+        parent = _spec.cgroup_parent(sandbox_id)
+        for child in (_cgroups.FREEZER / parent.lstrip("/")).glob("*/"):
+            await _cgroups.kill_all(child)
+            _cgroups.remove_tree(child)
+        rc, out = await self._runc("delete", sandbox_id)
+        if rc != 0 and "does not exist" not in out:
+            await self._runc("delete", "--force", sandbox_id)
+        for ctl in CGROUP_ROOT.iterdir():
+            _cgroups.remove_tree(ctl / parent.lstrip("/"))
+        rootfs = str(bundle / "rootfs")
+        if _is_mounted(rootfs):
+            _umount(rootfs)
+        await asyncio.to_thread(shutil.rmtree, bundle, True)
+
+    async def list_ids(self) -> set[str]:
+        ids = await self._runc_ids()
+        ids.update(p.name for p in self.bundles.iterdir() if p.is_dir())
+        return ids
+
+    async def is_running(self, sandbox_id: str) -> bool:
+        rc, out = await self._runc("state", sandbox_id)
+        if rc != 0:
+            return False
+        return bool(json.loads(out).get("status") == "running")
+
+    def root_fd(self, sandbox_id: str) -> int:
+        pid = self.init_pid(sandbox_id)
+        try:
+            return os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            self._init_pids.pop(sandbox_id, None)
+            raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
+
+    # -- processes -----------------------------------------------------------------------------
+
+    async def exec(self, sandbox_id: str, spec: ExecSpec) -> RuncProcess:
+        bundle = self._bundle(sandbox_id)
+        cmd_id = uuid.uuid4().hex
+        cgroup = _cgroups.command_cgroup(_spec.cgroup_parent(sandbox_id), cmd_id)
+        try:
+            _cgroups.create(cgroup)
+        except FileNotFoundError as exc:
+            raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
+        env = self.env_of(sandbox_id)
+        env.update(spec.env)
+        spec_file = bundle / "exec" / f"{cmd_id}.json"
+        pid_file = bundle / "exec" / f"{cmd_id}.pid"
+        spec_file.write_text(
+            json.dumps(_spec.process(list(spec.argv), env, spec.cwd, terminal=spec.pty))
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._runc_bin,
+                "--root",
+                str(self.state_root),
+                "exec",
+                "--process",
+                str(spec_file),
+                "--cgroup",
+                f"freezer:{cmd_id}",
+                "--pid-file",
+                str(pid_file),
+                sandbox_id,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=1 << 20,
+            )
+        except OSError as exc:
+            _cgroups.remove_if_empty(cgroup)
+            raise SpawnError(f"could not start runc: {exc}") from exc
+        return RuncProcess(proc, cgroup, spec_file, pid_file)

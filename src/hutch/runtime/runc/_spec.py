@@ -1,0 +1,174 @@
+"""OCI runtime ``config.json`` for a hutch sandbox (pure: spec in, dict out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hutch.runtime._interface import SandboxSpec
+
+INIT_PATH = "/dev/.hutch-init"  # catatonit, bind-mounted read-only into /dev's tmpfs
+
+# The container-default capability set (what Docker and containerd grant by default).
+DEFAULT_CAPS = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+
+MASKED_PATHS = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+CPU_PERIOD_US = 100_000
+
+
+def cgroup_parent(sandbox_id: str) -> str:
+    return f"/hutch/{sandbox_id}"
+
+
+def process(
+    args: list[str],
+    env: dict[str, str],
+    cwd: str,
+    *,
+    terminal: bool = False,
+    no_new_privileges: bool = True,
+) -> dict[str, Any]:
+    """The ``process`` object, for the init and for each ``runc exec``."""
+    caps = list(DEFAULT_CAPS)
+    return {
+        "terminal": terminal,
+        "user": {"uid": 0, "gid": 0},
+        "args": args,
+        "env": [f"{k}={v}" for k, v in env.items()],
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": no_new_privileges,
+    }
+
+
+def config(spec: SandboxSpec, rootfs: str, bundle: str, env: dict[str, str]) -> dict[str, Any]:
+    """Build ``config.json``: own PID/mount/IPC/UTS/network namespaces, limits, hardening."""
+    resources: dict[str, Any] = {
+        "devices": [{"allow": False, "access": "rwm"}],
+        "pids": {"limit": spec.pids_limit},
+    }
+    if spec.memory_bytes is not None:
+        # swap == limit: the memsw limit equals the memory limit, so a sandbox cannot swap.
+        resources["memory"] = {"limit": spec.memory_bytes, "swap": spec.memory_bytes}
+    if spec.cpu_millis is not None:
+        resources["cpu"] = {
+            "quota": spec.cpu_millis * CPU_PERIOD_US // 1000,
+            "period": CPU_PERIOD_US,
+        }
+    init = process([INIT_PATH, "-P"], env, "/")
+    return {
+        "ociVersion": "1.0.2",
+        "process": init,
+        "root": {"path": rootfs, "readonly": False},
+        "hostname": spec.hostname,
+        "mounts": [
+            {
+                "destination": "/proc",
+                "type": "proc",
+                "source": "proc",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": [
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                    "gid=5",
+                ],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+            {
+                "destination": "/dev/mqueue",
+                "type": "mqueue",
+                "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/sys",
+                "type": "sysfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"],
+            },
+            {
+                "destination": "/sys/fs/cgroup",
+                "type": "cgroup",
+                "source": "cgroup",
+                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+            },
+            {
+                "destination": INIT_PATH,
+                "type": "bind",
+                "source": "/usr/bin/catatonit",
+                "options": ["bind", "ro", "nosuid", "nodev"],
+            },
+            {
+                "destination": "/etc/hosts",
+                "type": "bind",
+                "source": f"{bundle}/hosts",
+                "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec"],
+            },
+            {
+                "destination": "/etc/hostname",
+                "type": "bind",
+                "source": f"{bundle}/hostname",
+                "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec"],
+            },
+            {
+                "destination": "/etc/resolv.conf",
+                "type": "bind",
+                "source": f"{bundle}/resolv.conf",
+                "options": ["rbind", "rprivate", "nosuid", "nodev", "noexec"],
+            },
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "cgroupsPath": cgroup_parent(spec.id),
+            "resources": resources,
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    }
