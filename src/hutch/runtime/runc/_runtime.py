@@ -124,18 +124,30 @@ class RuncRuntime(Runtime):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    async def _runc(self, *args: str) -> tuple[int, str]:
+    async def _runc(self, *args: str, log: Path | None = None) -> tuple[int, str]:
+        """Run a runc subcommand; returns (exit code, output).
+
+        With ``log``, runc's stdio goes to /dev/null (``runc run -d`` hands its stdio to the
+        container's init, so a pipe would never see EOF) and its messages are read from the log.
+        """
+        log_args = ["--log", str(log), "--log-format", "text"] if log else []
+        pipe = asyncio.subprocess.DEVNULL if log else asyncio.subprocess.PIPE
         proc = await asyncio.create_subprocess_exec(
             self._runc_bin,
             "--root",
             str(self.state_root),
+            *log_args,
             *args,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stdout=pipe,
+            stderr=asyncio.subprocess.STDOUT if not log else asyncio.subprocess.DEVNULL,
         )
         out, _ = await proc.communicate()
-        return proc.returncode or 0, out.decode(errors="replace").strip()
+        text = (out or b"").decode(errors="replace").strip()
+        if log and proc.returncode:
+            with contextlib.suppress(FileNotFoundError):
+                text = log.read_text(errors="replace").strip()
+        return proc.returncode or 0, text
 
     def _bundle(self, sandbox_id: str) -> Path:
         if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
@@ -156,7 +168,7 @@ class RuncRuntime(Runtime):
 
     async def create(self, spec: SandboxSpec) -> None:
         bundle = self._bundle(spec.id)
-        if bundle.exists() or spec.id in await self._runc_ids():
+        if bundle.exists() or (self.state_root / spec.id).exists():
             await self.delete(spec.id)
         try:
             await asyncio.to_thread(self._prepare_bundle, spec, bundle)
@@ -168,6 +180,7 @@ class RuncRuntime(Runtime):
                 "--bundle",
                 str(bundle),
                 spec.id,
+                log=bundle / "runc.log",
             )
             if rc != 0:
                 raise RuntimeError_(f"runc could not start the sandbox: {out}")

@@ -1,0 +1,56 @@
+# make demo : install everything, build the demo image once, run scenario 1 and print 4
+# make test : install everything and run the checks and the whole test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CACHE ?= /var/cache/hutch
+export HUTCH_CACHE_DIR := $(CACHE)
+DEB_PACKAGES := runc skopeo catatonit mmdebstrap busybox-static python3-venv
+PYTEST_ARGS ?=
+
+.PHONY: demo test check deps system-deps venv images gen bench clean
+
+demo: deps
+	@scripts/images.sh python
+	@$(PY) scripts/demo.py
+
+test: deps
+	@scripts/images.sh busybox python
+	$(MAKE) --no-print-directory check
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: venv
+	$(VENV)/bin/ruff check src tests scripts bench
+	$(VENV)/bin/ruff format --check src tests scripts bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(PY) scripts/gen_sync.py --check
+
+deps: system-deps venv
+
+# Debian packages: installed only when one is missing, so a second run costs a dpkg query.
+system-deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[server,dev]'
+	@touch $@
+
+gen: venv
+	$(PY) scripts/gen_sync.py
+
+bench: deps
+	@scripts/images.sh busybox
+	$(PY) bench/lifecycle.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info test-output

@@ -1,0 +1,62 @@
+"""The hutch server: FastAPI application and its lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from hutch.runtime.images import ImageStore
+from hutch.runtime.runc import RuncRuntime
+from hutch.server import _control, _dataplane, _errors
+from hutch.server._auth import KeyRing
+from hutch.server._config import ServerConfig
+from hutch.server._deps import Services
+from hutch.server._manager import SandboxManager
+from hutch.store import Database
+
+log = logging.getLogger("hutch.server")
+
+#: Control-plane prefixes: template-era SDKs use /v2/sandboxes, 0.15 and the hosted docs use
+#: /api/v2/sandboxes, and template-era users with an endpoint ending in /api/v1 reach
+#: /api/v1/v2/sandboxes (spec §1.2).
+CONTROL_PREFIXES = ("/v2/sandboxes", "/api/v2/sandboxes", "/api/v1/v2/sandboxes")
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        config.data_dir.chmod(0o700)
+        db = Database(config.database_url) if config.database_url else \
+            Database.in_dir(config.data_dir)
+        await db.migrate()
+        keys = KeyRing(db)
+        written = await keys.bootstrap(config.data_dir)
+        if written:
+            print(f"hutch: generated the first API key; it is in {written}", flush=True)
+        images = ImageStore(config.data_dir / "images")
+        runtime = RuncRuntime(config.data_dir)
+        manager = SandboxManager(db, runtime, images, config)
+        await manager.reconcile()
+        app.state.services = Services(config, db, keys, images, runtime, manager)
+        try:
+            yield
+        finally:
+            await manager.aclose()
+            await runtime.aclose()
+            await db.aclose()
+
+    app = FastAPI(title="hutch", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    _errors.install(app)
+    for prefix in CONTROL_PREFIXES:
+        app.include_router(_control.router, prefix=prefix)
+    app.include_router(_dataplane.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,40 @@
+"""Request-scoped access to the server's services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from hutch.runtime._interface import Runtime
+from hutch.runtime.images import ImageStore
+from hutch.server._auth import KeyRing, Principal
+from hutch.server._config import ServerConfig
+from hutch.server._manager import SandboxManager
+from hutch.store import Database
+
+
+@dataclass
+class Services:
+    config: ServerConfig
+    db: Database
+    keys: KeyRing
+    images: ImageStore
+    runtime: Runtime
+    manager: SandboxManager
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def principal(request: Request) -> Principal:
+    svc: Services = request.app.state.services
+    return svc.keys.authenticate(request.headers.get("x-api-key"))
+
+
+def dataplane_base(request: Request) -> str:
+    svc: Services = request.app.state.services
+    base = svc.config.public_url or str(request.base_url)
+    return base.rstrip("/") + "/dp"

@@ -1,0 +1,64 @@
+"""Database engine, sessions and schema migrations.
+
+SQLite (aiosqlite) in the data directory is the embedded default; any SQLAlchemy async URL
+(``postgresql+asyncpg://…``) works for several replicas. Migrations are an ordered list of steps,
+each applied once and recorded in ``schema_version``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from hutch.store._models import Base, SchemaVersion
+
+
+async def _v1_initial(conn: AsyncConnection) -> None:
+    await conn.run_sync(Base.metadata.create_all)
+
+
+MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1_initial]
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(url)
+        if url.startswith("sqlite"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            self.engine, expire_on_commit=False)
+
+    @classmethod
+    def in_dir(cls, data_dir: Path) -> Database:
+        return cls(f"sqlite+aiosqlite:///{data_dir / 'hutch.db'}")
+
+    async def migrate(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(SchemaVersion.__table__.create, checkfirst=True)  # type: ignore[attr-defined]
+            done = {v for (v,) in (await conn.execute(select(SchemaVersion.version))).all()}
+            for number, step in enumerate(MIGRATIONS, start=1):
+                if number not in done:
+                    await step(conn)
+                    await conn.execute(SchemaVersion.__table__.insert().values(version=number))  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
