@@ -26,22 +26,40 @@ def main() -> int:
     from hutch.server._config import default_data_dir
 
     data_dir = default_data_dir()
-    have = subprocess.run([*HUTCH, "image", "list", "--data-dir", str(data_dir)],
-                          check=True, capture_output=True, text=True).stdout
+    have = subprocess.run(
+        [*HUTCH, "image", "list", "--data-dir", str(data_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     if not any(line.split("\t")[0] == IMAGE for line in have.splitlines()):
-        subprocess.run([*HUTCH, "image", "import", IMAGE, str(IMAGE_TAR),
-                        "--data-dir", str(data_dir)], check=True)
+        subprocess.run(
+            [*HUTCH, "image", "import", IMAGE, str(IMAGE_TAR), "--data-dir", str(data_dir)],
+            check=True,
+        )
     url = f"http://127.0.0.1:{PORT}"
     try:
         httpx.get(f"{url}/healthz", timeout=0.5)
     except httpx.HTTPError:
         pass
     else:
-        print(f"port {PORT} is already in use; stop that server or set HUTCH_DEMO_PORT",
-              file=sys.stderr)
+        print(
+            f"port {PORT} is already in use; stop that server or set HUTCH_DEMO_PORT",
+            file=sys.stderr,
+        )
         return 1
-    server = subprocess.Popen([*HUTCH, "serve", "--port", str(PORT), "--data-dir",
-                               str(data_dir), "--log-level", "warning"])
+    server = subprocess.Popen(
+        [
+            *HUTCH,
+            "serve",
+            "--port",
+            str(PORT),
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "warning",
+        ]
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -9,13 +9,18 @@ import typer
 
 from hutch.server._config import ServerConfig, default_data_dir
 
-app = typer.Typer(help="hutch: a self-hosted sandbox server.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="hutch: a self-hosted sandbox server.", no_args_is_help=True, add_completion=False
+)
 image_app = typer.Typer(help="Manage the local image store.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 
-DataDir = typer.Option(None, "--data-dir", "-d",
-                       help="Server state directory [default: $HUTCH_DATA_DIR or /var/lib/hutch]")
+DataDir = typer.Option(
+    None,
+    "--data-dir",
+    "-d",
+    help="Server state directory [default: $HUTCH_DATA_DIR or /var/lib/hutch]",
+)
 
 
 @app.command()
@@ -24,9 +29,11 @@ def serve(
     port: int = typer.Option(8080, help="Port to listen on"),
     data_dir: Path | None = DataDir,
     public_url: str | None = typer.Option(
-        None, help="Base URL clients use to reach this server (default: from each request)"),
+        None, help="Base URL clients use to reach this server (default: from each request)"
+    ),
     database_url: str | None = typer.Option(
-        None, help="SQLAlchemy async URL [default: SQLite in the data dir]"),
+        None, help="SQLAlchemy async URL [default: SQLite in the data dir]"
+    ),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Run the API server."""
@@ -37,10 +44,16 @@ def serve(
     if os.geteuid() != 0:
         typer.echo("hutch serve needs root (it runs runc containers)", err=True)
         raise typer.Exit(2)
-    config = ServerConfig(data_dir=data_dir or default_data_dir(), host=host, port=port,
-                          public_url=public_url, database_url=database_url)
-    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level,
-                ws_max_size=16 * 1024 * 1024)
+    config = ServerConfig(
+        data_dir=data_dir or default_data_dir(),
+        host=host,
+        port=port,
+        public_url=public_url,
+        database_url=database_url,
+    )
+    uvicorn.run(
+        create_app(config), host=host, port=port, log_level=log_level, ws_max_size=16 * 1024 * 1024
+    )
 
 
 def _store(data_dir: Path | None):  # type: ignore[no-untyped-def]
@@ -59,16 +72,19 @@ def image_import(name: str, path: Path, data_dir: Path | None = DataDir) -> None
     except ImageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"imported {image.name} ({image.digest[:19]}, {len(image.layers)} layers, "
-               f"{image.size // 1024} KiB)")
+    typer.echo(
+        f"imported {image.name} ({image.digest[:19]}, {len(image.layers)} layers, "
+        f"{image.size // 1024} KiB)"
+    )
 
 
 @image_app.command("list")
 def image_list(data_dir: Path | None = DataDir) -> None:
     """List images in the local store."""
     for image in _store(data_dir).list():
-        typer.echo(f"{image.name}\t{image.digest[:19]}\t{image.size // 1024} KiB\t"
-                   f"{image.created_at}")
+        typer.echo(
+            f"{image.name}\t{image.digest[:19]}\t{image.size // 1024} KiB\t{image.created_at}"
+        )
 
 
 @image_app.command("rm")

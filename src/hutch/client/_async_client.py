@@ -4,10 +4,6 @@ Written by hand. ``scripts/gen_sync.py`` generates the sync SDK (``_sync_client.
 file: keep every async-only name in that script's replacement table, and run it after editing.
 """
 
-# ASYNC109: ``timeout`` parameters are the wire protocol's command/readiness timeouts, sent to the
-# server and mirrored by the sync API, not a cancellation scope the caller could replace.
-# ruff: noqa: ASYNC109
-
 from __future__ import annotations
 
 import logging

@@ -5,10 +5,6 @@ Generated from ``_async_client.py`` by ``scripts/gen_sync.py``: edit that file, 
 run the script.
 """
 
-# ASYNC109: ``timeout`` parameters are the wire protocol's command/readiness timeouts, sent to the
-# server and mirrored by the sync API, not a cancellation scope the caller could replace.
-# ruff: noqa: ASYNC109
-
 from __future__ import annotations
 
 import logging

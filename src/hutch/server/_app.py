@@ -30,8 +30,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         config.data_dir.chmod(0o700)
-        db = Database(config.database_url) if config.database_url else \
-            Database.in_dir(config.data_dir)
+        db = (
+            Database(config.database_url)
+            if config.database_url
+            else Database.in_dir(config.data_dir)
+        )
         await db.migrate()
         keys = KeyRing(db)
         written = await keys.bootstrap(config.data_dir)

@@ -45,16 +45,27 @@ class KeyRing:
             rows = (await s.execute(select(ApiKey))).scalars().all()
         self._by_hash = {r.key_hash: Principal(r.id, r.workspace_id, r.is_admin) for r in rows}
 
-    async def add(self, key: str, *, workspace: str = DEFAULT_WORKSPACE, name: str = "",
-                  is_admin: bool = False) -> Principal:
+    async def add(
+        self,
+        key: str,
+        *,
+        workspace: str = DEFAULT_WORKSPACE,
+        name: str = "",
+        is_admin: bool = False,
+    ) -> Principal:
         async with self._db.session() as s, s.begin():
             ws = (await s.execute(select(Workspace).where(Workspace.name == workspace))).scalar()
             if ws is None:
                 ws = Workspace(id=uuid.uuid4().hex, name=workspace)
                 s.add(ws)
                 await s.flush()
-            row = ApiKey(id=uuid.uuid4().hex, key_hash=hash_key(key), workspace_id=ws.id,
-                         name=name, is_admin=is_admin)
+            row = ApiKey(
+                id=uuid.uuid4().hex,
+                key_hash=hash_key(key),
+                workspace_id=ws.id,
+                name=name,
+                is_admin=is_admin,
+            )
             s.add(row)
         await self.load()
         return self._by_hash[hash_key(key)]
@@ -84,11 +95,14 @@ class KeyRing:
 
     def authenticate(self, key: str | None) -> Principal:
         if not key:
-            raise ApiError(ErrorType.UNAUTHORIZED,
-                           "Missing API key: send it in the X-Api-Key header "
-                           "(HUTCH_API_KEY for the hutch SDK)")
+            raise ApiError(
+                ErrorType.UNAUTHORIZED,
+                "Missing API key: send it in the X-Api-Key header "
+                "(HUTCH_API_KEY for the hutch SDK)",
+            )
         principal = self._by_hash.get(hash_key(key))
         if principal is not None:
             return principal
-        raise ApiError(ErrorType.UNAUTHORIZED,
-                       "Invalid API key; check the X-Api-Key header (HUTCH_API_KEY)")
+        raise ApiError(
+            ErrorType.UNAUTHORIZED, "Invalid API key; check the X-Api-Key header (HUTCH_API_KEY)"
+        )

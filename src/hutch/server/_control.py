@@ -32,8 +32,13 @@ SANDBOX_HINT = "list sandboxes with list_sandboxes()"
 
 async def _template(svc: Services, who: Principal, name: str) -> Template:
     async with svc.db.session() as s:
-        row = (await s.execute(select(Template).where(
-            Template.workspace_id == who.workspace_id, Template.name == name))).scalar()
+        row = (
+            await s.execute(
+                select(Template).where(
+                    Template.workspace_id == who.workspace_id, Template.name == name
+                )
+            )
+        ).scalar()
     if row is None:
         raise not_found("Template", name, TEMPLATE_HINT)
     return row
@@ -41,8 +46,13 @@ async def _template(svc: Services, who: Principal, name: str) -> Template:
 
 async def _sandbox(svc: Services, who: Principal, name: str) -> Sandbox:
     async with svc.db.session() as s:
-        row = (await s.execute(select(Sandbox).where(
-            Sandbox.workspace_id == who.workspace_id, Sandbox.name == name))).scalar()
+        row = (
+            await s.execute(
+                select(Sandbox).where(
+                    Sandbox.workspace_id == who.workspace_id, Sandbox.name == name
+                )
+            )
+        ).scalar()
     if row is None:
         raise not_found("Sandbox", name, SANDBOX_HINT)
     return row
@@ -50,44 +60,66 @@ async def _sandbox(svc: Services, who: Principal, name: str) -> Sandbox:
 
 # -- templates ---------------------------------------------------------------------------------
 
+
 @router.post("/templates", status_code=201)
-async def create_template(body: TemplateCreate, svc: Services = Depends(services),
-                          who: Principal = Depends(principal)) -> dict[str, Any]:
+async def create_template(
+    body: TemplateCreate, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> dict[str, Any]:
     if body.volume_mounts:
-        raise ApiError(ErrorType.NOT_IMPLEMENTED,
-                       "Volumes are not supported by this hutch server yet; "
-                       "create the template without volume_mounts")
-    row = Template(id=uuid.uuid4().hex, workspace_id=who.workspace_id,
-                   name=body.name, image=body.image, cpu=body.resources.cpu,
-                   memory=body.resources.memory, storage=body.resources.storage)
+        raise ApiError(
+            ErrorType.NOT_IMPLEMENTED,
+            "Volumes are not supported by this hutch server yet; "
+            "create the template without volume_mounts",
+        )
+    row = Template(
+        id=uuid.uuid4().hex,
+        workspace_id=who.workspace_id,
+        name=body.name,
+        image=body.image,
+        cpu=body.resources.cpu,
+        memory=body.resources.memory,
+        storage=body.resources.storage,
+    )
     try:
         async with svc.db.session() as s, s.begin():
             s.add(row)
     except IntegrityError:
-        raise ApiError(ErrorType.ALREADY_EXISTS,
-                       f"Template '{body.name}' already exists; pick another name or delete "
-                       "it first") from None
+        raise ApiError(
+            ErrorType.ALREADY_EXISTS,
+            f"Template '{body.name}' already exists; pick another name or delete it first",
+        ) from None
     return template_json(row)
 
 
 @router.get("/templates")
-async def list_templates(svc: Services = Depends(services),
-                         who: Principal = Depends(principal)) -> dict[str, Any]:
+async def list_templates(
+    svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> dict[str, Any]:
     async with svc.db.session() as s:
-        rows = (await s.execute(select(Template).where(
-            Template.workspace_id == who.workspace_id).order_by(Template.created_at))).scalars()
+        rows = (
+            await s.execute(
+                select(Template)
+                .where(Template.workspace_id == who.workspace_id)
+                .order_by(Template.created_at)
+            )
+        ).scalars()
         return {"templates": [template_json(t) for t in rows]}
 
 
 @router.get("/templates/{name}")
-async def get_template(name: str, svc: Services = Depends(services),
-                       who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_template(
+    name: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> dict[str, Any]:
     return template_json(await _template(svc, who, name))
 
 
 @router.patch("/templates/{name}")
-async def update_template(name: str, body: TemplateUpdate, svc: Services = Depends(services),
-                          who: Principal = Depends(principal)) -> dict[str, Any]:
+async def update_template(
+    name: str,
+    body: TemplateUpdate,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
     row = await _template(svc, who, name)
     if body.name != name:
         try:
@@ -98,22 +130,28 @@ async def update_template(name: str, body: TemplateUpdate, svc: Services = Depen
                 tpl.name, tpl.updated_at = body.name, utcnow()
                 row = tpl
         except IntegrityError:
-            raise ApiError(ErrorType.NAME_CONFLICT,
-                           f"Template name '{body.name}' already in use") from None
+            raise ApiError(
+                ErrorType.NAME_CONFLICT, f"Template name '{body.name}' already in use"
+            ) from None
     return template_json(row)
 
 
 @router.delete("/templates/{name}", status_code=204)
-async def delete_template(name: str, svc: Services = Depends(services),
-                          who: Principal = Depends(principal)) -> Response:
+async def delete_template(
+    name: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Response:
     row = await _template(svc, who, name)
     async with svc.db.session() as s, s.begin():
-        users = (await s.execute(select(Sandbox.name).where(
-            Sandbox.template_id == row.id).limit(5))).scalars().all()
+        users = (
+            (await s.execute(select(Sandbox.name).where(Sandbox.template_id == row.id).limit(5)))
+            .scalars()
+            .all()
+        )
         if users:
-            raise ApiError(ErrorType.IN_USE,
-                           f"Template '{name}' is used by sandboxes {', '.join(users)}; "
-                           "delete them first")
+            raise ApiError(
+                ErrorType.IN_USE,
+                f"Template '{name}' is used by sandboxes {', '.join(users)}; delete them first",
+            )
         tpl = await s.get(Template, row.id)
         if tpl is not None:
             await s.delete(tpl)
@@ -122,16 +160,25 @@ async def delete_template(name: str, svc: Services = Depends(services),
 
 # -- sandboxes ---------------------------------------------------------------------------------
 
+
 @router.post("/boxes", status_code=201)
-async def create_sandbox(body: SandboxCreate, request: Request,
-                         svc: Services = Depends(services),
-                         who: Principal = Depends(principal)) -> dict[str, Any]:
+async def create_sandbox(
+    body: SandboxCreate,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
     tpl = await _template(svc, who, body.template_name)
     mgr: SandboxManager = svc.manager
     row = None
     for _ in range(5):
-        candidate = mgr.new_row(who.workspace_id, body.name or generate_name(), tpl,
-                                body.ttl_seconds, body.idle_ttl_seconds)
+        candidate = mgr.new_row(
+            who.workspace_id,
+            body.name or generate_name(),
+            tpl,
+            body.ttl_seconds,
+            body.idle_ttl_seconds,
+        )
         try:
             async with svc.db.session() as s, s.begin():
                 s.add(candidate)
@@ -139,9 +186,10 @@ async def create_sandbox(body: SandboxCreate, request: Request,
             break
         except IntegrityError:
             if body.name:
-                raise ApiError(ErrorType.ALREADY_EXISTS,
-                               f"Sandbox '{body.name}' already exists; pick another name or "
-                               "delete it first") from None
+                raise ApiError(
+                    ErrorType.ALREADY_EXISTS,
+                    f"Sandbox '{body.name}' already exists; pick another name or delete it first",
+                ) from None
     if row is None:  # pragma: no cover - five random 8-character collisions in a row
         raise ApiError(ErrorType.INTERNAL, "Could not generate a unique sandbox name; retry")
     done = mgr.start_provisioning(row)
@@ -150,15 +198,19 @@ async def create_sandbox(body: SandboxCreate, request: Request,
         return sandbox_json(row, base)
     outcome = await mgr.wait(row.id, body.timeout)
     if outcome is None:
-        raise ApiError(ErrorType.TIMEOUT,
-                       f"Sandbox '{row.name}' not ready after {body.timeout}s (last status: "
-                       "provisioning); it keeps provisioning: poll get_sandbox_status() or "
-                       "delete it")
+        raise ApiError(
+            ErrorType.TIMEOUT,
+            f"Sandbox '{row.name}' not ready after {body.timeout}s (last status: "
+            "provisioning); it keeps provisioning: poll get_sandbox_status() or "
+            "delete it",
+        )
     if outcome.status == FAILED:
         # The caller gets the error, so nothing of the sandbox is kept.
         await mgr.destroy(row.id)
-        raise ApiError(outcome.error or ErrorType.SANDBOX_CONFIG,
-                       outcome.message or "Sandbox provisioning failed")
+        raise ApiError(
+            outcome.error or ErrorType.SANDBOX_CONFIG,
+            outcome.message or "Sandbox provisioning failed",
+        )
     assert done.done()
     row.status = READY
     async with svc.db.session() as s:
@@ -167,32 +219,47 @@ async def create_sandbox(body: SandboxCreate, request: Request,
 
 
 @router.get("/boxes")
-async def list_sandboxes(request: Request, svc: Services = Depends(services),
-                         who: Principal = Depends(principal)) -> dict[str, Any]:
+async def list_sandboxes(
+    request: Request, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> dict[str, Any]:
     base = dataplane_base(request)
     async with svc.db.session() as s:
-        rows = (await s.execute(select(Sandbox).where(
-            Sandbox.workspace_id == who.workspace_id).order_by(Sandbox.created_at))).scalars()
+        rows = (
+            await s.execute(
+                select(Sandbox)
+                .where(Sandbox.workspace_id == who.workspace_id)
+                .order_by(Sandbox.created_at)
+            )
+        ).scalars()
         return {"sandboxes": [sandbox_json(r, base) for r in rows]}
 
 
 @router.get("/boxes/{name}")
-async def get_sandbox(name: str, request: Request, svc: Services = Depends(services),
-                      who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_sandbox(
+    name: str,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
     return sandbox_json(await _sandbox(svc, who, name), dataplane_base(request))
 
 
 @router.get("/boxes/{name}/status")
-async def sandbox_status(name: str, svc: Services = Depends(services),
-                         who: Principal = Depends(principal)) -> dict[str, Any]:
+async def sandbox_status(
+    name: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> dict[str, Any]:
     row = await _sandbox(svc, who, name)
     return {"status": row.status, "status_message": row.status_message}
 
 
 @router.patch("/boxes/{name}")
-async def update_sandbox(name: str, body: SandboxUpdate, request: Request,
-                         svc: Services = Depends(services),
-                         who: Principal = Depends(principal)) -> dict[str, Any]:
+async def update_sandbox(
+    name: str,
+    body: SandboxUpdate,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
     row = await _sandbox(svc, who, name)
     fields = body.model_dump(exclude_unset=True)
     try:
@@ -208,14 +275,16 @@ async def update_sandbox(name: str, body: SandboxUpdate, request: Request,
             fresh.updated_at = utcnow()
             row = fresh
     except IntegrityError:
-        raise ApiError(ErrorType.NAME_CONFLICT,
-                       f"Sandbox name '{body.name}' already in use") from None
+        raise ApiError(
+            ErrorType.NAME_CONFLICT, f"Sandbox name '{body.name}' already in use"
+        ) from None
     return sandbox_json(row, dataplane_base(request))
 
 
 @router.delete("/boxes/{name}", status_code=204)
-async def delete_sandbox(name: str, svc: Services = Depends(services),
-                         who: Principal = Depends(principal)) -> Response:
+async def delete_sandbox(
+    name: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Response:
     row = await _sandbox(svc, who, name)
     await svc.manager.destroy(row.id)
     return Response(status_code=204)

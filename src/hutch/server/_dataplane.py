@@ -58,15 +58,23 @@ class ExecuteBody(BaseModel):
 
 async def _ready_sandbox(svc: Services, who: Principal, sandbox_id: str) -> Sandbox:
     async with svc.db.session() as s:
-        row = (await s.execute(select(Sandbox).where(
-            Sandbox.id == sandbox_id, Sandbox.workspace_id == who.workspace_id))).scalar()
+        row = (
+            await s.execute(
+                select(Sandbox).where(
+                    Sandbox.id == sandbox_id, Sandbox.workspace_id == who.workspace_id
+                )
+            )
+        ).scalar()
     if row is None:
-        raise ApiError(ErrorType.NOT_FOUND,
-                       f"Sandbox '{sandbox_id}' not found; it may have been deleted")
+        raise ApiError(
+            ErrorType.NOT_FOUND, f"Sandbox '{sandbox_id}' not found; it may have been deleted"
+        )
     if row.status != READY:
-        raise ApiError(ErrorType.NOT_READY,
-                       f"Sandbox '{row.name}' is {row.status}, not ready"
-                       + (f": {row.status_message}" if row.status_message else ""))
+        raise ApiError(
+            ErrorType.NOT_READY,
+            f"Sandbox '{row.name}' is {row.status}, not ready"
+            + (f": {row.status_message}" if row.status_message else ""),
+        )
     return row
 
 
@@ -74,64 +82,82 @@ def _root_fd(svc: Services, row: Sandbox) -> int:
     try:
         return svc.runtime.root_fd(row.id)
     except SandboxNotFound as exc:
-        raise ApiError(ErrorType.NOT_READY,
-                       f"Sandbox '{row.name}' is not running; delete it and create a new one"
-                       ) from exc
+        raise ApiError(
+            ErrorType.NOT_READY,
+            f"Sandbox '{row.name}' is not running; delete it and create a new one",
+        ) from exc
 
 
 def _path_error(exc: _fs.SandboxPathError, row: Sandbox, op: ErrorType) -> ApiError:
     if exc.kind == "not_found":
-        return ApiError(ErrorType.FILE_NOT_FOUND,
-                        f"File '{exc.path}' not found in sandbox '{row.name}'")
+        return ApiError(
+            ErrorType.FILE_NOT_FOUND, f"File '{exc.path}' not found in sandbox '{row.name}'"
+        )
     return ApiError(op, f"{exc} (sandbox '{row.name}')")
 
 
 @router.post("/dp/{sandbox_id}/execute")
-async def execute(sandbox_id: str, body: ExecuteBody, svc: Services = Depends(services),
-                  who: Principal = Depends(principal)) -> dict[str, Any]:
+async def execute(
+    sandbox_id: str,
+    body: ExecuteBody,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
     row = await _ready_sandbox(svc, who, sandbox_id)
     root = _root_fd(svc, row)
     try:
         shell = body.shell
         if not _fs.exists(root, shell):
             if shell != "/bin/bash" or not _fs.exists(root, "/bin/sh"):
-                raise ApiError(ErrorType.COMMAND_ERROR,
-                               f"Shell '{shell}' not found in sandbox '{row.name}'; "
-                               "pass shell='/bin/sh' or use an image that has it")
+                raise ApiError(
+                    ErrorType.COMMAND_ERROR,
+                    f"Shell '{shell}' not found in sandbox '{row.name}'; "
+                    "pass shell='/bin/sh' or use an image that has it",
+                )
             shell = "/bin/sh"  # spec §10.7: images without bash fall back to sh
         try:
             cwd = _fs.normalize(body.cwd or HOME, HOME)
         except _fs.SandboxPathError as exc:
             raise ApiError(ErrorType.COMMAND_ERROR, str(exc)) from exc
         if not _fs.exists(root, cwd):
-            raise ApiError(ErrorType.COMMAND_ERROR,
-                           f"Working directory '{cwd}' does not exist in sandbox '{row.name}'")
+            raise ApiError(
+                ErrorType.COMMAND_ERROR,
+                f"Working directory '{cwd}' does not exist in sandbox '{row.name}'",
+            )
     finally:
         os.close(root)
     await svc.manager.touch(row.id)
     try:
-        proc = await svc.runtime.exec(row.id, ExecSpec(argv=[shell, "-c", body.command],
-                                                       env=body.env or {}, cwd=cwd))
+        proc = await svc.runtime.exec(
+            row.id, ExecSpec(argv=[shell, "-c", body.command], env=body.env or {}, cwd=cwd)
+        )
     except SandboxNotFound as exc:
         raise ApiError(ErrorType.NOT_READY, f"Sandbox '{row.name}' is not running") from exc
-    result = await run_to_completion(proc, timeout=body.timeout or None,
-                                     max_bytes=svc.config.max_exec_output_bytes)
+    result = await run_to_completion(
+        proc, timeout=body.timeout or None, max_bytes=svc.config.max_exec_output_bytes
+    )
     await svc.manager.touch(row.id)
     return {"stdout": result.stdout, "stderr": result.stderr, "exit_code": result.exit_code}
 
 
 @router.post("/dp/{sandbox_id}/upload")
-async def upload(sandbox_id: str, request: Request, path: str = Query(...),
-                 svc: Services = Depends(services),
-                 who: Principal = Depends(principal)) -> dict[str, Any]:
+async def upload(
+    sandbox_id: str,
+    request: Request,
+    path: str = Query(...),
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
     row = await _ready_sandbox(svc, who, sandbox_id)
     limit = svc.config.max_upload_bytes
     length = request.headers.get("content-length")
     if length is None or not length.isdigit():
         raise ApiError(ErrorType.VALIDATION, "Upload needs a Content-Length header", 411)
     if int(length) > limit + 64 * 1024:
-        raise ApiError(ErrorType.PAYLOAD_TOO_LARGE,
-                       f"Upload of {length} bytes exceeds this server's limit of {limit} bytes")
+        raise ApiError(
+            ErrorType.PAYLOAD_TOO_LARGE,
+            f"Upload of {length} bytes exceeds this server's limit of {limit} bytes",
+        )
     try:
         target = _fs.normalize(path, HOME)
     except _fs.SandboxPathError as exc:
@@ -139,14 +165,14 @@ async def upload(sandbox_id: str, request: Request, path: str = Query(...),
     try:
         form = await request.form(max_files=1, max_fields=1)
     except Exception as exc:
-        raise ApiError(ErrorType.VALIDATION,
-                       f"Upload body must be multipart/form-data with one 'file' part: {exc}"
-                       ) from exc
+        raise ApiError(
+            ErrorType.VALIDATION,
+            f"Upload body must be multipart/form-data with one 'file' part: {exc}",
+        ) from exc
     try:
         part = form.get("file")
         if part is None or isinstance(part, str):
-            raise ApiError(ErrorType.VALIDATION,
-                           "Upload body must have one file part named 'file'")
+            raise ApiError(ErrorType.VALIDATION, "Upload body must have one file part named 'file'")
         root = _root_fd(svc, row)
         try:
             size = await asyncio.to_thread(_write_from, root, target, part.file, limit)
@@ -171,15 +197,20 @@ def _write_from(root: int, target: str, src: Any, limit: int) -> int:
             _fs.write_all(fd, [chunk])
         return total
     except OSError as exc:
-        raise _fs.SandboxPathError("io", target, f"Cannot write '{target}': {exc.strerror}")\
-            from exc
+        raise _fs.SandboxPathError(
+            "io", target, f"Cannot write '{target}': {exc.strerror}"
+        ) from exc
     finally:
         os.close(fd)
 
 
 @router.get("/dp/{sandbox_id}/download")
-async def download(sandbox_id: str, path: str = Query(...), svc: Services = Depends(services),
-                   who: Principal = Depends(principal)) -> Response:
+async def download(
+    sandbox_id: str,
+    path: str = Query(...),
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Response:
     row = await _ready_sandbox(svc, who, sandbox_id)
     root = _root_fd(svc, row)
     try:
@@ -200,5 +231,6 @@ async def download(sandbox_id: str, path: str = Query(...), svc: Services = Depe
                 os.close(fd)
 
     # No Content-Length: the sandbox may change the file while it is being sent.
-    return StreamingResponse(body(), media_type="application/octet-stream",
-                             headers={"X-Hutch-File-Size": str(size)})
+    return StreamingResponse(
+        body(), media_type="application/octet-stream", headers={"X-Hutch-File-Size": str(size)}
+    )

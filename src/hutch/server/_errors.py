@@ -17,8 +17,13 @@ log = logging.getLogger("hutch.server")
 class ApiError(Exception):
     """Raised anywhere in a request; becomes the error envelope with the table's status."""
 
-    def __init__(self, error: ErrorType, message: str, status: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        error: ErrorType,
+        message: str,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.wire = make_error(error, message, status)
         self.headers = headers
@@ -65,11 +70,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            wire = make_error(ErrorType.NOT_FOUND,
-                              f"No such endpoint: {request.method} {request.url.path}")
+            wire = make_error(
+                ErrorType.NOT_FOUND, f"No such endpoint: {request.method} {request.url.path}"
+            )
         elif exc.status_code == 405:
-            wire = make_error(ErrorType.METHOD_NOT_ALLOWED,
-                              f"Method {request.method} is not allowed on {request.url.path}")
+            wire = make_error(
+                ErrorType.METHOD_NOT_ALLOWED,
+                f"Method {request.method} is not allowed on {request.url.path}",
+            )
         else:
             wire = make_error(ErrorType.INTERNAL, str(exc.detail), exc.status_code)
         return JSONResponse(wire.envelope(), status_code=wire.status)
@@ -77,6 +85,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        wire = make_error(ErrorType.INTERNAL,
-                          f"Internal server error ({type(exc).__name__}); see the server log")
+        wire = make_error(
+            ErrorType.INTERNAL, f"Internal server error ({type(exc).__name__}); see the server log"
+        )
         return JSONResponse(wire.envelope(), status_code=500)

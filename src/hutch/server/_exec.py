@@ -44,18 +44,23 @@ class _Sink:
     def text(self) -> str:
         out = b"".join(self.parts).decode("utf-8", errors="replace")
         if self.dropped:
-            out += (f"\n[hutch: {self.dropped} more bytes of output were dropped; "
-                    "the blocking /execute keeps the first bytes only — stream with "
-                    "wait=False or callbacks to see everything]\n")
+            out += (
+                f"\n[hutch: {self.dropped} more bytes of output were dropped; "
+                "the blocking /execute keeps the first bytes only — stream with "
+                "wait=False or callbacks to see everything]\n"
+            )
         return out
 
 
-async def run_to_completion(proc: Process, *, timeout: float | None, max_bytes: int,
-                            stdin: bytes | None = None) -> Completed:
+async def run_to_completion(
+    proc: Process, *, timeout: float | None, max_bytes: int, stdin: bytes | None = None
+) -> Completed:
     """Wait for ``proc`` (killing its whole tree after ``timeout``) and collect its output."""
     out, err = _Sink(max_bytes), _Sink(max_bytes)
-    readers = [asyncio.create_task(out.drain(proc.stdout)),
-               asyncio.create_task(err.drain(proc.stderr))]
+    readers = [
+        asyncio.create_task(out.drain(proc.stdout)),
+        asyncio.create_task(err.drain(proc.stderr)),
+    ]
     if proc.stdin is not None:
         with contextlib.suppress(ConnectionError, BrokenPipeError):
             if stdin:

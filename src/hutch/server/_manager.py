@@ -42,8 +42,9 @@ class Outcome:
 
 
 class SandboxManager:
-    def __init__(self, db: Database, runtime: Runtime, images: ImageStore,
-                 config: ServerConfig) -> None:
+    def __init__(
+        self, db: Database, runtime: Runtime, images: ImageStore, config: ServerConfig
+    ) -> None:
         self.db = db
         self.runtime = runtime
         self.images = images
@@ -64,15 +65,22 @@ class SandboxManager:
         known = {r.id for r in rows}
         for r in rows:
             if r.status == READY and not await self.runtime.is_running(r.id):
-                await self._set_status(r.id, FAILED,
-                                       "The sandbox's container is gone (the host restarted?); "
-                                       "delete it and create a new one")
+                await self._set_status(
+                    r.id,
+                    FAILED,
+                    "The sandbox's container is gone (the host restarted?); "
+                    "delete it and create a new one",
+                )
                 await self.runtime.delete(r.id)
             elif r.status == PROVISIONING:
                 # A create interrupted by the restart: remove what it made, record the failure.
                 await self.runtime.delete(r.id)
-                await self._set_status(r.id, FAILED, "Provisioning was interrupted by a server "
-                                                     "restart; delete it and create it again")
+                await self._set_status(
+                    r.id,
+                    FAILED,
+                    "Provisioning was interrupted by a server "
+                    "restart; delete it and create it again",
+                )
         for orphan in await self.runtime.list_ids() - known:
             log.info("removing orphan sandbox container %s", orphan)
             await self.runtime.delete(orphan)
@@ -92,7 +100,13 @@ class SandboxManager:
         self._done[row.id] = fut
         task = asyncio.create_task(self._provision(row, fut), name=f"provision-{row.name}")
         self._tasks[row.id] = task
-        task.add_done_callback(lambda _t, i=row.id: self._tasks.pop(i, None))
+        sandbox_id = row.id
+
+        def _forget(_: asyncio.Task[None]) -> None:
+            if self._tasks.get(sandbox_id) is task:
+                del self._tasks[sandbox_id]
+
+        task.add_done_callback(_forget)
         return fut
 
     async def _provision(self, row: Sandbox, fut: asyncio.Future[Outcome]) -> None:
@@ -102,21 +116,30 @@ class SandboxManager:
                 try:
                     image = await asyncio.to_thread(self.images.get, row.image)
                 except ImageNotFoundError as exc:
-                    outcome = Outcome(FAILED, ErrorType.IMAGE_PULL,
-                                      f"Image '{row.image}' is not available: {exc}")
+                    outcome = Outcome(
+                        FAILED, ErrorType.IMAGE_PULL, f"Image '{row.image}' is not available: {exc}"
+                    )
                     return
                 except ImageError as exc:
                     outcome = Outcome(FAILED, ErrorType.IMAGE_PULL, str(exc))
                     return
-                spec = SandboxSpec(id=row.id, hostname=row.name, image=image,
-                                   cpu_millis=row.cpu_millis, memory_bytes=row.memory_bytes,
-                                   pids_limit=self.config.pids_limit)
+                spec = SandboxSpec(
+                    id=row.id,
+                    hostname=row.name,
+                    image=image,
+                    cpu_millis=row.cpu_millis,
+                    memory_bytes=row.memory_bytes,
+                    pids_limit=self.config.pids_limit,
+                )
                 try:
                     await self.runtime.create(spec)
                 except Exception as exc:
                     log.exception("sandbox %s failed to start", row.name)
-                    outcome = Outcome(FAILED, ErrorType.SANDBOX_CONFIG,
-                                      f"Sandbox '{row.name}' failed to start: {exc}")
+                    outcome = Outcome(
+                        FAILED,
+                        ErrorType.SANDBOX_CONFIG,
+                        f"Sandbox '{row.name}' failed to start: {exc}",
+                    )
                     return
                 outcome = Outcome(READY)
         finally:
@@ -142,20 +165,31 @@ class SandboxManager:
 
     async def _set_status(self, sandbox_id: str, status: str, message: str | None) -> None:
         async with self.db.session() as s, s.begin():
-            await s.execute(update(Sandbox).where(Sandbox.id == sandbox_id).values(
-                status=status, status_message=message, updated_at=utcnow()))
+            await s.execute(
+                update(Sandbox)
+                .where(Sandbox.id == sandbox_id)
+                .values(status=status, status_message=message, updated_at=utcnow())
+            )
 
     # -- create / delete -----------------------------------------------------------------------
 
     @staticmethod
-    def new_row(workspace_id: str, name: str, tpl: Template, ttl: int | None,
-                idle_ttl: int | None) -> Sandbox:
-        return Sandbox(id=uuid.uuid4().hex, workspace_id=workspace_id, name=name,
-                       template_id=tpl.id, template_name=tpl.name, image=tpl.image,
-                       cpu_millis=parse_cpu(tpl.cpu),
-                       memory_bytes=parse_memory(tpl.memory),
-                       status=PROVISIONING, ttl_seconds=ttl or None,
-                       idle_ttl_seconds=idle_ttl or None)
+    def new_row(
+        workspace_id: str, name: str, tpl: Template, ttl: int | None, idle_ttl: int | None
+    ) -> Sandbox:
+        return Sandbox(
+            id=uuid.uuid4().hex,
+            workspace_id=workspace_id,
+            name=name,
+            template_id=tpl.id,
+            template_name=tpl.name,
+            image=tpl.image,
+            cpu_millis=parse_cpu(tpl.cpu),
+            memory_bytes=parse_memory(tpl.memory),
+            status=PROVISIONING,
+            ttl_seconds=ttl or None,
+            idle_ttl_seconds=idle_ttl or None,
+        )
 
     async def destroy(self, sandbox_id: str) -> None:
         """Remove the container and the record (provisioning in flight is cancelled first)."""
@@ -172,5 +206,6 @@ class SandboxManager:
 
     async def touch(self, sandbox_id: str) -> None:
         async with self.db.session() as s, s.begin():
-            await s.execute(update(Sandbox).where(Sandbox.id == sandbox_id).values(
-                last_active_at=utcnow()))
+            await s.execute(
+                update(Sandbox).where(Sandbox.id == sandbox_id).values(last_active_at=utcnow())
+            )

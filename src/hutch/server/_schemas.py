@@ -19,7 +19,8 @@ def check_name(value: str) -> str:
     if not DNS_LABEL.match(value):
         raise ValueError(
             f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and hyphens, "
-            "starting and ending with a letter or digit")
+            "starting and ending with a letter or digit"
+        )
     return value
 
 
@@ -125,8 +126,15 @@ def template_json(t: Template) -> dict[str, Any]:
     resources: dict[str, Any] = {"cpu": t.cpu, "memory": t.memory}
     if t.storage is not None:
         resources["storage"] = t.storage
-    return {"id": t.id, "name": t.name, "image": t.image, "resources": resources,
-            "volume_mounts": [], "created_at": iso(t.created_at), "updated_at": iso(t.updated_at)}
+    return {
+        "id": t.id,
+        "name": t.name,
+        "image": t.image,
+        "resources": resources,
+        "volume_mounts": [],
+        "created_at": iso(t.created_at),
+        "updated_at": iso(t.updated_at),
+    }
 
 
 def expires_at(s: Sandbox) -> datetime | None:
@@ -140,10 +148,16 @@ def expires_at(s: Sandbox) -> datetime | None:
 
 def sandbox_json(s: Sandbox, dataplane_base: str) -> dict[str, Any]:
     return {
-        "id": s.id, "name": s.name, "template_name": s.template_name, "image": s.image,
-        "status": s.status, "status_message": s.status_message,
+        "id": s.id,
+        "name": s.name,
+        "template_name": s.template_name,
+        "image": s.image,
+        "status": s.status,
+        "status_message": s.status_message,
         "dataplane_url": f"{dataplane_base}/{s.id}",
-        "created_at": iso(s.created_at), "updated_at": iso(s.updated_at),
-        "ttl_seconds": s.ttl_seconds, "idle_ttl_seconds": s.idle_ttl_seconds,
+        "created_at": iso(s.created_at),
+        "updated_at": iso(s.updated_at),
+        "ttl_seconds": s.ttl_seconds,
+        "idle_ttl_seconds": s.idle_ttl_seconds,
         "expires_at": iso(expires_at(s)),
     }

@@ -36,7 +36,8 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(
-            self.engine, expire_on_commit=False)
+            self.engine, expire_on_commit=False
+        )
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> Database:

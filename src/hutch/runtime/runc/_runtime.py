@@ -4,7 +4,8 @@ Layout under ``data_dir``::
 
     runc/                 runc's own state (``runc --root``), private to this server
     sandboxes/<id>/       OCI bundle: config.json, hosts, hostname, resolv.conf, upper/, work/,
-                          rootfs/ (an overlay of the image's layers plus upper/), exec/ (process specs)
+                          rootfs/ (overlay of the image's layers plus upper/),
+                          exec/ (process specs)
 
 Every sandbox lives in cgroup ``/hutch/<id>``; each command in a freezer sub-cgroup of it.
 """
@@ -250,8 +251,13 @@ class RuncRuntime(Runtime):
         except ProcessLookupError:
             return
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+        done: asyncio.Future[None] = loop.create_future()
+
+        def _ready() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(pidfd, _ready)
         try:
             await asyncio.wait_for(done, timeout)
         except TimeoutError:
