@@ -12,6 +12,7 @@ import contextlib
 import logging
 import secrets
 import string
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from hutch.store import Database, Sandbox, Template, utcnow
 log = logging.getLogger("hutch.server")
 
 PROVISIONING, READY, FAILED = "provisioning", "ready", "failed"
+TOUCH_INTERVAL = 5.0
 _ALNUM = string.ascii_lowercase + string.digits
 
 
@@ -52,6 +54,7 @@ class SandboxManager:
         self._done: dict[str, asyncio.Future[Outcome]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._touched: dict[str, float] = {}
 
     def lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -203,8 +206,18 @@ class SandboxManager:
             async with self.db.session() as s, s.begin():
                 await s.execute(delete(Sandbox).where(Sandbox.id == sandbox_id))
         self._locks.pop(sandbox_id, None)
+        self._touched.pop(sandbox_id, None)
 
     async def touch(self, sandbox_id: str) -> None:
+        """Record activity (commands, file I/O) for the idle TTL.
+
+        Written through to the store at most every ``TOUCH_INTERVAL`` seconds per sandbox, so the
+        hot exec path does not pay a database commit per call.
+        """
+        now = time.monotonic()
+        if now - self._touched.get(sandbox_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+            return
+        self._touched[sandbox_id] = now
         async with self.db.session() as s, s.begin():
             await s.execute(
                 update(Sandbox).where(Sandbox.id == sandbox_id).values(last_active_at=utcnow())
