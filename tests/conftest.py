@@ -40,8 +40,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def build_image(which: str) -> Path:
-    subprocess.run([str(REPO / "scripts/images.sh"), which], check=True,
-                   env={**os.environ, "HUTCH_CACHE_DIR": str(CACHE)})
+    subprocess.run(
+        [str(REPO / "scripts/images.sh"), which],
+        check=True,
+        env={**os.environ, "HUTCH_CACHE_DIR": str(CACHE)},
+    )
     return CACHE / {"busybox": "busybox.tar", "python": "debian-python-3.11.tar"}[which]
 
 
@@ -81,12 +84,19 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
     def import_image(self, name: str, path: Path) -> None:
-        subprocess.run([*HUTCH, "image", "import", name, str(path), "--data-dir",
-                        str(self.data_dir)], check=True, capture_output=True)
+        subprocess.run(
+            [*HUTCH, "image", "import", name, str(path), "--data-dir", str(self.data_dir)],
+            check=True,
+            capture_output=True,
+        )
 
     def runc_ids(self) -> set[str]:
-        out = subprocess.run(["runc", "--root", str(self.data_dir / "runc"), "list", "-q"],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["runc", "--root", str(self.data_dir / "runc"), "list", "-q"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return set(out.split())
 
     def alive(self) -> bool:
@@ -103,7 +113,9 @@ def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None)
         proc = subprocess.Popen(
             [*HUTCH, "serve", "--port", str(port), "--data-dir", str(data_dir), *extra],
             env={**os.environ, "HUTCH_API_KEY": API_KEY, **(env or {})},
-            stdout=out, stderr=subprocess.STDOUT)
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     server = Server(f"http://127.0.0.1:{port}", API_KEY, data_dir, proc, log)
     if not wait_until(lambda: server.alive() or proc.poll() is not None, 30):
         proc.kill()
@@ -151,8 +163,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Itera
         pytest.skip("needs root (runc, mounts, cgroups); CI runs as root")
     data = tmp_path_factory.mktemp("hutch") / "data"
     data.mkdir()
-    subprocess.run([*HUTCH, "image", "import", "local/busybox", str(busybox_tar), "--data-dir",
-                    str(data)], check=True, capture_output=True)
+    subprocess.run(
+        [*HUTCH, "image", "import", "local/busybox", str(busybox_tar), "--data-dir", str(data)],
+        check=True,
+        capture_output=True,
+    )
     srv = start_server(data)
     try:
         yield srv
