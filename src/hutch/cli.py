@@ -35,6 +35,9 @@ def serve(
         None, help="SQLAlchemy async URL [default: SQLite in the data dir]"
     ),
     log_level: str = typer.Option("info", help="uvicorn log level"),
+    max_upload_bytes: int = typer.Option(
+        ServerConfig.max_upload_bytes, min=1, help="Largest file upload accepted, in bytes"
+    ),
 ) -> None:
     """Run the API server."""
     import uvicorn
@@ -50,6 +53,7 @@ def serve(
         port=port,
         public_url=public_url,
         database_url=database_url,
+        max_upload_bytes=max_upload_bytes,
     )
     uvicorn.run(
         create_app(config), host=host, port=port, log_level=log_level, ws_max_size=16 * 1024 * 1024

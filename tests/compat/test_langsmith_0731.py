@@ -21,9 +21,13 @@ def test_template_era_flow_over_http(server: Server) -> None:
     """template → sandbox → run → write/read → delete with langsmith==0.7.31 (no websockets)."""
     python = langsmith_python("0.7.31", websockets=False)
     env = {**os.environ, "LANGSMITH_ENDPOINT": server.url, "LANGSMITH_API_KEY": server.key}
-    proc = subprocess.run([str(python), str(HERE / "flow_template_era.py"), "ls-0731",
-                           "local/busybox"], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [str(python), str(HERE / "flow_template_era.py"), "ls-0731", "local/busybox"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["websockets"] is False

@@ -163,8 +163,9 @@ def test_duplicate_and_conflicting_names(client: SandboxClient, bb_template: str
         ({}, "template_name"),
     ],
 )
-def test_create_bad_input(server: Server, bb_template: str, body: dict[str, object],
-                          needle: str) -> None:
+def test_create_bad_input(
+    server: Server, bb_template: str, body: dict[str, object], needle: str
+) -> None:
     """Invalid create bodies get 422 in the envelope and create nothing."""
     with server.http() as http:
         before = http.get("/v2/sandboxes/boxes").json()["sandboxes"]
@@ -190,8 +191,7 @@ def test_auth_required(server: Server) -> None:
     assert server.alive()
 
 
-def test_context_manager_deletes(client: SandboxClient, bb_template: str,
-                                 server: Server) -> None:
+def test_context_manager_deletes(client: SandboxClient, bb_template: str, server: Server) -> None:
     """client.sandbox() deletes its sandbox, and the container, on exit."""
     with client.sandbox(bb_template) as sb:
         sandbox_id = sb.id

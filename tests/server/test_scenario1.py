@@ -57,8 +57,9 @@ def test_demo_script_prints_4(server: Server, python_template: str) -> None:
         "import sys; sys.path.insert(0, 'scripts'); import demo; "
         f"sys.exit(demo.scenario_1({server.url!r}, {server.key!r}))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "4\n"
     assert "pid 1 is /dev/.hutch-init" in proc.stderr

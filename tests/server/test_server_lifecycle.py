@@ -111,11 +111,12 @@ def test_restart_keeps_sandboxes_and_removes_orphans(tmp_path: Path, busybox_tar
 def test_cli_image_import_list_rm(tmp_path: Path, busybox_tar: Path) -> None:
     """`hutch image import|list|rm` manage the store; a bad archive is a clear error, exit 1."""
     data = str(tmp_path / "data")
-    run = lambda *a: subprocess.run(
-        [*HUTCH, "image", *a, "--data-dir", data],  # noqa: E731
-        capture_output=True,
-        text=True,
-    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*HUTCH, "image", *args, "--data-dir", data], capture_output=True, text=True
+        )
+
     r = run("import", "local/bb:1", str(busybox_tar))
     assert r.returncode == 0 and "imported local/bb:1" in r.stdout
     assert "local/bb:1" in run("list").stdout

@@ -43,9 +43,11 @@ def test_template_crud(client: SandboxClient) -> None:
 
 def test_template_not_found(client: SandboxClient) -> None:
     """get, update and delete of an unknown template raise ResourceNotFoundError(template)."""
-    for call in (lambda: client.get_template("nope-x"),
-                 lambda: client.update_template("nope-x", new_name="nope-y"),
-                 lambda: client.delete_template("nope-x")):
+    for call in (
+        lambda: client.get_template("nope-x"),
+        lambda: client.update_template("nope-x", new_name="nope-y"),
+        lambda: client.delete_template("nope-x"),
+    ):
         with pytest.raises(ResourceNotFoundError) as info:
             call()
         assert info.value.resource_type == "template"
@@ -96,8 +98,9 @@ def test_template_in_use(client: SandboxClient) -> None:
         ({"name": "ok-name", "image": "x", "resources": {"storage": "1Q"}}, "storage"),
     ],
 )
-def test_template_bad_input(server: Server, client: SandboxClient, body: dict[str, object],
-                            needle: str) -> None:
+def test_template_bad_input(
+    server: Server, client: SandboxClient, body: dict[str, object], needle: str
+) -> None:
     """Invalid template bodies get a 422 envelope naming the problem; nothing is created."""
     with server.http() as http:
         r = http.post("/v2/sandboxes/templates", json=body)
@@ -105,8 +108,9 @@ def test_template_bad_input(server: Server, client: SandboxClient, body: dict[st
         detail = r.json()["detail"]
         assert detail["error"] == "ValidationError"
         assert needle in detail["message"]
-        assert "ok-name" not in [t["name"] for t in http.get("/v2/sandboxes/templates")
-                                 .json()["templates"]]
+        assert "ok-name" not in [
+            t["name"] for t in http.get("/v2/sandboxes/templates").json()["templates"]
+        ]
     with pytest.raises(ValidationError):
         client.create_template("x", "local/busybox", memory="1Ti")
 
@@ -114,8 +118,11 @@ def test_template_bad_input(server: Server, client: SandboxClient, body: dict[st
 def test_not_json_and_unknown_route(server: Server) -> None:
     """A body that is not JSON and an unknown path both answer in the error envelope."""
     with server.http() as http:
-        r = http.post("/v2/sandboxes/templates", content=b"{nope",
-                      headers={"content-type": "application/json"})
+        r = http.post(
+            "/v2/sandboxes/templates",
+            content=b"{nope",
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 422
         assert r.json()["detail"]["error"] == "ValidationError"
         r = http.get("/v2/sandboxes/nothing-here")

@@ -173,17 +173,35 @@ async def upload(
         part = form.get("file")
         if part is None or isinstance(part, str):
             raise ApiError(ErrorType.VALIDATION, "Upload body must have one file part named 'file'")
+        if part.size is not None and part.size > limit:
+            # Checked before the target is opened (and truncated): a refused upload changes nothing.
+            raise _too_large(part.size, limit)
         root = _root_fd(svc, row)
         try:
             size = await asyncio.to_thread(_write_from, root, target, part.file, limit)
         except _fs.SandboxPathError as exc:
             raise _path_error(exc, row, ErrorType.WRITE_ERROR) from exc
+        except _UploadTooLarge as exc:
+            raise _too_large(exc.size, limit) from exc
         finally:
             os.close(root)
     finally:
         await form.close()
     await svc.manager.touch(row.id)
     return {"path": target, "size": size}
+
+
+class _UploadTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        ErrorType.PAYLOAD_TOO_LARGE,
+        f"Upload of {size} bytes exceeds this server's limit of {limit} bytes",
+    )
 
 
 def _write_from(root: int, target: str, src: Any, limit: int) -> int:
@@ -193,7 +211,7 @@ def _write_from(root: int, target: str, src: Any, limit: int) -> int:
         while chunk := src.read(CHUNK):
             total += len(chunk)
             if total > limit:
-                raise _fs.SandboxPathError("io", target, f"Upload exceeds {limit} bytes")
+                raise _UploadTooLarge(total)
             _fs.write_all(fd, [chunk])
         return total
     except OSError as exc:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from hutch.runtime import _fs
 from hutch.runtime._interface import (
@@ -38,6 +40,7 @@ log = logging.getLogger("hutch.runtime")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
+PR_SET_CHILD_SUBREAPER = 36
 HOME = "/home/user"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -58,22 +61,146 @@ def _umount(target: str) -> None:
             raise RuntimeError_(f"umount {target}: {os.strerror(err)}")
 
 
+def _become_subreaper() -> None:
+    """Make orphans of our children (detached commands, sandbox inits) our children.
+
+    Detached commands need it: their exit status is read with ``waitid`` (see
+    :class:`_DetachedProcess`). Sandbox inits are reaped when their sandbox is deleted.
+    """
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeError_(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def _reap_nohang(pidfd: int) -> None:
+    """Reap the exited process of ``pidfd`` if it is our child (never blocks)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+
+
 def _is_mounted(target: str) -> bool:
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == target for line in f)
 
 
-class RuncProcess(Process):
-    """A ``runc exec`` child; its exit code is the command's (128+N when killed by signal N)."""
+def _same(protocol: asyncio.StreamReaderProtocol) -> asyncio.StreamReaderProtocol:
+    return protocol
 
-    def __init__(
-        self, proc: asyncio.subprocess.Process, cgroup: Path, spec_file: Path, pid_file: Path
-    ) -> None:
-        self._proc = proc
+
+class RuncProcess(Process):
+    """A command in its own freezer cgroup; its exit code is 128+N when killed by signal N."""
+
+    def __init__(self, cgroup: Path, spec_file: Path, pid_file: Path) -> None:
         self._cgroup = cgroup
         self._spec_file = spec_file
         self._pid_file = pid_file
         self.pid = 0
+
+    async def host_pid(self, timeout: float = 2.0) -> int:
+        """The command's pid on the host (0 if it never started)."""
+        return self.pid
+
+    async def kill(self) -> None:
+        await _cgroups.kill_all(self._cgroup)
+
+    def members(self) -> list[int]:
+        return _cgroups.pids(self._cgroup)
+
+    def _cleanup(self) -> None:
+        for f in (self._spec_file, self._pid_file):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+        # Background children of a finished command may still be running; their cgroup stays
+        # until they exit or the sandbox is deleted.
+        with contextlib.suppress(OSError):
+            _cgroups.remove_if_empty(self._cgroup)
+
+
+class _DetachedProcess(RuncProcess):
+    """A command started with ``runc exec --detach``, reaped by this (subreaper) process.
+
+    A non-detached ``runc exec`` relays the command's stdio through pipes of its own and exits
+    only at EOF, i.e. when the *last* process holding them exits: ``sleep 300 &`` would keep a
+    finished command running. Detached, the command writes straight into our pipes, runc exits
+    at once, the command is re-parented to us (we are a child subreaper) and its exit status
+    comes from ``waitid(P_PIDFD)``.
+    """
+
+    def __init__(self, cgroup: Path, spec_file: Path, pid_file: Path) -> None:
+        super().__init__(cgroup, spec_file, pid_file)
+        self._transports: list[asyncio.BaseTransport] = []
+        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def _connect(self, out: BinaryIO, err: BinaryIO, in_: BinaryIO) -> None:
+        loop = asyncio.get_running_loop()
+        readers = []
+        for pipe in (out, err):
+            reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_read_pipe(functools.partial(_same, protocol), pipe)
+            self._transports.append(transport)
+            readers.append(reader)
+        self.stdout, self.stderr = readers
+        proto = asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop))
+        wtransport, _ = await loop.connect_write_pipe(functools.partial(_same, proto), in_)
+        self._transports.append(wtransport)
+        self.stdin = asyncio.StreamWriter(wtransport, proto, None, loop)
+
+    def _adopt(self, runc_code: int) -> None:
+        """After ``runc exec -d`` exited: follow the command, or record why it never ran."""
+        if runc_code != 0:
+            self._exit.set_result(runc_code)  # runc's message is on the command's stderr
+            return
+        try:
+            self.pid = int(self._pid_file.read_text())
+            pidfd = os.pidfd_open(self.pid)
+        except (OSError, ValueError) as exc:
+            log.warning("lost track of a command started by runc: %s", exc)
+            self._exit.set_result(255)
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, self._reap, pidfd)
+
+    def _reap(self, pidfd: int) -> None:
+        try:
+            res = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            log.warning("command %d was not re-parented to the server; exit code lost", self.pid)
+            res = None
+        else:
+            if res is None:
+                return  # not exited yet (spurious wake-up)
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        if res is None:
+            code = 255
+        elif res.si_code == os.CLD_EXITED:
+            code = res.si_status
+        else:
+            code = 128 + res.si_status
+        if not self._exit.done():
+            self._exit.set_result(code)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    async def close(self) -> None:
+        if not self._exit.done():
+            await self.kill()
+            await self.wait()
+        for transport in self._transports:
+            transport.close()
+        self._cleanup()
+
+
+class _AttachedProcess(RuncProcess):
+    """A command under a non-detached ``runc exec`` (PTY mode: runc relays the console)."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, cgroup: Path, spec_file: Path, pid_file: Path
+    ) -> None:
+        super().__init__(cgroup, spec_file, pid_file)
+        self._proc = proc
         assert proc.stdout is not None
         self.stdout = proc.stdout
         self.stderr = proc.stderr
@@ -94,23 +221,11 @@ class RuncProcess(Process):
     async def wait(self) -> int:
         return await self._proc.wait()
 
-    async def kill(self) -> None:
-        await _cgroups.kill_all(self._cgroup)
-
-    def members(self) -> list[int]:
-        return _cgroups.pids(self._cgroup)
-
     async def close(self) -> None:
         if self._proc.returncode is None:
             await self.kill()
             await self._proc.wait()
-        for f in (self._spec_file, self._pid_file):
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-        # Background children of a finished command may still be running; their cgroup stays
-        # until they exit or the sandbox is deleted.
-        with contextlib.suppress(OSError):
-            _cgroups.remove_if_empty(self._cgroup)
+        self._cleanup()
 
 
 class RuncRuntime(Runtime):
@@ -120,6 +235,7 @@ class RuncRuntime(Runtime):
         self.state_root.mkdir(parents=True, exist_ok=True)
         self.bundles.mkdir(parents=True, exist_ok=True)
         self._runc_bin = shutil.which(runc) or runc
+        _become_subreaper()
         self._init_pids: dict[str, int] = {}
         self._env: dict[str, dict[str, str]] = {}
 
@@ -262,6 +378,10 @@ class RuncRuntime(Runtime):
             await asyncio.wait_for(done, timeout)
         except TimeoutError:
             log.warning("sandbox init %d still alive after %.1fs", pid, timeout)
+        else:
+            # Re-parented to us (subreaper) once ``runc run -d`` exited: reap it. After a server
+            # restart it is someone else's child, and that one reaps it.
+            _reap_nohang(pidfd)
         finally:
             loop.remove_reader(pidfd)
             os.close(pidfd)
@@ -327,18 +447,65 @@ class RuncRuntime(Runtime):
         spec_file.write_text(
             json.dumps(_spec.process(list(spec.argv), env, spec.cwd, terminal=spec.pty))
         )
+        args = [
+            "--root",
+            str(self.state_root),
+            "exec",
+            "--process",
+            str(spec_file),
+            "--cgroup",
+            f"freezer:{cmd_id}",
+            "--pid-file",
+            str(pid_file),
+        ]
+        if spec.pty:
+            return await self._exec_attached(args, sandbox_id, cgroup, spec_file, pid_file)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        # Our ends, as file objects: closing one twice (here and by its transport) is harmless.
+        ours = [os.fdopen(out_r, "rb", 0), os.fdopen(err_r, "rb", 0), os.fdopen(in_w, "wb", 0)]
+        try:
+            try:
+                runc = await asyncio.create_subprocess_exec(
+                    self._runc_bin,
+                    *args,
+                    "--detach",
+                    sandbox_id,
+                    stdin=in_r,
+                    stdout=out_w,
+                    stderr=err_w,
+                )
+            finally:
+                for fd in (in_r, out_w, err_w):
+                    os.close(fd)
+            proc = _DetachedProcess(cgroup, spec_file, pid_file)
+            await proc._connect(*ours)
+        except OSError as exc:
+            for f in ours:
+                f.close()
+            _cgroups.remove_if_empty(cgroup)
+            raise SpawnError(f"could not start runc: {exc}") from exc
+        try:
+            code = await asyncio.shield(runc.wait())
+        except BaseException:
+            # Cancelled while runc starts the command: follow it anyway, then kill and reap it.
+            async def _abandon() -> None:
+                proc._adopt(await runc.wait())
+                await proc.close()
+
+            await asyncio.shield(_abandon())
+            raise
+        proc._adopt(code)
+        return proc
+
+    async def _exec_attached(
+        self, args: list[str], sandbox_id: str, cgroup: Path, spec_file: Path, pid_file: Path
+    ) -> RuncProcess:
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._runc_bin,
-                "--root",
-                str(self.state_root),
-                "exec",
-                "--process",
-                str(spec_file),
-                "--cgroup",
-                f"freezer:{cmd_id}",
-                "--pid-file",
-                str(pid_file),
+                *args,
                 sandbox_id,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -348,4 +515,4 @@ class RuncRuntime(Runtime):
         except OSError as exc:
             _cgroups.remove_if_empty(cgroup)
             raise SpawnError(f"could not start runc: {exc}") from exc
-        return RuncProcess(proc, cgroup, spec_file, pid_file)
+        return _AttachedProcess(proc, cgroup, spec_file, pid_file)
