@@ -45,6 +45,9 @@ class ExecSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str = "/"
     pty: bool = False
+    #: Initial terminal size when ``pty`` is set.
+    rows: int = 24
+    cols: int = 80
 
 
 class Process(abc.ABC):
@@ -66,6 +69,9 @@ class Process(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release resources held for this process (after it exited)."""
+
+    def resize(self, rows: int, cols: int) -> None:  # noqa: B027 - optional hook
+        """Change the terminal size of a PTY process (no-op for pipes)."""
 
 
 class Runtime(abc.ABC):

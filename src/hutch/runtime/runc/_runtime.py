@@ -15,11 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
+import fcntl
 import functools
 import json
 import logging
 import os
 import shutil
+import socket
+import struct
+import termios
 import uuid
 from pathlib import Path
 from typing import BinaryIO
@@ -193,39 +198,54 @@ class _DetachedProcess(RuncProcess):
         self._cleanup()
 
 
-class _AttachedProcess(RuncProcess):
-    """A command under a non-detached ``runc exec`` (PTY mode: runc relays the console)."""
+class _EioIsEof(asyncio.StreamReaderProtocol):
+    """A PTY master reads EIO once the last slave fd closes: that is the end of output."""
 
-    def __init__(
-        self, proc: asyncio.subprocess.Process, cgroup: Path, spec_file: Path, pid_file: Path
-    ) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:
+            exc = None
+        super().connection_lost(exc)
+
+
+class _PtyProcess(_DetachedProcess):
+    """A command on a pseudo-terminal whose master runc handed us over the console socket."""
+
+    def __init__(self, cgroup: Path, spec_file: Path, pid_file: Path) -> None:
         super().__init__(cgroup, spec_file, pid_file)
-        self._proc = proc
-        assert proc.stdout is not None
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
-        self.stdin = proc.stdin
+        self._master = -1
 
-    async def host_pid(self, timeout: float = 2.0) -> int:
-        """The command's pid on the host (waits for runc to write its pid file)."""
+    async def _connect_pty(self, master: int) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.pid:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                self.pid = int(self._pid_file.read_text())
-            if self.pid or self._proc.returncode is not None or loop.time() > deadline:
-                break
-            await asyncio.sleep(0.002)
-        return self.pid
+        self._master = os.dup(master)  # kept for TIOCSWINSZ; the transports own the others
+        reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        protocol = _EioIsEof(reader)
+        rfile = os.fdopen(master, "rb", 0)
+        transport, _ = await loop.connect_read_pipe(functools.partial(_same, protocol), rfile)
+        self._transports.append(transport)
+        wfile = os.fdopen(os.dup(master), "wb", 0)
+        proto = asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop))
+        wtransport, _ = await loop.connect_write_pipe(functools.partial(_same, proto), wfile)
+        self._transports.append(wtransport)
+        self.stdout, self.stderr = reader, None
+        self.stdin = asyncio.StreamWriter(wtransport, proto, None, loop)
 
-    async def wait(self) -> int:
-        return await self._proc.wait()
+    def resize(self, rows: int, cols: int) -> None:
+        if self._master >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(self._master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     async def close(self) -> None:
-        if self._proc.returncode is None:
-            await self.kill()
-            await self._proc.wait()
-        self._cleanup()
+        await super().close()
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
+
+
+def _check_peer_is_root(conn: socket.socket) -> None:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    if uid != 0:
+        raise SpawnError("console socket peer is not root; refusing its terminal")
 
 
 class RuncRuntime(Runtime):
@@ -441,11 +461,17 @@ class RuncRuntime(Runtime):
         except FileNotFoundError as exc:
             raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
         env = self.env_of(sandbox_id)
+        if spec.pty:
+            env.setdefault("TERM", "xterm-256color")
         env.update(spec.env)
         spec_file = bundle / "exec" / f"{cmd_id}.json"
         pid_file = bundle / "exec" / f"{cmd_id}.pid"
         spec_file.write_text(
-            json.dumps(_spec.process(list(spec.argv), env, spec.cwd, terminal=spec.pty))
+            json.dumps(
+                _spec.process(
+                    list(spec.argv), env, spec.cwd, terminal=spec.pty, size=(spec.rows, spec.cols)
+                )
+            )
         )
         args = [
             "--root",
@@ -459,7 +485,7 @@ class RuncRuntime(Runtime):
             str(pid_file),
         ]
         if spec.pty:
-            return await self._exec_attached(args, sandbox_id, cgroup, spec_file, pid_file)
+            return await self._exec_pty(args, sandbox_id, cgroup, spec_file, pid_file)
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -499,20 +525,75 @@ class RuncRuntime(Runtime):
         proc._adopt(code)
         return proc
 
-    async def _exec_attached(
+    async def _exec_pty(
         self, args: list[str], sandbox_id: str, cgroup: Path, spec_file: Path, pid_file: Path
     ) -> RuncProcess:
+        """``runc exec --detach --tty``: runc passes the PTY master over a console socket.
+
+        The socket is abstract (no path-length limit, nothing left on disk) and only a root peer
+        is trusted to hand us a terminal.
+        """
+        loop = asyncio.get_running_loop()
+        name = f"hutch-console-{uuid.uuid4().hex}"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        master = -1
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self._runc_bin,
-                *args,
-                sandbox_id,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                limit=1 << 20,
-            )
-        except OSError as exc:
+            listener.bind("\0" + name)
+            listener.listen(1)
+            listener.setblocking(False)
+            try:
+                runc = await asyncio.create_subprocess_exec(
+                    self._runc_bin,
+                    *args,
+                    "--detach",
+                    "--tty",
+                    "--console-socket",
+                    "@" + name,
+                    sandbox_id,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+            except OSError as exc:
+                raise SpawnError(f"could not start runc: {exc}") from exc
+            accept = asyncio.ensure_future(loop.sock_accept(listener))
+            exited = asyncio.ensure_future(runc.communicate())
+            try:
+                await asyncio.wait(
+                    [accept, exited], return_when=asyncio.FIRST_COMPLETED, timeout=30
+                )
+            finally:
+                if not accept.done():
+                    accept.cancel()
+            if accept.done() and not accept.cancelled() and accept.exception() is None:
+                conn, _ = accept.result()
+                with conn:
+                    _check_peer_is_root(conn)
+                    conn.setblocking(True)
+                    conn.settimeout(10)
+                    _msg, fds, _flags, _addr = await asyncio.to_thread(
+                        socket.recv_fds, conn, 1024, 1
+                    )
+                if not fds:
+                    raise SpawnError("runc sent no terminal over the console socket")
+                master = fds[0]
+                for extra in fds[1:]:
+                    os.close(extra)
+            _out, err = await exited
+            if runc.returncode != 0 or master < 0:
+                raise SpawnError(
+                    (err or b"").decode(errors="replace").strip()
+                    or f"runc exec failed ({runc.returncode})"
+                )
+            proc = _PtyProcess(cgroup, spec_file, pid_file)
+            await proc._connect_pty(master)
+            master = -1
+            proc._adopt(0)
+            return proc
+        except BaseException:
+            if master >= 0:
+                os.close(master)
             _cgroups.remove_if_empty(cgroup)
-            raise SpawnError(f"could not start runc: {exc}") from exc
-        return _AttachedProcess(proc, cgroup, spec_file, pid_file)
+            raise
+        finally:
+            listener.close()

@@ -55,10 +55,15 @@ def process(
     *,
     terminal: bool = False,
     no_new_privileges: bool = True,
+    size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The ``process`` object, for the init and for each ``runc exec``."""
     caps = list(DEFAULT_CAPS)
+    extra: dict[str, Any] = {}
+    if terminal and size:
+        extra["consoleSize"] = {"height": size[0], "width": size[1]}
     return {
+        **extra,
         "terminal": terminal,
         "user": {"uid": 0, "gid": 0},
         "args": args,
