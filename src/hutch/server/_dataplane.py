@@ -56,7 +56,7 @@ class ExecuteBody(BaseModel):
         return v
 
 
-async def _ready_sandbox(svc: Services, who: Principal, sandbox_id: str) -> Sandbox:
+async def ready_sandbox(svc: Services, who: Principal, sandbox_id: str) -> Sandbox:
     async with svc.db.session() as s:
         row = (
             await s.execute(
@@ -88,6 +88,36 @@ def _root_fd(svc: Services, row: Sandbox) -> int:
         ) from exc
 
 
+def resolve_command(svc: Services, row: Sandbox, shell: str, cwd: str | None) -> tuple[str, str]:
+    """Check a command's shell and working directory inside the sandbox.
+
+    Returns the shell to use (``/bin/bash`` falls back to ``/bin/sh`` when the image has no bash,
+    spec §10.7) and the absolute cwd (default: the sandbox home).
+    """
+    root = _root_fd(svc, row)
+    try:
+        if not _fs.exists(root, shell):
+            if shell != "/bin/bash" or not _fs.exists(root, "/bin/sh"):
+                raise ApiError(
+                    ErrorType.COMMAND_ERROR,
+                    f"Shell '{shell}' not found in sandbox '{row.name}'; "
+                    "pass shell='/bin/sh' or use an image that has it",
+                )
+            shell = "/bin/sh"
+        try:
+            where = _fs.normalize(cwd or HOME, HOME)
+        except _fs.SandboxPathError as exc:
+            raise ApiError(ErrorType.COMMAND_ERROR, str(exc)) from exc
+        if not _fs.exists(root, where):
+            raise ApiError(
+                ErrorType.COMMAND_ERROR,
+                f"Working directory '{where}' does not exist in sandbox '{row.name}'",
+            )
+    finally:
+        os.close(root)
+    return shell, where
+
+
 def _path_error(exc: _fs.SandboxPathError, row: Sandbox, op: ErrorType) -> ApiError:
     if exc.kind == "not_found":
         return ApiError(
@@ -103,29 +133,8 @@ async def execute(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
-    row = await _ready_sandbox(svc, who, sandbox_id)
-    root = _root_fd(svc, row)
-    try:
-        shell = body.shell
-        if not _fs.exists(root, shell):
-            if shell != "/bin/bash" or not _fs.exists(root, "/bin/sh"):
-                raise ApiError(
-                    ErrorType.COMMAND_ERROR,
-                    f"Shell '{shell}' not found in sandbox '{row.name}'; "
-                    "pass shell='/bin/sh' or use an image that has it",
-                )
-            shell = "/bin/sh"  # spec §10.7: images without bash fall back to sh
-        try:
-            cwd = _fs.normalize(body.cwd or HOME, HOME)
-        except _fs.SandboxPathError as exc:
-            raise ApiError(ErrorType.COMMAND_ERROR, str(exc)) from exc
-        if not _fs.exists(root, cwd):
-            raise ApiError(
-                ErrorType.COMMAND_ERROR,
-                f"Working directory '{cwd}' does not exist in sandbox '{row.name}'",
-            )
-    finally:
-        os.close(root)
+    row = await ready_sandbox(svc, who, sandbox_id)
+    shell, cwd = resolve_command(svc, row, body.shell, body.cwd)
     await svc.manager.touch(row.id)
     try:
         proc = await svc.runtime.exec(
@@ -148,7 +157,7 @@ async def upload(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
-    row = await _ready_sandbox(svc, who, sandbox_id)
+    row = await ready_sandbox(svc, who, sandbox_id)
     limit = svc.config.max_upload_bytes
     length = request.headers.get("content-length")
     if length is None or not length.isdigit():
@@ -229,7 +238,7 @@ async def download(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Response:
-    row = await _ready_sandbox(svc, who, sandbox_id)
+    row = await ready_sandbox(svc, who, sandbox_id)
     root = _root_fd(svc, row)
     try:
         target = _fs.normalize(path, HOME)
