@@ -56,7 +56,12 @@ def serve(
         max_upload_bytes=max_upload_bytes,
     )
     uvicorn.run(
-        create_app(config), host=host, port=port, log_level=log_level, ws_max_size=16 * 1024 * 1024
+        create_app(config),
+        host=host,
+        port=port,
+        log_level=log_level,
+        ws="websockets-sansio",
+        ws_max_size=16 * 1024 * 1024,
     )
 
 

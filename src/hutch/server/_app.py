@@ -10,11 +10,12 @@ from fastapi import FastAPI
 
 from hutch.runtime.images import ImageStore
 from hutch.runtime.runc import RuncRuntime
-from hutch.server import _control, _dataplane, _errors
+from hutch.server import _control, _dataplane, _errors, _ws_exec
 from hutch.server._auth import KeyRing
 from hutch.server._config import ServerConfig
 from hutch.server._deps import Services
 from hutch.server._manager import SandboxManager
+from hutch.sessions import SessionManager
 from hutch.store import Database
 
 log = logging.getLogger("hutch.server")
@@ -25,9 +26,18 @@ log = logging.getLogger("hutch.server")
 CONTROL_PREFIXES = ("/v2/sandboxes", "/api/v2/sandboxes", "/api/v1/v2/sandboxes")
 
 
+class _DenialIsNotAnError(logging.Filter):
+    """uvicorn logs an upgrade refused with an HTTP status (auth, unknown sandbox) as
+    "returned without completing handshake"; for us that refusal is the intended answer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing handshake" not in record.getMessage()
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("uvicorn.error").addFilter(_DenialIsNotAnError())
         config.data_dir.mkdir(parents=True, exist_ok=True)
         config.data_dir.chmod(0o700)
         db = (
@@ -42,12 +52,16 @@ def create_app(config: ServerConfig) -> FastAPI:
             print(f"hutch: generated the first API key; it is in {written}", flush=True)
         images = ImageStore(config.data_dir / "images")
         runtime = RuncRuntime(config.data_dir)
-        manager = SandboxManager(db, runtime, images, config)
+        sessions = SessionManager()
+        manager = SandboxManager(db, runtime, images, config, sessions)
         await manager.reconcile()
-        app.state.services = Services(config, db, keys, images, runtime, manager)
+        svc = Services(config, db, keys, images, runtime, manager, sessions)
+        app.state.services = svc
         try:
             yield
         finally:
+            await _ws_exec.close_all(svc)
+            await sessions.aclose()
             await manager.aclose()
             await runtime.aclose()
             await db.aclose()
@@ -57,6 +71,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     for prefix in CONTROL_PREFIXES:
         app.include_router(_control.router, prefix=prefix)
     app.include_router(_dataplane.router)
+    app.include_router(_ws_exec.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fastapi import Request
+from fastapi import Request, WebSocket
 
 from hutch.runtime._interface import Runtime
 from hutch.runtime.images import ImageStore
 from hutch.server._auth import KeyRing, Principal
 from hutch.server._config import ServerConfig
 from hutch.server._manager import SandboxManager
+from hutch.sessions import SessionManager
 from hutch.store import Database
 
 
@@ -22,6 +23,9 @@ class Services:
     images: ImageStore
     runtime: Runtime
     manager: SandboxManager
+    sessions: SessionManager
+    #: Open exec/tunnel sockets, closed with 1012 on shutdown.
+    sockets: set[WebSocket] = field(default_factory=set)
 
 
 def services(request: Request) -> Services:

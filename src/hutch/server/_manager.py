@@ -23,6 +23,7 @@ from hutch.runtime._interface import Runtime, SandboxSpec
 from hutch.runtime._resources import parse_cpu, parse_memory
 from hutch.runtime.images import ImageError, ImageNotFoundError, ImageStore
 from hutch.server._config import ServerConfig
+from hutch.sessions import SessionManager
 from hutch.store import Database, Sandbox, Template, utcnow
 
 log = logging.getLogger("hutch.server")
@@ -45,12 +46,18 @@ class Outcome:
 
 class SandboxManager:
     def __init__(
-        self, db: Database, runtime: Runtime, images: ImageStore, config: ServerConfig
+        self,
+        db: Database,
+        runtime: Runtime,
+        images: ImageStore,
+        config: ServerConfig,
+        sessions: SessionManager,
     ) -> None:
         self.db = db
         self.runtime = runtime
         self.images = images
         self.config = config
+        self.sessions = sessions
         self._done: dict[str, asyncio.Future[Outcome]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -202,6 +209,7 @@ class SandboxManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         async with self.lock(sandbox_id):
+            await self.sessions.close_owner(sandbox_id)
             await self.runtime.delete(sandbox_id)
             async with self.db.session() as s, s.begin():
                 await s.execute(delete(Sandbox).where(Sandbox.id == sandbox_id))

@@ -1,0 +1,244 @@
+"""``/execute/ws`` (spec §4, with the newest SDK's deltas of §9.1).
+
+One WebSocket is one client attached to one command session: the first message starts a command
+(``execute``; a known client-supplied ``command_id`` attaches instead of spawning twice) or
+re-attaches to one (``reconnect`` from byte offsets). The session outlives the socket.
+
+Close codes: 1000 only after ``exit`` or ``error``; 1013 for a client too slow to keep up (it
+resumes from its offsets); 1012 when the server shuts down; 1008 for a protocol violation after
+the first message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from hutch.protocol import _exec as proto
+from hutch.protocol._errors import ErrorType
+from hutch.runtime._interface import ExecSpec, Process, SandboxNotFound, SpawnError
+from hutch.server._dataplane import ready_sandbox, resolve_command
+from hutch.server._deps import Services
+from hutch.server._errors import ApiError
+from hutch.sessions import (
+    CommandNotFound,
+    CommandSession,
+    SessionError,
+    SessionExpired,
+    SessionOptions,
+    SlowConsumer,
+    Subscription,
+)
+from hutch.sessions import Error as SessionErrorEvent
+from hutch.sessions import Exit as SessionExit
+from hutch.sessions import Output as SessionOutput
+from hutch.store import Sandbox
+
+log = logging.getLogger("hutch.server")
+router = APIRouter()
+
+#: The client sends its first message right after the upgrade; don't hold a socket forever.
+FIRST_MESSAGE_TIMEOUT = 30.0
+CLOSE_NORMAL, CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_LATER = 1000, 1008, 1012, 1013
+
+
+def _limit(value: int) -> float | None:
+    """Wire convention → Python: -1 (and, for timeouts, 0) mean no limit."""
+    return None if value < 0 else float(value)
+
+
+async def _send(ws: WebSocket, msg: proto.ServerMessage) -> None:
+    await ws.send_text(proto.encode_server_message(msg))
+
+
+async def _fail(ws: WebSocket, error_type: str, message: str) -> None:
+    """Send a terminal ``error`` and close 1000 (spec §4.5)."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await _send(ws, proto.Error(error_type=error_type, error=message))
+        await ws.close(CLOSE_NORMAL)
+
+
+@router.websocket("/dp/{sandbox_id}/execute/ws")
+async def execute_ws(ws: WebSocket, sandbox_id: str) -> None:
+    svc: Services = ws.app.state.services
+    try:
+        who = svc.keys.authenticate(ws.headers.get("x-api-key"))
+        row = await ready_sandbox(svc, who, sandbox_id)
+    except ApiError as exc:
+        # Refuse the upgrade with an HTTP status (spec §4.1), in the usual envelope.
+        await ws.send_denial_response(
+            JSONResponse(exc.wire.envelope(), status_code=exc.wire.status)
+        )
+        return
+    await ws.accept()
+    svc.sockets.add(ws)
+    try:
+        await _serve(ws, svc, row)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        svc.sockets.discard(ws)
+
+
+async def _serve(ws: WebSocket, svc: Services, row: Sandbox) -> None:
+    try:
+        raw = await asyncio.wait_for(ws.receive(), FIRST_MESSAGE_TIMEOUT)
+    except TimeoutError:
+        await _fail(ws, ErrorType.COMMAND_ERROR, "No execute or reconnect message received")
+        return
+    if raw.get("type") == "websocket.disconnect":
+        return
+    try:
+        first = proto.parse_client_message(raw.get("text") or raw.get("bytes") or b"", first=True)
+    except proto.ExecProtocolError as exc:
+        await _fail(ws, ErrorType.COMMAND_ERROR, f"Invalid first message: {exc}")
+        return
+    sessions = svc.sessions
+    if isinstance(first, proto.Execute):
+        try:
+            shell, cwd = resolve_command(svc, row, first.shell, first.cwd)
+        except ApiError as exc:
+            await _fail(ws, exc.wire.error or ErrorType.COMMAND_ERROR, exc.wire.message)
+            return
+        spec = ExecSpec(
+            argv=[shell, "-c", first.command],
+            env=first.env or {},
+            cwd=cwd,
+            pty=first.pty,
+            rows=first.rows or 24,
+            cols=first.cols or 80,
+        )
+        options = SessionOptions(
+            timeout=_limit(first.timeout_seconds) if first.timeout_seconds else None,
+            idle_timeout=_limit(first.idle_timeout_seconds),
+            ttl=_limit(first.ttl_seconds),
+            kill_on_disconnect=first.kill_on_disconnect,
+            pty=first.pty,
+        )
+
+        async def spawn() -> Process:
+            return await svc.runtime.exec(row.id, spec)
+
+        try:
+            session, created = await sessions.start(
+                row.id, spawn, options, command_id=first.command_id
+            )
+        except SessionExpired:
+            await _fail(ws, ErrorType.SESSION_EXPIRED, f"Session expired: {first.command_id}")
+            return
+        except (SpawnError, SandboxNotFound, SessionError, ValueError) as exc:
+            await _fail(ws, ErrorType.COMMAND_ERROR, f"Command could not start: {exc}")
+            return
+        if created and first.close_stdin and not first.pty:
+            await session.close_stdin()
+        offsets = (0, 0)
+        await svc.manager.touch(row.id)
+    elif isinstance(first, proto.Reconnect):
+        try:
+            session = sessions.get(row.id, first.command_id)
+        except CommandNotFound:
+            await _fail(ws, ErrorType.COMMAND_NOT_FOUND, f"Command not found: {first.command_id}")
+            return
+        except SessionExpired:
+            await _fail(ws, ErrorType.SESSION_EXPIRED, f"Session expired: {first.command_id}")
+            return
+        offsets = (first.stdout_offset, first.stderr_offset)
+    else:  # parse_client_message(first=True) admits only the two
+        await _fail(ws, ErrorType.COMMAND_ERROR, "First message must be execute or reconnect")
+        return
+    # Attach before anything awaits, so the session cannot expire (or an idle timer of 0 fire)
+    # between the lookup and the attach.
+    try:
+        subscription = session.attach(stdout_offset=offsets[0], stderr_offset=offsets[1])
+    except SessionExpired:
+        await _fail(ws, ErrorType.SESSION_EXPIRED, f"Session expired: {session.command_id}")
+        return
+    # `started` first, on execute and on reconnect alike (0.15 reads it as the attach ack).
+    try:
+        await _send(ws, proto.Started(command_id=session.command_id, pid=session.pid))
+    except BaseException:
+        subscription.close()
+        raise
+    # Two tasks owned here: whichever ends first (terminal event sent, or the client went away)
+    # ends the other; both are always awaited.
+    pump = asyncio.create_task(_pump(ws, subscription))
+    listen = asyncio.create_task(_listen(ws, session))
+    try:
+        await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pump, listen):
+            task.cancel()
+        results = await asyncio.gather(pump, listen, return_exceptions=True)
+        subscription.close()
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(
+            result, (WebSocketDisconnect, asyncio.CancelledError)
+        ):
+            raise result
+
+
+async def _pump(ws: WebSocket, subscription: Subscription) -> None:
+    """Session events → frames; returns after the terminal event and the 1000 close.
+
+    Pulling the next event after an awaited send is what marks output delivered (sessions'
+    no-loss rule): what was in flight when the socket died stays for a reconnect.
+    """
+    try:
+        async for event in subscription:
+            if isinstance(event, SessionOutput):
+                await _send(
+                    ws, proto.Output(stream=event.stream, data=event.data, offset=event.offset)
+                )
+                continue
+            if isinstance(event, SessionExit):
+                await _send(ws, proto.Exit(exit_code=event.exit_code))
+            elif isinstance(event, SessionErrorEvent):
+                await _send(ws, proto.Error(error_type=event.error_type, error=event.message))
+            await ws.close(CLOSE_NORMAL)
+            return
+    except SlowConsumer:
+        await ws.close(CLOSE_TRY_LATER, "client too slow; reconnect from your offsets")
+
+
+async def _listen(ws: WebSocket, session: CommandSession) -> None:
+    """Client frames after the first: input, close_stdin, kill, resize. Returns on disconnect."""
+    while True:
+        raw = await ws.receive()
+        if raw.get("type") == "websocket.disconnect":
+            return
+        try:
+            msg = proto.parse_client_message(
+                raw.get("text") or raw.get("bytes") or b"", first=False
+            )
+        except proto.ExecProtocolError as exc:
+            log.info("closing exec socket: %s", exc)
+            with contextlib.suppress(RuntimeError):
+                await ws.close(CLOSE_POLICY, str(exc)[:120])
+            return
+        if isinstance(msg, proto.Input):
+            # Input for a finished command or after close_stdin has nowhere to go (§4.4 has no
+            # error for it); dropping it is what a closed pipe would do.
+            with contextlib.suppress(SessionError, OSError):
+                await session.write_stdin(msg.data.encode())
+        elif isinstance(msg, proto.CloseStdin):
+            with contextlib.suppress(SessionError, OSError):
+                await session.close_stdin()
+        elif isinstance(msg, proto.Kill):
+            with contextlib.suppress(SessionError):  # already gone: nothing left to kill
+                await session.kill()
+        elif isinstance(msg, proto.Resize):
+            with contextlib.suppress(SessionError, ValueError):  # exited, or a bad size
+                session.resize(msg.rows, msg.cols)
+
+
+async def close_all(svc: Services) -> None:
+    """On shutdown: close every exec socket with 1012 so clients resume elsewhere/later."""
+    for ws in list(svc.sockets):
+        if ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(CLOSE_RESTART, "server restarting")

@@ -1,0 +1,1 @@
+"""Tests for hutch.protocol (wire pieces without I/O)."""
