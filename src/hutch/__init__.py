@@ -9,8 +9,10 @@ Example::
 """
 
 from hutch.client import (
+    AsyncCommandHandle,
     AsyncSandbox,
     AsyncSandboxClient,
+    CommandHandle,
     CommandTimeoutError,
     DataplaneNotConfiguredError,
     ExecutionResult,
@@ -43,8 +45,10 @@ from hutch.client import (
 )
 
 __all__ = [
+    "AsyncCommandHandle",
     "AsyncSandbox",
     "AsyncSandboxClient",
+    "CommandHandle",
     "CommandTimeoutError",
     "DataplaneNotConfiguredError",
     "ExecutionResult",

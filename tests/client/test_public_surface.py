@@ -8,13 +8,22 @@ import types
 import pytest
 
 import hutch
-from hutch import AsyncSandbox, AsyncSandboxClient, Sandbox, SandboxClient
+from hutch import (
+    AsyncCommandHandle,
+    AsyncSandbox,
+    AsyncSandboxClient,
+    CommandHandle,
+    Sandbox,
+    SandboxClient,
+)
 
 EXPECTED = {
     "SandboxClient",
     "AsyncSandboxClient",
     "Sandbox",
     "AsyncSandbox",
+    "CommandHandle",
+    "AsyncCommandHandle",
     "ExecutionResult",
     "OutputChunk",
     "ResourceSpec",
@@ -97,7 +106,12 @@ def shape(sig: inspect.Signature) -> list[tuple[str, object, object]]:
 
 
 @pytest.mark.parametrize(
-    ("sync_cls", "async_cls"), [(SandboxClient, AsyncSandboxClient), (Sandbox, AsyncSandbox)]
+    ("sync_cls", "async_cls"),
+    [
+        (SandboxClient, AsyncSandboxClient),
+        (Sandbox, AsyncSandbox),
+        (CommandHandle, AsyncCommandHandle),
+    ],
 )
 def test_sync_and_async_have_the_same_api(sync_cls: type, async_cls: type) -> None:
     """Sync and async classes have the same public methods with the same parameters."""
@@ -148,8 +162,8 @@ def test_client_methods_match_the_documented_surface() -> None:
 
 def test_async_methods_are_coroutines() -> None:
     """Every I/O method of the async classes is a coroutine function; none of the sync ones is."""
-    async_classes: tuple[type, ...] = (AsyncSandboxClient, AsyncSandbox)
-    sync_classes: tuple[type, ...] = (SandboxClient, Sandbox)
+    async_classes: tuple[type, ...] = (AsyncSandboxClient, AsyncSandbox, AsyncCommandHandle)
+    sync_classes: tuple[type, ...] = (SandboxClient, Sandbox, CommandHandle)
     for cls in async_classes:
         for name in public_methods(cls):
             if name != "from_dict":
@@ -157,3 +171,49 @@ def test_async_methods_are_coroutines() -> None:
     for cls in sync_classes:
         for name in public_methods(cls):
             assert not inspect.iscoroutinefunction(getattr(cls, name)), name
+
+
+def test_command_handles_offer_the_documented_calls() -> None:
+    """Both handles have langsmith's members; ``await handle.result`` works on the async one."""
+    members = {
+        "command_id",
+        "pid",
+        "result",
+        "send_input",
+        "kill",
+        "reconnect",
+        "last_stdout_offset",
+        "last_stderr_offset",
+        "MAX_AUTO_RECONNECTS",
+    }
+    for cls in (CommandHandle, AsyncCommandHandle):
+        assert members <= set(dir(cls)), cls
+        assert cls.MAX_AUTO_RECONNECTS == 5
+    assert isinstance(vars(AsyncCommandHandle)["result"], property)
+    assert inspect.iscoroutinefunction(vars(AsyncCommandHandle)["result"].fget)
+    assert hasattr(AsyncCommandHandle, "__aiter__") and hasattr(AsyncCommandHandle, "__anext__")
+    assert hasattr(CommandHandle, "__iter__") and hasattr(CommandHandle, "__next__")
+    run = inspect.signature(Sandbox.run).parameters
+    assert list(run)[:15] == [
+        "self",
+        "command",
+        "timeout",
+        "env",
+        "cwd",
+        "shell",
+        "on_stdout",
+        "on_stderr",
+        "idle_timeout",
+        "kill_on_disconnect",
+        "ttl_seconds",
+        "pty",
+        "headers",
+        "wait",
+        "command_id",
+    ]
+    reconnect = inspect.signature(Sandbox.reconnect).parameters
+    assert {n: p.default for n, p in reconnect.items() if n not in ("self", "command_id")} == {
+        "stdout_offset": 0,
+        "stderr_offset": 0,
+        "headers": None,
+    }

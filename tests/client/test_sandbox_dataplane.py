@@ -80,19 +80,6 @@ async def test_run_timeout_zero_waits_without_limit(make_harness: Callable[..., 
     assert read_timeout(h.last) is None
 
 
-async def test_run_streaming_not_available(make_harness: Callable[..., Harness]) -> None:
-    """wait=False or callbacks raise a SandboxClientError saying streaming is unavailable."""
-    h = make_harness()
-    sb = await ready_sandbox(h)
-    with pytest.raises(SandboxClientError, match="not have yet"):
-        await h.call(sb, "run", "ls", wait=False)
-    with pytest.raises(SandboxClientError, match="wait=True and no callbacks"):
-        await h.call(sb, "run", "ls", on_stdout=print)
-    with pytest.raises(ValueError, match="wait=False"):
-        await h.call(sb, "run", "ls", wait=False, on_stderr=print)
-    assert h.requests == []
-
-
 @pytest.mark.parametrize(
     ("overrides", "cls"),
     [

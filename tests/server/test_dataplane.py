@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from hutch import (
+    CommandTimeoutError,
     ResourceNotFoundError,
     Sandbox,
     SandboxClient,
@@ -180,13 +181,26 @@ def test_run_default_cwd_is_home(sandbox: Sandbox) -> None:
     assert sandbox.run("pwd").stdout == "/home/user\n"
 
 
-def test_run_timeout_kills_and_keeps_partial_output(sandbox: Sandbox) -> None:
-    """timeout stops the command promptly: exit code 124, output so far kept, nothing left."""
+def test_run_timeout_kills_and_keeps_partial_output(server: Server, sandbox: Sandbox) -> None:
+    """Blocking /execute: timeout stops the command promptly with exit code 124 and the output
+    so far; nothing of it is left running."""
     start = time.monotonic()
-    result = sandbox.run("echo start; sleep 30", timeout=1)
+    with server.http() as http:
+        r = http.post(
+            f"/dp/{sandbox.id}/execute", json={"command": "echo start; sleep 30", "timeout": 1}
+        )
     assert time.monotonic() - start < PROMPT
-    assert result.exit_code == 124
-    assert result.stdout == "start\n"
+    assert r.status_code == 200
+    assert r.json() == {"stdout": "start\n", "stderr": "", "exit_code": 124}
+    assert "sleep 30" not in sandbox.run("ps -o args").stdout
+
+
+def test_run_timeout_over_websocket_raises(sandbox: Sandbox) -> None:
+    """Streaming run: a timeout raises CommandTimeoutError promptly and kills the command."""
+    start = time.monotonic()
+    with pytest.raises(CommandTimeoutError, match="timed out after 1 seconds"):
+        sandbox.run("echo start; sleep 30", timeout=1)
+    assert time.monotonic() - start < PROMPT
     assert "sleep 30" not in sandbox.run("ps -o args").stdout
 
 
@@ -223,12 +237,16 @@ def test_run_background_process_returns_promptly(sandbox: Sandbox) -> None:
     assert result.stdout.startswith("main\n")
 
 
-def test_run_utf8_round_trip(sandbox: Sandbox) -> None:
-    """UTF-8 in the command, env and output round-trips; invalid bytes become U+FFFD."""
+def test_run_utf8_round_trip(server: Server, sandbox: Sandbox) -> None:
+    """UTF-8 in the command, env and output round-trips; each invalid byte becomes one "?"
+    (so byte offsets stay exact), on the streaming and the blocking path alike."""
     text = "héllo ✓ 日本 🎉"
     assert sandbox.run(f"echo '{text}'").stdout == text + "\n"
     assert sandbox.run('echo "$T"', env={"T": text}).stdout == text + "\n"
-    assert sandbox.run("printf 'a\\377b'").stdout == "a\ufffdb"
+    assert sandbox.run("printf 'a\\377b'").stdout == "a?b"
+    with server.http() as http:
+        r = http.post(f"/dp/{sandbox.id}/execute", json={"command": "printf 'a\\377b'"})
+    assert r.json()["stdout"] == "a?b"
 
 
 def test_run_large_output_arrives_whole(sandbox: Sandbox) -> None:

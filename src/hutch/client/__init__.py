@@ -4,6 +4,7 @@ Import from :mod:`hutch`; this package's own modules are private.
 """
 
 from hutch.client._async_client import AsyncSandbox, AsyncSandboxClient
+from hutch.client._async_stream import AsyncCommandHandle
 from hutch.client._errors import (
     CommandTimeoutError,
     DataplaneNotConfiguredError,
@@ -36,10 +37,13 @@ from hutch.client._models import (
     VolumeMountSpec,
 )
 from hutch.client._sync_client import Sandbox, SandboxClient
+from hutch.client._sync_stream import CommandHandle
 
 __all__ = [
+    "AsyncCommandHandle",
     "AsyncSandbox",
     "AsyncSandboxClient",
+    "CommandHandle",
     "CommandTimeoutError",
     "DataplaneNotConfiguredError",
     "ExecutionResult",

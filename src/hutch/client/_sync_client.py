@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, Literal, Self, TypeAlias, overload
 
 import httpx
 
 from hutch.client import _backend
+from hutch.client._sync_stream import CommandHandle, ExecEndpoint, OutputCallback
+from hutch.client._sync_tunnel import Tunnel
 from hutch.client._config import resolve_config
 from hutch.client._errors import (
     DataplaneNotConfiguredError,
@@ -43,6 +45,7 @@ from hutch.client._models import (
 )
 from hutch.client._transport import CONNECT_ERRORS, RetryPolicy
 from hutch.protocol._errors import WireError
+from hutch.protocol._exec import Execute, Reconnect
 
 logger = logging.getLogger("hutch.client")
 
@@ -50,18 +53,9 @@ RequestHeaders: TypeAlias = Mapping[str, str] | None
 _ErrorMapper: TypeAlias = Callable[[WireError], SandboxClientError]
 
 
-class _StreamingUnavailableError(SandboxClientError):
-    """Raised by ``_run_ws`` while this SDK has no WebSocket execution (spec §4)."""
-
-
-# What makes ``run()`` fall back from the WebSocket to HTTP ``/execute`` (spec §4.6, §5).
-_WS_FALLBACK_ERRORS = (
-    _StreamingUnavailableError,
-    SandboxConnectionError,
-    ImportError,
-    OSError,
-    TypeError,
-)
+# What makes ``run()`` fall back from the WebSocket to HTTP ``/execute`` (spec §4.6, §5): raised
+# only while opening the connection, before the command was sent, so it never runs twice.
+_WS_FALLBACK_ERRORS = (SandboxConnectionError, ImportError, OSError)
 
 
 def _validate_ttl(value: int | None, name: str) -> None:
@@ -72,6 +66,49 @@ def _validate_ttl(value: int | None, name: str) -> None:
         raise ValueError(f"{name} must be >= 0, got {value}")
     if value % 60 != 0:
         raise ValueError(f"{name} must be 0 or a multiple of 60 seconds, got {value}")
+
+
+def _execute_message(
+    command: str,
+    *,
+    timeout: int | None,
+    shell: str,
+    idle_timeout: int | None,
+    kill_on_disconnect: bool,
+    ttl_seconds: int | None,
+    env: dict[str, str] | None,
+    cwd: str | None,
+    pty: bool,
+    command_id: str | None,
+    close_stdin: bool,
+) -> Execute:
+    """The ``execute`` message of ``run()``'s arguments: ``None`` becomes the wire's "no limit"
+    (timeout 0, idle timeout and TTL -1, spec §4.2).
+
+    Raises:
+        ValueError: An argument is out of range or malformed.
+    """
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds (0 or None: no limit), got {timeout}")
+    if idle_timeout is not None and idle_timeout < -1:
+        raise ValueError(
+            f"idle_timeout must be >= 0 seconds (-1 or None: never), got {idle_timeout}"
+        )
+    if ttl_seconds is not None and ttl_seconds < -1:
+        raise ValueError(f"ttl_seconds must be >= 0 (-1 or None: forever), got {ttl_seconds}")
+    return Execute(
+        command=command,
+        timeout_seconds=0 if timeout is None else timeout,
+        shell=shell,
+        idle_timeout_seconds=-1 if idle_timeout is None else idle_timeout,
+        kill_on_disconnect=kill_on_disconnect,
+        ttl_seconds=-1 if ttl_seconds is None else ttl_seconds,
+        env=env,
+        cwd=cwd,
+        pty=pty,
+        command_id=command_id,
+        close_stdin=close_stdin,
+    )
 
 
 class RetryTransport(httpx.BaseTransport):
@@ -164,6 +201,8 @@ class SandboxClient:
             default_headers["X-Api-Key"] = config.api_key
         if headers:
             default_headers.update(headers)
+        # Also sent on WebSocket upgrades (httpx's own defaults, e.g. Connection, are not).
+        self._default_headers = default_headers
         transport = RetryTransport(
             _transport or httpx.HTTPTransport(),
             RetryPolicy(max_retries=max_retries),
@@ -603,12 +642,6 @@ class SandboxClient:
             self._sleep(min(poll_interval, remaining))
 
 
-_STREAMING_UNAVAILABLE = (
-    "Streaming output (wait=False, on_stdout, on_stderr) needs WebSocket execution, which this "
-    "version of the hutch SDK does not have yet; call run() with wait=True and no callbacks"
-)
-
-
 @dataclass
 class Sandbox:
     """A sandbox: run commands in it and read or write its files.
@@ -723,80 +756,215 @@ class Sandbox:
         self._client._raise_for_status(response, mapper)
         return response
 
+    @overload
     def run(
         self,
         command: str,
         *,
-        timeout: int = 60,
+        timeout: int | None = ...,
+        env: dict[str, str] | None = ...,
+        cwd: str | None = ...,
+        shell: str = ...,
+        on_stdout: OutputCallback | None = ...,
+        on_stderr: OutputCallback | None = ...,
+        idle_timeout: int | None = ...,
+        kill_on_disconnect: bool = ...,
+        ttl_seconds: int | None = ...,
+        pty: bool = ...,
+        headers: RequestHeaders = ...,
+        wait: Literal[True] = ...,
+        command_id: str | None = ...,
+        stdin: str | None = ...,
+    ) -> ExecutionResult: ...
+
+    @overload
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: int | None = ...,
+        env: dict[str, str] | None = ...,
+        cwd: str | None = ...,
+        shell: str = ...,
+        on_stdout: None = ...,
+        on_stderr: None = ...,
+        idle_timeout: int | None = ...,
+        kill_on_disconnect: bool = ...,
+        ttl_seconds: int | None = ...,
+        pty: bool = ...,
+        headers: RequestHeaders = ...,
+        wait: Literal[False],
+        command_id: str | None = ...,
+        stdin: str | None = ...,
+    ) -> CommandHandle: ...
+
+    @overload
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: int | None = ...,
+        env: dict[str, str] | None = ...,
+        cwd: str | None = ...,
+        shell: str = ...,
+        on_stdout: OutputCallback | None = ...,
+        on_stderr: OutputCallback | None = ...,
+        idle_timeout: int | None = ...,
+        kill_on_disconnect: bool = ...,
+        ttl_seconds: int | None = ...,
+        pty: bool = ...,
+        headers: RequestHeaders = ...,
+        wait: bool = ...,
+        command_id: str | None = ...,
+        stdin: str | None = ...,
+    ) -> ExecutionResult | CommandHandle: ...
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: int | None = 60,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         shell: str = "/bin/bash",
-        on_stdout: Callable[[str], Any] | None = None,
-        on_stderr: Callable[[str], Any] | None = None,
-        idle_timeout: int = 300,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        idle_timeout: int | None = 300,
         kill_on_disconnect: bool = False,
-        ttl_seconds: int = 600,
+        ttl_seconds: int | None = 600,
         pty: bool = False,
         headers: RequestHeaders = None,
         wait: bool = True,
-    ) -> ExecutionResult:
-        """Run ``<shell> -c <command>`` in the sandbox and return its result.
+        command_id: str | None = None,
+        stdin: str | None = None,
+    ) -> ExecutionResult | CommandHandle:
+        """Run ``<shell> -c <command>`` in the sandbox.
+
+        Streams over the WebSocket ``/execute/ws`` (spec §4). With ``wait=True`` and no callbacks
+        (or ``stdin``), a server or client without WebSocket support is served over HTTP
+        ``/execute`` instead, but only if the WebSocket failed before the command was sent: a
+        command never runs twice. A connection lost while the command runs is resumed from the
+        byte offsets received (see :class:`CommandHandle`).
 
         Args:
             command: Shell command line.
-            timeout: Seconds before the command is stopped; 0 means no limit.
+            timeout: Seconds before the server kills the command; 0 or ``None``: no limit.
             env: Variables merged over the sandbox environment.
             cwd: Working directory (default: the sandbox's).
             shell: The shell that runs ``command``.
-            on_stdout: Called with each stdout chunk (streaming; not available yet).
-            on_stderr: Called with each stderr chunk (streaming; not available yet).
-            idle_timeout: Streaming sessions only: seconds a command may run with no client.
-            kill_on_disconnect: Streaming sessions only: kill when the last client leaves.
-            ttl_seconds: Streaming sessions only: how long a finished session stays.
-            pty: Streaming sessions only: run in a pseudo-terminal.
-            wait: ``False`` returns a handle at once (streaming; not available yet).
+            on_stdout: Called with each piece of stdout as it arrives (WebSocket only).
+            on_stderr: Called with each piece of stderr as it arrives (WebSocket only).
+            idle_timeout: Seconds the command may run with no client attached before the server
+                kills it; -1 or ``None``: never.
+            kill_on_disconnect: Kill the command as soon as its last client detaches.
+            ttl_seconds: How long the server keeps a finished command's output and exit code for
+                ``reconnect()``; -1 or ``None``: forever.
+            pty: Run in a pseudo-terminal (stdout and stderr merged into stdout).
+            headers: Extra headers for this call (also sent on the WebSocket upgrade).
+            wait: ``False`` returns an :class:`CommandHandle` as soon as the command started.
+            command_id: hutch extension: the id to give the command (letters, digits, ``._:-``)
+                instead of the server's; servers that support it attach to an existing command
+                with that id rather than start a second one.
+            stdin: hutch extension: text written to the command's stdin, which is then closed
+                (``""``: closed at once). Needs a server that supports ``close_stdin``.
+
+        Returns:
+            The :class:`ExecutionResult` (``wait=True``), or an :class:`CommandHandle`.
 
         Raises:
-            ValueError: ``wait=False`` combined with callbacks.
+            ValueError: ``wait=False`` with callbacks, or an invalid argument.
+            ImportError: Streaming was asked for without the ``websockets`` package.
             SandboxNotReadyError: The sandbox is not ready.
             DataplaneNotConfiguredError: The sandbox has no data-plane URL.
+            CommandTimeoutError: The command exceeded ``timeout`` (WebSocket only; over HTTP the
+                server answers with the partial output and exit code 124).
             SandboxOperationError: The command could not be run.
-            SandboxClientError: Streaming was asked for (not in this version), or other errors.
+            SandboxConnectionError: The sandbox could not be reached, or the connection was lost
+                for good.
         """
-        if not wait and (on_stdout or on_stderr):
+        if not wait and (on_stdout is not None or on_stderr is not None):
             raise ValueError(
                 "Cannot combine wait=False with on_stdout/on_stderr: iterate the handle "
                 "instead, or pass callbacks with wait=True"
             )
         self._require_dataplane_url()
-        ws_args: dict[str, Any] = {
-            "timeout": timeout,
-            "env": env,
-            "cwd": cwd,
-            "shell": shell,
-            "on_stdout": on_stdout,
-            "on_stderr": on_stderr,
-            "idle_timeout": idle_timeout,
-            "kill_on_disconnect": kill_on_disconnect,
-            "ttl_seconds": ttl_seconds,
-            "pty": pty,
-            "headers": headers,
-            "wait": wait,
-        }
-        if not wait or on_stdout or on_stderr:
-            # Streaming exists only over the WebSocket: no HTTP fallback (spec §4.6).
-            return self._run_ws(command, **ws_args)
-        try:
-            return self._run_ws(command, **ws_args)
-        except _WS_FALLBACK_ERRORS as exc:
-            logger.debug("run(%r): WebSocket unavailable (%s); using HTTP /execute", command, exc)
-        return self._run_http(
-            command, timeout=timeout, env=env, cwd=cwd, shell=shell, headers=headers
+        execute = _execute_message(
+            command,
+            timeout=timeout,
+            shell=shell,
+            idle_timeout=idle_timeout,
+            kill_on_disconnect=kill_on_disconnect,
+            ttl_seconds=ttl_seconds,
+            env=env,
+            cwd=cwd,
+            pty=pty,
+            command_id=command_id,
+            close_stdin=stdin == "",
         )
+        endpoint = self._exec_endpoint(headers)
+        streaming = not wait or on_stdout is not None or on_stderr is not None
+        try:
+            ws = endpoint.open()
+        except _WS_FALLBACK_ERRORS as exc:
+            if streaming or stdin is not None:
+                # Streaming and stdin exist only over the WebSocket (spec §4.6).
+                raise
+            logger.debug("run(%r): WebSocket unavailable (%s); using HTTP /execute", command, exc)
+            return self._run_http(
+                command,
+                timeout=execute.timeout_seconds,
+                env=env,
+                cwd=cwd,
+                shell=shell,
+                headers=headers,
+            )
+        handle = CommandHandle._start(
+            endpoint, ws, execute, on_stdout=on_stdout, on_stderr=on_stderr
+        )
+        try:
+            if stdin:
+                handle.send_input(stdin)
+                handle.close_stdin()
+            if not wait:
+                return handle
+            return handle.result
+        except BaseException:
+            # Detach (the command goes on per idle_timeout): a callback raised, the task was
+            # cancelled, or the stream failed.
+            handle.close()
+            raise
 
-    def _run_ws(self, command: str, **kwargs: Any) -> ExecutionResult:
-        """Run over the WebSocket protocol of spec §4 (a later version of the SDK)."""
-        raise _StreamingUnavailableError(_STREAMING_UNAVAILABLE)
+    def reconnect(
+        self,
+        command_id: str,
+        *,
+        stdout_offset: int = 0,
+        stderr_offset: int = 0,
+        headers: RequestHeaders = None,
+    ) -> CommandHandle:
+        """A handle on a command started earlier, possibly by another process.
+
+        Its output is replayed from the given byte offsets (0 and 0: everything the server still
+        has), then streamed live.
+
+        Raises:
+            ValueError: An invalid command id or a negative offset.
+            ImportError: The ``websockets`` package is not installed.
+            SandboxConnectionError: The sandbox could not be reached.
+
+        Iterating the handle raises :class:`SandboxOperationError` with ``error_type``
+        ``"CommandNotFound"`` or ``"SessionExpired"`` when the server has no such command.
+        """
+        self._require_dataplane_url()
+        request = Reconnect(command_id, stdout_offset, stderr_offset)
+        return CommandHandle._reconnect(self._exec_endpoint(headers), request)
+
+    def _exec_endpoint(self, headers: RequestHeaders) -> ExecEndpoint:
+        """Where this sandbox's exec WebSockets go, with the client's headers (spec §4.1)."""
+        upgrade_headers = dict(self._client._default_headers)
+        if headers:
+            upgrade_headers.update(headers)
+        return ExecEndpoint(self._require_dataplane_url(), upgrade_headers, self._client._sleep)
 
     def _run_http(
         self,
@@ -869,3 +1037,41 @@ class Sandbox:
             params={"path": path},
         )
         return response.content
+
+    def tunnel(
+        self,
+        remote_port: int,
+        *,
+        local_port: int = 0,
+        max_reconnects: int = 3,
+        headers: RequestHeaders = None,
+    ) -> Tunnel:
+        """Forward a local TCP port to ``remote_port`` inside the sandbox (spec §6).
+
+        Connections to ``127.0.0.1:<local_port>`` reach ``127.0.0.1:<remote_port>`` as the
+        sandbox sees it, so a service bound only to the sandbox's loopback is reachable::
+
+            with sb.tunnel(5432) as t:
+                dsn = f"postgresql://postgres@127.0.0.1:{t.local_port}/postgres"
+
+        The WebSocket opens here, before the local port is bound. ``local_port=0`` picks a free
+        port (unlike langsmith, where 0 means "same as ``remote_port``"). A connection the
+        sandbox refuses (nothing listening there) is logged and closed; the tunnel goes on. A
+        lost session is reopened on the next connection, up to ``max_reconnects`` attempts.
+
+        Raises:
+            ValueError: A port is out of range, or ``max_reconnects`` is negative.
+            ImportError: The ``websockets`` package is not installed.
+            SandboxConnectionError: The server refused the tunnel or could not be reached.
+            OSError: ``local_port`` is already in use.
+        """
+        upgrade_headers = dict(self._client._default_headers)
+        if headers:
+            upgrade_headers.update(headers)
+        return Tunnel.open(
+            self._require_dataplane_url(),
+            upgrade_headers,
+            remote_port,
+            local_port=local_port,
+            max_reconnects=max_reconnects,
+        )

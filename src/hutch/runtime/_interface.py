@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -96,6 +97,20 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def root_fd(self, sandbox_id: str) -> int:
         """An ``O_PATH`` fd of the sandbox's root as the sandbox sees it (caller closes it)."""
+
+    @abc.abstractmethod
+    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
+        """A TCP socket connected to ``127.0.0.1:port`` *inside* the sandbox's network.
+
+        The host's own loopback is never reachable this way. The socket is non-blocking; the
+        caller closes it.
+
+        Raises:
+            SandboxNotFound: The sandbox is not running.
+            ConnectionRefusedError: Nothing listens on that port inside the sandbox.
+            TimeoutError: The connection was not established in time.
+            OSError: Any other failure to connect.
+        """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release runtime-wide resources (not the sandboxes)."""

@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass
 
 from hutch.runtime._interface import Process
+from hutch.sessions._utf8 import decode
 
 TIMEOUT_EXIT = 124  # what coreutils' timeout(1) reports; spec §10.9
 #: After the command exits, how long to keep reading output that background children still write
@@ -42,7 +43,8 @@ class _Sink:
             self.dropped += max(0, len(chunk) - max(room, 0))
 
     def text(self) -> str:
-        out = b"".join(self.parts).decode("utf-8", errors="replace")
+        # One "?" per invalid byte, as on the streaming path (hutch.sessions._utf8).
+        out = decode(b"".join(self.parts))
         if self.dropped:
             out += (
                 f"\n[hutch: {self.dropped} more bytes of output were dropped; "

@@ -50,10 +50,15 @@ from hutch.sessions._utf8 import Utf8Splitter
 
 log = logging.getLogger("hutch.sessions")
 
-#: After the process exits, a stream whose pipe stays quiet this long (seconds, real time: it
-#: is about the OS, not policy) counts as ended. Background children (``sleep 300 &``) may hold
-#: the pipe open forever; what they write later is not the command's output.
+#: After the process exits, each stream gets this much *waiting* time (seconds, real time: it is
+#: about the OS, not policy; time blocked by backpressure does not count) and
+#: ``DRAIN_MAX_BYTES`` more bytes before it counts as ended. Background children
+#: (``sleep 300 &``, or a loop that keeps printing) may hold the pipe open forever; what they
+#: write after the command exits is not the command's output. Everything the command itself
+#: wrote is already in the pipe (at most its capacity) or the reader's buffer (bounded by its
+#: limit) when it exits, which the byte allowance covers.
 DRAIN_GRACE = 0.2
+DRAIN_MAX_BYTES = 4 * 1024 * 1024
 
 _RUNNING = SessionState.RUNNING
 _EXITED = SessionState.EXITED
@@ -116,6 +121,8 @@ class CommandSession:
         self._clock: Clock = clock or AsyncioClock()
         self._max_event_bytes = max_event_bytes
         self._drain_grace = drain_grace
+        #: Per stream, after exit: (waiting seconds, bytes) still allowed before it ends.
+        self._drain_left: dict[Stream, tuple[float, int]] = {}
         self._on_expired = on_expired
         self._log = OutputLog(log_capacity)
         self._readers: dict[Stream, asyncio.StreamReader] = {"stdout": process.stdout}
@@ -338,7 +345,7 @@ class CommandSession:
                 timer.cancel()
         self._transition(_EXITED)
         self._exited.set()
-        # Streams still being read now end once their pipe goes quiet (see DRAIN_GRACE).
+        # Streams still being read now end once their drain allowance is used (see DRAIN_GRACE).
         deadline = asyncio.get_running_loop().time() + self._drain_grace
         for cm in self._reading.values():
             if cm is not None:
@@ -494,15 +501,25 @@ class CommandSession:
         return budget
 
     async def _read(self, stream: Stream, reader: asyncio.StreamReader, n: int) -> bytes:
-        """Read up to ``n`` bytes; ``b""`` at EOF, or when the pipe stays quiet after exit."""
+        """Read up to ``n`` bytes; ``b""`` at EOF, or once the post-exit drain allowance of
+        waiting time and bytes (see ``DRAIN_GRACE``) is used up."""
+        loop = asyncio.get_running_loop()
         deadline = None
-        if self._exit_code is not None:
-            deadline = asyncio.get_running_loop().time() + self._drain_grace
+        draining = self._exit_code is not None
+        if draining:
+            left_time, left_bytes = self._drain_left.setdefault(
+                stream, (self._drain_grace, DRAIN_MAX_BYTES)
+            )
+            if left_time <= 0 or left_bytes <= 0:
+                return b""
+            n = min(n, left_bytes)
+            deadline = loop.time() + left_time
+        started = loop.time()
         try:
             async with asyncio.timeout(deadline) as cm:
                 self._reading[stream] = cm
                 try:
-                    return await reader.read(n)
+                    data = await reader.read(n)
                 finally:
                     self._reading[stream] = None
         except TimeoutError:
@@ -513,6 +530,13 @@ class CommandSession:
             if exc.errno == errno.EIO:  # a PTY whose other side closed: Linux says EIO
                 return b""
             raise
+        if draining or self._exit_code is not None:
+            left_time, left_bytes = self._drain_left.get(
+                stream, (self._drain_grace, DRAIN_MAX_BYTES)
+            )
+            waited = loop.time() - started if draining else 0.0
+            self._drain_left[stream] = (left_time - waited, left_bytes - len(data))
+        return data
 
     def _append(self, stream: Stream, data: bytes) -> None:
         if data:

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO
 
-from hutch.runtime import _fs
+from hutch.runtime import _fs, _netns
 from hutch.runtime._interface import (
     ExecSpec,
     Process,
@@ -447,6 +447,16 @@ class RuncRuntime(Runtime):
         try:
             return os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
+            self._init_pids.pop(sandbox_id, None)
+            raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
+
+    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
+        # The socket is made in the network namespace of the sandbox's init, from a throwaway
+        # thread (see _netns); 10 s bounds a connect to a listener whose backlog is full.
+        pid = self.init_pid(sandbox_id)
+        try:
+            return await _netns.aconnect_in_netns(pid, "127.0.0.1", port, timeout=10.0)
+        except (FileNotFoundError, ProcessLookupError, _netns.SharedNamespaceError) as exc:
             self._init_pids.pop(sandbox_id, None)
             raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
 

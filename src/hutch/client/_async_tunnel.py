@@ -1,0 +1,637 @@
+"""TCP tunnels into a sandbox (spec §6): :class:`AsyncTunnel`.
+
+Written by hand. The sync :class:`~hutch.client._sync_tunnel.Tunnel` is *not* generated from
+this file: a tunnel serves many connections at once, which here are tasks on one event loop and
+would be threads in a blocking twin, so the sync class runs this one on a private loop instead.
+
+A tunnel listens on ``127.0.0.1:<local_port>``. Each accepted connection becomes a stream of one
+yamux session (this side is the client) carried by one WebSocket to the sandbox's ``/tunnel``:
+the stream starts with the 3-byte connect header, waits for the server's status byte and then
+copies bytes both ways under yamux flow control. The protocol logic is
+:class:`hutch.protocol._yamux.Session`; this module is its asyncio driver.
+
+Behaviour, and where it differs from langsmith's SDK:
+
+* ``local_port=0`` binds a free port chosen by the OS (read it from :attr:`AsyncTunnel.local_port`).
+  langsmith's 0 means "the same number as ``remote_port``" (spec §6.1); pass that number
+  explicitly for the same effect.
+* The WebSocket is opened eagerly, before the port is bound, so a refused upgrade raises from
+  ``tunnel()`` (:class:`SandboxConnectionError`, never a websockets exception).
+* A stream the server refuses (status 1, 2 or 3), or any failure of one connection, is logged on
+  the ``hutch.client`` logger and that local connection is closed; the tunnel goes on (§6.3).
+* Half-close aware: EOF from the local application sends FIN, and the answer still arrives.
+* If the session has died (network loss, server restart), the next local connection opens a new
+  WebSocket, trying ``max_reconnects`` times with backoff (0.5 s, 1 s, 2 s, …).
+* The WebSocket is pinged every 30 s so that a dead session is noticed; payloads are not
+  compressed (permessage-deflate is not offered: tunnel bytes rarely compress and it costs CPU).
+
+Bounds, in bytes: per stream, data received and not yet written to the local socket stays within
+the 256 KiB yamux window; a local socket is read only while the send window is open; queued
+output stays within :data:`MAX_OUTPUT` plus one message in flight.
+
+``websockets`` is an optional dependency (``pip install 'hutch[ws]'``), imported when a tunnel
+opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import socket
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+
+from hutch.client._errors import SandboxClientError, SandboxConnectionError, TunnelError
+from hutch.protocol._errors import parse_error
+from hutch.protocol._yamux import (
+    INITIAL_WINDOW,
+    DataReceived,
+    GoAway,
+    ProtocolError,
+    Session,
+    StreamEOF,
+    StreamReset,
+    StreamState,
+    StreamStatus,
+    WindowUpdated,
+    YamuxError,
+    encode_stream_header,
+)
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
+
+logger = logging.getLogger("hutch.client")
+
+#: The text of the ImportError raised when a tunnel is opened without ``websockets``.
+WEBSOCKETS_REQUIRED: Final = (
+    "TCP tunnel requires the 'websockets' package (>= 15); install it with pip install 'hutch[ws]'"
+)
+
+# Connection settings (spec §6.1), with WebSocket pings added so that a dead session is noticed.
+_OPEN_TIMEOUT: Final = 15.0
+_CLOSE_TIMEOUT: Final = 5.0
+_PING_INTERVAL: Final = 30.0
+_PING_TIMEOUT: Final = 60.0
+#: Largest incoming message accepted: hutch sends at most 1 MiB (§6.2); be generous to others.
+_MAX_INCOMING: Final = 16 * 1024 * 1024
+#: Largest WebSocket message sent.
+MAX_MESSAGE: Final = 1024 * 1024
+#: Stream data queued for the WebSocket before writers wait.
+MAX_OUTPUT: Final = 2 * MAX_MESSAGE
+#: Largest read from a local socket (also capped by the stream's send window).
+READ_CHUNK: Final = INITIAL_WINDOW
+#: Streams open at once on one session; local connections beyond it are closed.
+MAX_STREAMS: Final = 1024
+_LISTEN_BACKLOG: Final = 128
+_BACKOFF_BASE: Final = 0.5
+_BACKOFF_MAX: Final = 8.0
+
+_STATUS_TEXT: Final = {
+    StreamStatus.NOT_ALLOWED: "the sandbox does not allow tunnelling to port {port}",
+    StreamStatus.DIAL_FAILED: (
+        "nothing listens on 127.0.0.1:{port} inside the sandbox; start the service there "
+        "(bound to 127.0.0.1 or 0.0.0.0) first"
+    ),
+    StreamStatus.BAD_VERSION: "the server does not speak tunnel protocol version 1",
+}
+
+
+def tunnel_url(dataplane_url: str) -> str:
+    """The tunnel WebSocket URL of a data plane (spec §6.1)."""
+    url = dataplane_url.rstrip("/")
+    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
+        if url[: len(http)].lower() == http:
+            return f"{ws}{url[len(http) :]}/tunnel"
+    return f"{url}/tunnel"
+
+
+def check_arguments(remote_port: int, local_port: int, max_reconnects: int) -> None:
+    """Raise ``ValueError`` for a port or reconnect count out of range."""
+    if not 1 <= remote_port <= 65535:
+        raise ValueError(f"remote_port must be between 1 and 65535 (got {remote_port})")
+    if not 0 <= local_port <= 65535:
+        raise ValueError(
+            f"local_port must be between 1 and 65535, or 0 for a free port (got {local_port})"
+        )
+    if max_reconnects < 0:
+        raise ValueError(f"max_reconnects must be >= 0 (got {max_reconnects})")
+
+
+def _backoff(attempt: int) -> float:
+    return min(_BACKOFF_BASE * 2.0 ** (attempt - 1), _BACKOFF_MAX)
+
+
+def _upgrade_detail(status: int, body: bytes | bytearray | None, fallback: str) -> str:
+    try:
+        data = json.loads(body or b"")
+    except ValueError:
+        return fallback
+    return parse_error(status, data, fallback).message
+
+
+class _Channel:
+    """One stream: received bytes waiting for the local socket, and the wake-ups."""
+
+    __slots__ = ("eof", "inbox", "inbox_bytes", "readable", "reset", "stream_id", "writable")
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.inbox: deque[bytes] = deque()
+        self.inbox_bytes = 0
+        self.eof = False
+        self.reset = False
+        self.readable = asyncio.Event()  # bytes, EOF or reset arrived
+        self.writable = asyncio.Event()  # window grew, output was taken, or reset
+
+    def take(self, limit: int | None = None) -> bytes:
+        """Remove and return received bytes: all of them, or up to ``limit`` of the first chunk."""
+        if limit is None or limit >= self.inbox_bytes:
+            data = b"".join(self.inbox)
+            self.inbox.clear()
+        else:  # from the first chunk only: enough for the status byte
+            first = self.inbox.popleft()
+            data, rest = first[:limit], first[limit:]
+            if rest:
+                self.inbox.appendleft(rest)
+        self.inbox_bytes -= len(data)
+        return data
+
+    def kill(self) -> None:
+        self.reset = True
+        self.readable.set()
+        self.writable.set()
+
+
+class _Connection:
+    """One WebSocket and the yamux client session on it, with its reader and flusher tasks."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.session = Session(client=True, max_streams=MAX_STREAMS, max_output_buffer=MAX_OUTPUT)
+        self.channels: dict[int, _Channel] = {}
+        self.dead = False
+        self._closing = False  # the flusher returns once the queue is empty
+        self._output = asyncio.Event()
+        self._output_waiters: set[_Channel] = set()
+        self._tasks = (
+            asyncio.create_task(self._read_loop(), name="hutch-tunnel-reader"),
+            asyncio.create_task(self._flush_loop(), name="hutch-tunnel-flusher"),
+        )
+
+    # ------------------------------------------------------------------ streams
+
+    def open_stream(self) -> _Channel:
+        """A new stream; raises :class:`YamuxError` when the session takes no more."""
+        if self.dead:
+            raise YamuxError("the tunnel session has ended")
+        stream_id = self.session.open_stream()
+        channel = _Channel(stream_id)
+        self.channels[stream_id] = channel
+        self.kick()
+        return channel
+
+    def forget(self, channel: _Channel) -> None:
+        """The local side is done with ``channel``: RST it unless it closed cleanly both ways."""
+        self.session.reset_stream(channel.stream_id)
+        self.channels.pop(channel.stream_id, None)
+        self._output_waiters.discard(channel)
+        self.kick()
+
+    async def send_all(self, channel: _Channel, data: bytes) -> None:
+        """Queue ``data`` on the stream, waiting for window and output room as needed.
+
+        Raises ``ConnectionResetError`` when the stream or the session is gone.
+        """
+        view = memoryview(data)
+        while view:
+            if channel.reset:
+                raise ConnectionResetError(errno.ECONNRESET, "tunnel stream reset")
+            sent = self.session.send(channel.stream_id, view)
+            if sent:
+                view = view[sent:]
+                self.kick()
+                continue
+            channel.writable.clear()
+            if self.session.send_window(channel.stream_id) > 0:
+                self._output_waiters.add(channel)
+            await channel.writable.wait()
+
+    async def wait_send_window(self, channel: _Channel) -> int:
+        """The stream's send window, once it is open."""
+        while True:
+            if channel.reset:
+                raise ConnectionResetError(errno.ECONNRESET, "tunnel stream reset")
+            window = self.session.send_window(channel.stream_id)
+            if window > 0:
+                return window
+            channel.writable.clear()
+            await channel.writable.wait()
+
+    async def wait_readable(self, channel: _Channel) -> None:
+        """Until the stream has bytes or EOF; raises ``ConnectionResetError`` on reset."""
+        while not (channel.inbox_bytes or channel.eof):
+            if channel.reset:
+                raise ConnectionResetError(errno.ECONNRESET, "tunnel stream reset")
+            channel.readable.clear()
+            await channel.readable.wait()
+
+    def consumed(self, channel: _Channel, count: int) -> None:
+        self.session.consumed(channel.stream_id, count)
+        self.kick()
+
+    def close_stream(self, channel: _Channel) -> None:
+        """Send FIN, if the stream can still send."""
+        if self.session.stream_state(channel.stream_id) in (
+            StreamState.OPEN,
+            StreamState.REMOTE_CLOSED,
+        ):
+            self.session.close_stream(channel.stream_id)
+            self.kick()
+
+    # ------------------------------------------------------------------ driver
+
+    def kick(self) -> None:
+        if self.session.pending_output_bytes:
+            self._output.set()
+
+    def _die(self) -> None:
+        if not self.dead:
+            self.dead = True
+            for channel in self.channels.values():
+                channel.kill()
+
+    async def _read_loop(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for message in self.ws:
+                data = message.encode() if isinstance(message, str) else message
+                self.session.receive_data(data)
+                for event in self.session.events():
+                    self._on_event(event)
+                self.kick()
+                if self.dead:
+                    return
+        except ConnectionClosed:
+            pass
+        finally:
+            self._die()
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, DataReceived):
+            channel = self.channels.get(event.stream_id)
+            if channel is not None:
+                channel.inbox.append(event.data)
+                channel.inbox_bytes += len(event.data)
+                channel.readable.set()
+        elif isinstance(event, WindowUpdated):
+            channel = self.channels.get(event.stream_id)
+            if channel is not None:
+                channel.writable.set()
+        elif isinstance(event, StreamEOF):
+            channel = self.channels.get(event.stream_id)
+            if channel is not None:
+                channel.eof = True
+                channel.readable.set()
+        elif isinstance(event, StreamReset):
+            channel = self.channels.get(event.stream_id)
+            if channel is not None:
+                channel.kill()
+        elif isinstance(event, GoAway):
+            # The server is ending the session (§6.3 step 7): every stream is reset.
+            logger.info("tunnel: the server ended the session (GO_AWAY %d)", event.code)
+            self._die()
+        elif isinstance(event, ProtocolError):
+            logger.warning("tunnel: the server broke the yamux protocol: %s", event.message)
+            self._die()
+
+    async def _flush_loop(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                if not self.session.pending_output_bytes:
+                    if self._closing:
+                        return
+                    self._output.clear()
+                    await self._output.wait()
+                    continue
+                data = self.session.data_to_send(MAX_MESSAGE)
+                for channel in self._output_waiters:
+                    channel.writable.set()
+                self._output_waiters.clear()
+                await self.ws.send(data)
+        except ConnectionClosed:
+            self._die()
+
+    async def aclose(self) -> None:
+        """GO_AWAY (§6.3 step 7), flush what is queued, close the WebSocket; stop both tasks."""
+        reader, flusher = self._tasks
+        if not self.dead:
+            self.session.go_away()
+        self._die()
+        reader.cancel()
+        # The flusher sends what is queued (the GO_AWAY) and returns; the server may be
+        # unreachable, so only briefly.
+        self._closing = True
+        self._output.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await asyncio.wait({flusher})
+        flusher.cancel()
+        await asyncio.gather(reader, flusher, return_exceptions=True)
+        self.ws.close_timeout = _CLOSE_TIMEOUT
+        await self.ws.close()
+
+
+class AsyncTunnel:
+    """A local TCP port forwarded to a port inside a sandbox (spec §6).
+
+    Get one with ``await sandbox.tunnel(remote_port)``; use it as an async context manager::
+
+        async with await sb.tunnel(5432) as t:
+            conn = await asyncpg.connect(host="127.0.0.1", port=t.local_port)
+
+    Connections to ``127.0.0.1:local_port`` reach ``127.0.0.1:remote_port`` as seen from inside
+    the sandbox. Several tunnels may be open at once.
+    """
+
+    def __init__(
+        self,
+        dataplane_url: str,
+        headers: Mapping[str, str],
+        remote_port: int,
+        *,
+        local_port: int = 0,
+        max_reconnects: int = 3,
+    ) -> None:
+        check_arguments(remote_port, local_port, max_reconnects)
+        self._url = tunnel_url(dataplane_url)
+        self._headers = dict(headers)
+        self._remote_port = remote_port
+        self._local_port = local_port
+        self._max_reconnects = max_reconnects
+        self._conn: _Connection | None = None
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        dataplane_url: str,
+        headers: Mapping[str, str],
+        remote_port: int,
+        *,
+        local_port: int = 0,
+        max_reconnects: int = 3,
+    ) -> AsyncTunnel:
+        """Connect the WebSocket, then listen on the local port (spec §6.1).
+
+        Raises:
+            ValueError: A port or ``max_reconnects`` is out of range.
+            ImportError: ``websockets`` is not installed.
+            SandboxConnectionError: The server refused the upgrade or could not be reached.
+            OSError: The local port is in use.
+        """
+        tunnel = cls(
+            dataplane_url,
+            headers,
+            remote_port,
+            local_port=local_port,
+            max_reconnects=max_reconnects,
+        )
+        try:
+            tunnel._conn = await tunnel._connect()
+            tunnel._listen()
+        except BaseException:
+            await tunnel.aclose()
+            raise
+        return tunnel
+
+    @property
+    def local_port(self) -> int:
+        """The port this tunnel listens on, on 127.0.0.1."""
+        return self._local_port
+
+    @property
+    def remote_port(self) -> int:
+        """The port inside the sandbox that connections reach."""
+        return self._remote_port
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._closed
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop listening, close every forwarded connection and the WebSocket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
+        if self._conn is not None:
+            await self._conn.aclose()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _connect(self) -> _Connection:
+        try:
+            from websockets.asyncio.client import connect
+            from websockets.exceptions import InvalidStatus, WebSocketException
+        except ImportError as exc:
+            raise ImportError(WEBSOCKETS_REQUIRED) from exc
+        try:
+            ws = await connect(
+                self._url,
+                additional_headers=self._headers,
+                open_timeout=_OPEN_TIMEOUT,
+                close_timeout=_CLOSE_TIMEOUT,
+                ping_interval=_PING_INTERVAL,
+                ping_timeout=_PING_TIMEOUT,
+                max_size=_MAX_INCOMING,
+                compression=None,
+            ).__aenter__()
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            detail = _upgrade_detail(status, exc.response.body, str(exc))
+            raise SandboxConnectionError(
+                f"Tunnel WebSocket upgrade rejected by server (HTTP {status}): {detail}"
+            ) from exc
+        except (OSError, WebSocketException) as exc:  # TimeoutError is an OSError
+            raise SandboxConnectionError(f"Failed to open a tunnel to the sandbox: {exc}") from exc
+        return _Connection(ws)
+
+    def _listen(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # Rebinding over TIME_WAIT is fine; Linux still refuses a port someone listens on.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                listener.bind(("127.0.0.1", self._local_port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise OSError(
+                    exc.errno,
+                    f"Port {self._local_port} is already in use by another service. Choose a "
+                    "different local_port, or 0 for a free one.",
+                ) from exc
+            listener.listen(_LISTEN_BACKLOG)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._local_port = listener.getsockname()[1]
+        self._spawn(self._accept_loop(listener))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _addr = await loop.sock_accept(listener)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: the backlog waits; try again shortly.
+                    logger.warning("tunnel: accept failed (%s); retrying", exc)
+                    await asyncio.sleep(0.1)
+                    continue
+                logger.error("tunnel: local port %d stopped accepting: %s", self._local_port, exc)
+                return
+            self._spawn(self._serve(sock))
+
+    async def _live_connection(self) -> _Connection:
+        """The current session, or a new one if it died (§6.3 step 8)."""
+        async with self._lock:
+            if self._conn is not None and not self._conn.dead:
+                return self._conn
+            if self._conn is not None:
+                old, self._conn = self._conn, None
+                await old.aclose()
+            last: SandboxClientError | None = None
+            for attempt in range(1, self._max_reconnects + 1):
+                try:
+                    self._conn = await self._connect()
+                except SandboxClientError as exc:
+                    last = exc
+                    logger.debug("tunnel: reconnect attempt %d failed: %s", attempt, exc)
+                    if attempt < self._max_reconnects:
+                        await asyncio.sleep(_backoff(attempt))
+                    continue
+                logger.debug("tunnel: reconnected (attempt %d)", attempt)
+                return self._conn
+            raise TunnelError(
+                f"The tunnel session to port {self._remote_port} ended and reconnecting failed "
+                f"after {self._max_reconnects} attempts"
+                + (f": {last}" if last else "; reconnects are disabled (max_reconnects=0)")
+            ) from last
+
+    async def _serve(self, sock: socket.socket) -> None:
+        """One local connection, start to end; failures are logged, never raised (§6.3)."""
+        channel: _Channel | None = None
+        conn: _Connection | None = None
+        try:
+            conn = await self._live_connection()
+            channel = conn.open_stream()
+            reader, writer = await asyncio.open_connection(sock=sock, limit=READ_CHUNK)
+        except (SandboxClientError, YamuxError, OSError) as exc:
+            logger.warning("tunnel: dropping a connection to port %d: %s", self._remote_port, exc)
+            sock.close()
+            if conn is not None and channel is not None:
+                conn.forget(channel)
+            return
+        except BaseException:
+            sock.close()
+            raise
+        clean = False
+        try:
+            await conn.send_all(channel, encode_stream_header(self._remote_port))
+            await conn.wait_readable(channel)
+            status = channel.take(1)
+            if status:
+                conn.consumed(channel, 1)
+            if status != bytes((StreamStatus.OK,)):
+                self._log_refusal(status)
+                conn.close_stream(channel)
+                clean = True  # close the local connection politely
+                return
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._to_local(conn, channel, writer))
+                tg.create_task(self._to_remote(conn, channel, reader))
+            clean = True
+        except* (OSError, YamuxError) as group:
+            logger.debug("tunnel: connection to port %d ended: %r", self._remote_port, group)
+        finally:
+            if clean:
+                writer.close()
+            else:
+                writer.transport.abort()
+            conn.forget(channel)
+
+    def _log_refusal(self, status: bytes) -> None:
+        if not status:
+            text = "the server closed the stream without a status"
+        else:
+            try:
+                template = _STATUS_TEXT[StreamStatus(status[0])]
+            except (ValueError, KeyError):
+                template = f"unknown status {status[0]}"
+            text = template.format(port=self._remote_port)
+        logger.warning("tunnel: connection to port %d refused: %s", self._remote_port, text)
+
+    async def _to_local(
+        self, conn: _Connection, channel: _Channel, writer: asyncio.StreamWriter
+    ) -> None:
+        """Stream → local socket: write, drain, then report consumed (re-opening the window)."""
+        while True:
+            await conn.wait_readable(channel)
+            if channel.inbox_bytes:
+                data = channel.take()
+                writer.write(data)
+                await writer.drain()
+                conn.consumed(channel, len(data))
+            else:  # EOF: pass the half-close on
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return
+
+    async def _to_remote(
+        self, conn: _Connection, channel: _Channel, reader: asyncio.StreamReader
+    ) -> None:
+        """Local socket → stream, never reading more than the send window admits."""
+        while True:
+            window = await conn.wait_send_window(channel)
+            data = await reader.read(min(window, READ_CHUNK))
+            if not data:
+                conn.close_stream(channel)  # FIN
+                return
+            await conn.send_all(channel, data)
