@@ -213,8 +213,8 @@ async def test_example_a_run_over_websocket(server: ScriptedServer, h: Harness) 
     assert peer.first_frame == (
         '{"type": "execute", "command": "echo hello; echo oops >&2; exit 3", '
         '"timeout_seconds": 60, "shell": "/bin/bash", "idle_timeout_seconds": 300, '
-        '"kill_on_disconnect": false, "ttl_seconds": 600}'
-    )
+        '"kill_on_disconnect": false, "ttl_seconds": 600, "close_stdin": true}'
+    )  # §4.8 A's frame, plus close_stdin: with wait=True nobody can send input
     assert peer.headers is not None
     assert (peer.headers["X-Api-Key"], peer.headers["X-Team"], peer.headers["X-Req"]) == (
         "test-key",
@@ -678,4 +678,5 @@ async def test_none_limits_become_the_wire_sentinels(server: ScriptedServer, h: 
         "cwd": "/srv",
         "pty": True,
         "command_id": "my-job-1",
+        "close_stdin": True,
     }

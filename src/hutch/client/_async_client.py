@@ -898,7 +898,9 @@ class AsyncSandbox:
             cwd=cwd,
             pty=pty,
             command_id=command_id,
-            close_stdin=stdin == "",
+            # With wait=True and no stdin nobody can ever send input: close it at spawn, so a
+            # command that reads stdin sees EOF instead of hanging (as over HTTP /execute).
+            close_stdin=stdin == "" or (wait and stdin is None),
         )
         endpoint = self._exec_endpoint(headers)
         streaming = not wait or on_stdout is not None or on_stderr is not None
