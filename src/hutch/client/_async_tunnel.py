@@ -46,7 +46,14 @@ from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from hutch.client._errors import SandboxClientError, SandboxConnectionError, TunnelError
+from hutch.client._errors import (
+    SandboxClientError,
+    SandboxConnectionError,
+    TunnelConnectionRefusedError,
+    TunnelError,
+    TunnelPortNotAllowedError,
+    TunnelUnsupportedVersionError,
+)
 from hutch.protocol._errors import parse_error
 from hutch.protocol._yamux import (
     INITIAL_WINDOW,
@@ -91,15 +98,6 @@ MAX_STREAMS: Final = 1024
 _LISTEN_BACKLOG: Final = 128
 _BACKOFF_BASE: Final = 0.5
 _BACKOFF_MAX: Final = 8.0
-
-_STATUS_TEXT: Final = {
-    StreamStatus.NOT_ALLOWED: "the sandbox does not allow tunnelling to port {port}",
-    StreamStatus.DIAL_FAILED: (
-        "nothing listens on 127.0.0.1:{port} inside the sandbox; start the service there "
-        "(bound to 127.0.0.1 or 0.0.0.0) first"
-    ),
-    StreamStatus.BAD_VERSION: "the server does not speak tunnel protocol version 1",
-}
 
 
 def tunnel_url(dataplane_url: str) -> str:
@@ -574,8 +572,18 @@ class AsyncTunnel:
             raise
         clean = False
         try:
-            await conn.send_all(channel, encode_stream_header(self._remote_port))
-            await conn.wait_readable(channel)
+            try:
+                await conn.send_all(channel, encode_stream_header(self._remote_port))
+                await conn.wait_readable(channel)
+            except ConnectionResetError:
+                # RST before the status byte: the server refused the stream itself (a server
+                # caps the streams of one tunnel), or the session ended.
+                logger.warning(
+                    "tunnel: the server refused a connection to port %d before answering "
+                    "(too many connections on one tunnel, or the session ended)",
+                    self._remote_port,
+                )
+                return
             status = channel.take(1)
             if status:
                 conn.consumed(channel, 1)
@@ -598,15 +606,28 @@ class AsyncTunnel:
             conn.forget(channel)
 
     def _log_refusal(self, status: bytes) -> None:
-        if not status:
-            text = "the server closed the stream without a status"
+        """Log why the server refused a stream, as the TunnelError it stands for (§6.3 step 3)."""
+        port = self._remote_port
+        error: TunnelError
+        if status == bytes((StreamStatus.NOT_ALLOWED,)):
+            error = TunnelPortNotAllowedError(
+                f"the sandbox does not allow tunnelling to port {port}", port=port
+            )
+        elif status == bytes((StreamStatus.DIAL_FAILED,)):
+            error = TunnelConnectionRefusedError(
+                f"nothing listens on 127.0.0.1:{port} inside the sandbox; start the service "
+                "there (bound to 127.0.0.1 or 0.0.0.0) first",
+                port=port,
+            )
+        elif status == bytes((StreamStatus.BAD_VERSION,)):
+            error = TunnelUnsupportedVersionError(
+                "the server does not speak tunnel protocol version 1; update the server or the SDK"
+            )
+        elif status:
+            error = TunnelError(f"the server answered with unknown status {status[0]}")
         else:
-            try:
-                template = _STATUS_TEXT[StreamStatus(status[0])]
-            except (ValueError, KeyError):
-                template = f"unknown status {status[0]}"
-            text = template.format(port=self._remote_port)
-        logger.warning("tunnel: connection to port %d refused: %s", self._remote_port, text)
+            error = TunnelError("the server closed the stream without a status")
+        logger.warning("tunnel: connection to port %d refused: %s", port, error)
 
     async def _to_local(
         self, conn: _Connection, channel: _Channel, writer: asyncio.StreamWriter

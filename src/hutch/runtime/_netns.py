@@ -139,7 +139,11 @@ async def asocket_in_netns(
 
     def work() -> None:
         _make_socket(pid, family, kind, outcome)
-        loop.call_soon_threadsafe(report)
+        try:
+            loop.call_soon_threadsafe(report)
+        except RuntimeError:  # the loop closed meanwhile: nobody will take the socket
+            if outcome.sock is not None:
+                outcome.sock.close()
 
     threading.Thread(target=work, name=f"netns-{pid}", daemon=True).start()
     await done

@@ -229,8 +229,10 @@ class _Tunnel:
                     channel.eof = True
                     channel.readable.set()
             elif isinstance(event, StreamReset):
-                channel = self.channels.get(event.stream_id)
+                # Popped here too: a task cancelled before it ever ran has no finally to run.
+                channel = self.channels.pop(event.stream_id, None)
                 if channel is not None and channel.task is not None:
+                    self._output_waiters.discard(channel)
                     channel.task.cancel()
             elif isinstance(event, GoAway):
                 log.debug("tunnel to %s: client sent GO_AWAY(%d)", self.row.id, event.code)
@@ -308,6 +310,8 @@ class _Tunnel:
                     writer.close()
                 else:
                     writer.transport.abort()
+        except YamuxError:
+            pass  # the stream or the session ended under us (RST, protocol error)
         except Exception:
             log.exception("tunnel stream %d failed", stream_id)
         finally:
