@@ -5,6 +5,7 @@ Import from :mod:`hutch`; this package's own modules are private.
 
 from hutch.client._async_client import AsyncSandbox, AsyncSandboxClient
 from hutch.client._async_stream import AsyncCommandHandle
+from hutch.client._async_tunnel import AsyncTunnel
 from hutch.client._errors import (
     CommandTimeoutError,
     DataplaneNotConfiguredError,
@@ -38,11 +39,13 @@ from hutch.client._models import (
 )
 from hutch.client._sync_client import Sandbox, SandboxClient
 from hutch.client._sync_stream import CommandHandle
+from hutch.client._sync_tunnel import Tunnel
 
 __all__ = [
     "AsyncCommandHandle",
     "AsyncSandbox",
     "AsyncSandboxClient",
+    "AsyncTunnel",
     "CommandHandle",
     "CommandTimeoutError",
     "DataplaneNotConfiguredError",
@@ -67,6 +70,7 @@ __all__ = [
     "SandboxOperationError",
     "SandboxServerReloadError",
     "SandboxTemplate",
+    "Tunnel",
     "TunnelConnectionRefusedError",
     "TunnelError",
     "TunnelPortNotAllowedError",
