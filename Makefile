@@ -15,7 +15,7 @@ demo: deps
 	@$(PY) scripts/demo.py
 
 test: deps
-	@scripts/images.sh busybox python
+	@scripts/images.sh busybox python postgres
 	$(MAKE) --no-print-directory check
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -3,6 +3,7 @@
 # cached in $HUTCH_CACHE_DIR (default /var/cache/hutch) outside the repository.
 #   scripts/images.sh busybox   -> $CACHE/busybox.tar            (busybox-static, ~2 MB)
 #   scripts/images.sh python    -> $CACHE/debian-python-3.11.tar (mmdebstrap bookworm + python3)
+#   scripts/images.sh postgres  -> $CACHE/debian-postgres-redis.tar (bookworm + PostgreSQL 15, Redis)
 set -euo pipefail
 CACHE=${HUTCH_CACHE_DIR:-/var/cache/hutch}
 mkdir -p "$CACHE"
@@ -28,6 +29,16 @@ python() {
   [ -s "$out" ] && return 0
   echo "building a Debian bookworm root filesystem with python3 (once; cached in $out)..."
   mmdebstrap --quiet --variant=minbase --include=python3,python-is-python3 --mode=root \
+    --format=tar bookworm "$out.tmp"
+  mv "$out.tmp" "$out"
+  echo "built $out"
+}
+
+postgres() {
+  local out="$CACHE/debian-postgres-redis.tar"
+  [ -s "$out" ] && return 0
+  echo "building a Debian bookworm root filesystem with PostgreSQL 15 and Redis (once; cached in $out)..."
+  mmdebstrap --quiet --variant=minbase --include=postgresql,redis-server --mode=root \
     --format=tar bookworm "$out.tmp"
   mv "$out.tmp" "$out"
   echo "built $out"

@@ -45,7 +45,11 @@ def build_image(which: str) -> Path:
         check=True,
         env={**os.environ, "HUTCH_CACHE_DIR": str(CACHE)},
     )
-    return CACHE / {"busybox": "busybox.tar", "python": "debian-python-3.11.tar"}[which]
+    return CACHE / {
+        "busybox": "busybox.tar",
+        "python": "debian-python-3.11.tar",
+        "postgres": "debian-postgres-redis.tar",
+    }[which]
 
 
 def free_port() -> int:
@@ -154,6 +158,12 @@ def busybox_tar() -> Path:
 @pytest.fixture(scope="session")
 def python_tar() -> Path:
     return build_image("python")
+
+
+@pytest.fixture(scope="session")
+def postgres_tar() -> Path:
+    """Debian bookworm with PostgreSQL 15 and Redis, built once with mmdebstrap."""
+    return build_image("postgres")
 
 
 @pytest.fixture(scope="session")
