@@ -51,6 +51,8 @@ gen: venv
 bench: deps
 	@scripts/images.sh busybox
 	$(PY) bench/lifecycle.py
+	$(PY) bench/exec.py
+	$(PY) bench/tunnel.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info test-output
