@@ -50,9 +50,9 @@ gen: venv
 
 bench: deps
 	@scripts/images.sh busybox
-	$(PY) bench/lifecycle.py
-	$(PY) bench/exec.py
-	$(PY) bench/tunnel.py
+	-$(PY) bench/lifecycle.py
+	-$(PY) bench/exec.py
+	-$(PY) bench/tunnel.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info test-output

@@ -45,11 +45,14 @@ def build_image(which: str) -> Path:
         check=True,
         env={**os.environ, "HUTCH_CACHE_DIR": str(CACHE)},
     )
-    return CACHE / {
-        "busybox": "busybox.tar",
-        "python": "debian-python-3.11.tar",
-        "postgres": "debian-postgres-redis.tar",
-    }[which]
+    return (
+        CACHE
+        / {
+            "busybox": "busybox.tar",
+            "python": "debian-python-3.11.tar",
+            "postgres": "debian-postgres-redis.tar",
+        }[which]
+    )
 
 
 def free_port() -> int:

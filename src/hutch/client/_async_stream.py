@@ -540,6 +540,9 @@ class AsyncCommandHandle:
             raise (await self._fail(_protocol_error(exc))) from exc
         if isinstance(msg, Output):
             self._losses = 0
+            # Its traceback holds this handle's frames: keeping it would make a reference cycle
+            # that keeps all received output alive until a full garbage collection.
+            self._last_loss = None
             accepted = self._tracker.accept(msg.stream, msg.data, msg.offset)
             if accepted is None:
                 logger.debug("command %s: dropped output already received", self._command_id)
@@ -557,6 +560,7 @@ class AsyncCommandHandle:
         if isinstance(msg, Started):
             # On a reconnect stream: the server's attach acknowledgement (spec §9.1).
             self._losses = 0
+            self._last_loss = None
             if msg.pid is not None:
                 self._pid = msg.pid
         elif isinstance(msg, Exit):

@@ -11,6 +11,15 @@ per-stream watermark: every byte of a stream below ``delivered[stream]`` was sen
 When undelivered chunks fill the log, :meth:`OutputLog.read_budget` answers 0 and the reader
 stops reading the process, so the pipe pushes back on the writer.
 
+**Replay history.** "Delivered" means a server finished *sending* a chunk, not that the client
+got it: what is in flight in socket buffers when a connection dies comes back on a reconnect
+from the client's offsets, so it must still be in the log. Undelivered output (read ahead of
+every client) may fill at most :data:`MAX_AHEAD` bytes, or half the capacity if that is less
+(:attr:`OutputLog.max_ahead`); the reader then waits, and the rest of the capacity keeps the
+most recently delivered history (about 7 MiB of the default 8 MiB). A connection that dies with
+more than that in flight (a slow client whose socket buffers hold megabytes) still loses the
+difference: the reconnect starts at the oldest retained byte.
+
 **Cursors** (:class:`Cursor`) are positions, not copies: memory is bounded by the log alone.
 A cursor whose next bytes were dropped (another client already got them) is *behind*
 (:class:`Behind`); the session turns that into ``SlowConsumer``.
@@ -28,6 +37,8 @@ from hutch.sessions._utf8 import decode, piece_end
 DEFAULT_CAPACITY = 8 * 1024 * 1024
 #: Smallest accepted capacity in bytes.
 MIN_CAPACITY = 4096
+#: Most undelivered output (read ahead of every client) a log holds; the rest is history.
+MAX_AHEAD = 1024 * 1024
 #: Bytes charged per chunk on top of its data, for the chunk object and deque slot.
 CHUNK_OVERHEAD = 64
 #: Most bytes one read of a pipe takes; also the most bytes of data in one output event.
@@ -74,6 +85,9 @@ class OutputLog:
         # Resume reading when this much is free: bigger reads, fewer wake-ups; ≤ capacity/4 so
         # that the half-split in read_budget always leaves a reader enough to make progress.
         self._low_water = min(capacity // 4, 2 * (MAX_READ + CHUNK_OVERHEAD + _HELD))
+        #: Most bytes (data, plus reservations) of undelivered output; the rest of the capacity
+        #: is kept for delivered history a reconnect may need (see the module docstring).
+        self.max_ahead = min(capacity // 2, MAX_AHEAD)
 
     # -- accounting ----------------------------------------------------------------------------
 
@@ -91,6 +105,11 @@ class OutputLog:
 
     def chunk(self, seq: int) -> Chunk:
         return self._chunks[seq - self.first_seq]
+
+    @property
+    def undelivered(self) -> int:
+        """Bytes of output no client has been sent yet (both streams)."""
+        return sum(self.total[s] - self.delivered[s] for s in STREAMS)
 
     def is_delivered(self, chunk: Chunk) -> bool:
         return chunk.end <= self.delivered[chunk.stream]
@@ -121,12 +140,14 @@ class OutputLog:
         """Bytes a reader may :meth:`reserve` before its next read, or 0: wait for deliveries.
 
         A reader reserves at most half of what is free: two streams are read concurrently, and
-        a reader blocked on a silent pipe must not hold the room the other stream needs.
+        a reader blocked on a silent pipe must not hold the room the other stream needs. Free
+        room beyond :attr:`max_ahead` of undelivered output is not offered: it keeps history.
         """
         free = self.make_room(self._low_water)
-        if free < self._low_water:
+        room = min(free, self.max_ahead - self.undelivered - self._reserved)
+        if room < self._low_water:
             return 0
-        return min(free // 2, MAX_READ + CHUNK_OVERHEAD + _HELD)
+        return min(room // 2, MAX_READ + CHUNK_OVERHEAD + _HELD)
 
     @staticmethod
     def read_size(budget: int) -> int:
