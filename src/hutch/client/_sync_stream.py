@@ -11,9 +11,11 @@ command is streamed, so ``import hutch`` works without it and ``run()`` falls ba
 from __future__ import annotations
 
 import threading
+import contextlib
 import enum
 import json
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +134,24 @@ def _command_error(
     return SandboxOperationError(text, operation=operation, error_type=msg.error_type)
 
 
+#: Messages the websockets library may hold before we read them (each ≤ 64 KiB of output).
+_MAX_QUEUE = 4
+#: Kernel receive buffer of an exec socket. Fixing it (instead of letting TCP autotune it to
+#: tens of MiB) bounds how much output can be in flight when a connection dies: the server keeps
+#: ~15 MiB of sent output for replays, and a reconnect must find everything it did not get.
+_RECEIVE_BUFFER = 1 << 20
+
+
+def _cap_receive_buffer(conn: object) -> None:
+    sock = getattr(conn, "socket", None)
+    if sock is None:
+        transport = getattr(conn, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
+
+
 class ExecEndpoint:
     """Opens exec WebSockets to one sandbox: URL, upgrade headers, and the backoff sleep."""
 
@@ -158,7 +178,7 @@ class ExecEndpoint:
             # Entering connect()'s context is the one form both the asyncio and the sync client
             # accept without a warning (websockets 17.1 deprecates a bare sync connect()); the
             # handle closes the connection itself.
-            return connect(
+            conn = connect(
                 self.url,
                 additional_headers=self.headers,
                 open_timeout=_OPEN_TIMEOUT,
@@ -166,7 +186,10 @@ class ExecEndpoint:
                 ping_timeout=_PING_TIMEOUT,
                 close_timeout=_CLOSE_TIMEOUT,
                 max_size=_MAX_MESSAGE_BYTES,
+                max_queue=_MAX_QUEUE,
             ).__enter__()
+            _cap_receive_buffer(conn)
+            return conn
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status == 404:

@@ -1,7 +1,7 @@
 """The bounded output log of one command and the cursors that read it: no I/O, no asyncio.
 
 One log holds the chunks of both streams in arrival order, ``(seq, stream, offset, bytes)``.
-Its bound (``capacity``, default 8 MiB) is in bytes: each chunk is charged its length plus
+Its bound (``capacity``, default 16 MiB) is in bytes: each chunk is charged its length plus
 :data:`CHUNK_OVERHEAD`, so many tiny chunks cannot grow bookkeeping without bound either.
 
 **No silent loss.** A chunk may be dropped (oldest first, and only to make room for new
@@ -16,7 +16,7 @@ got it: what is in flight in socket buffers when a connection dies comes back on
 from the client's offsets, so it must still be in the log. Undelivered output (read ahead of
 every client) may fill at most :data:`MAX_AHEAD` bytes, or half the capacity if that is less
 (:attr:`OutputLog.max_ahead`); the reader then waits, and the rest of the capacity keeps the
-most recently delivered history (about 7 MiB of the default 8 MiB). A connection that dies with
+most recently delivered history (about 15 MiB of the default 16 MiB). A connection that dies with
 more than that in flight (a slow client whose socket buffers hold megabytes) still loses the
 difference: the reconnect starts at the oldest retained byte.
 
@@ -33,8 +33,11 @@ from dataclasses import dataclass
 from hutch.sessions._types import STREAMS, Output, Stream
 from hutch.sessions._utf8 import decode, piece_end
 
-#: Default log capacity in bytes.
-DEFAULT_CAPACITY = 8 * 1024 * 1024
+#: Default log capacity in bytes. With at most ``MAX_AHEAD`` read ahead, ~15 MiB of sent output
+#: stays for replays: more than one connection can hold in flight under Linux's default TCP
+#: buffer limits (``tcp_wmem`` max 4 MiB on the server + ``tcp_rmem`` max 6 MiB on the client)
+#: plus the SDK's own receive queue, so a dropped connection always resumes without a gap there.
+DEFAULT_CAPACITY = 16 * 1024 * 1024
 #: Smallest accepted capacity in bytes.
 MIN_CAPACITY = 4096
 #: Most undelivered output (read ahead of every client) a log holds; the rest is history.

@@ -23,7 +23,7 @@ from hutch.sessions._types import SessionOptions, SessionState
 #: Running commands one owner may have at once.
 DEFAULT_MAX_RUNNING = 256
 #: Finished sessions one owner keeps for reconnects; past it the oldest expire early.
-DEFAULT_MAX_FINISHED = 64
+DEFAULT_MAX_FINISHED = 32
 #: How many expired ids (all owners) are remembered to answer ``SessionExpired``; older ones
 #: answer ``CommandNotFound``.
 DEFAULT_REMEMBERED_EXPIRED = 10_000
