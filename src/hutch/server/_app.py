@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from hutch.runtime.images import ImageStore
 from hutch.runtime.runc import RuncRuntime
-from hutch.server import _control, _dataplane, _errors, _tunnel, _ws_exec
+from hutch.server import _control, _dataplane, _errors, _tunnel, _unimplemented, _ws_exec
 from hutch.server._auth import KeyRing
 from hutch.server._config import ServerConfig
 from hutch.server._deps import Services
@@ -70,6 +70,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     _errors.install(app)
     for prefix in CONTROL_PREFIXES:
         app.include_router(_control.router, prefix=prefix)
+        app.include_router(_unimplemented.router, prefix=prefix)
     app.include_router(_dataplane.router)
     app.include_router(_ws_exec.router)
     app.include_router(_tunnel.router)
