@@ -13,7 +13,7 @@ from hutch.protocol._errors import ErrorType
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError, not_found
-from hutch.server._manager import FAILED, READY, SandboxManager, generate_name
+from hutch.server._manager import FAILED, SandboxManager, generate_name
 from hutch.server._schemas import (
     SandboxCreate,
     SandboxUpdate,
@@ -192,7 +192,7 @@ async def create_sandbox(
                 ) from None
     if row is None:  # pragma: no cover - five random 8-character collisions in a row
         raise ApiError(ErrorType.INTERNAL, "Could not generate a unique sandbox name; retry")
-    done = mgr.start_provisioning(row)
+    mgr.start_provisioning(row)
     base = dataplane_base(request)
     if not body.wait_for_ready:
         return sandbox_json(row, base)
@@ -211,9 +211,7 @@ async def create_sandbox(
             outcome.error or ErrorType.SANDBOX_CONFIG,
             outcome.message or "Sandbox provisioning failed",
         )
-    assert done.done()
-    row.status = READY
-    async with svc.db.session() as s:
+    async with svc.db.session() as s:  # the provisioning task recorded status and updated_at
         fresh = await s.get(Sandbox, row.id)
     return sandbox_json(fresh or row, base)
 

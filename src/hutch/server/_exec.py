@@ -54,9 +54,7 @@ class _Sink:
         return out
 
 
-async def run_to_completion(
-    proc: Process, *, timeout: float | None, max_bytes: int, stdin: bytes | None = None
-) -> Completed:
+async def run_to_completion(proc: Process, *, timeout: float | None, max_bytes: int) -> Completed:
     """Wait for ``proc`` (killing its whole tree after ``timeout``) and collect its output."""
     out, err = _Sink(max_bytes), _Sink(max_bytes)
     readers = [
@@ -64,10 +62,8 @@ async def run_to_completion(
         asyncio.create_task(err.drain(proc.stderr)),
     ]
     if proc.stdin is not None:
+        # Blocking /execute has no stdin: the command sees EOF at once.
         with contextlib.suppress(ConnectionError, BrokenPipeError):
-            if stdin:
-                proc.stdin.write(stdin)
-                await proc.stdin.drain()
             proc.stdin.close()
     timed_out = False
     try:

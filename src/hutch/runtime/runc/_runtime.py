@@ -101,10 +101,6 @@ class RuncProcess(Process):
         self._pid_file = pid_file
         self.pid = 0
 
-    async def host_pid(self, timeout: float = 2.0) -> int:
-        """The command's pid on the host (0 if it never started)."""
-        return self.pid
-
     async def kill(self) -> None:
         await _cgroups.kill_all(self._cgroup)
 
