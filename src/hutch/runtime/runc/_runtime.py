@@ -39,7 +39,7 @@ from hutch.runtime._interface import (
     SandboxSpec,
     SpawnError,
 )
-from hutch.runtime.runc import _cgroups, _spec
+from hutch.runtime.runc import _cgroups, _spawner, _spec
 
 log = logging.getLogger("hutch.runtime")
 
@@ -95,7 +95,7 @@ def _same(protocol: asyncio.StreamReaderProtocol) -> asyncio.StreamReaderProtoco
 class RuncProcess(Process):
     """A command in its own freezer cgroup; its exit code is 128+N when killed by signal N."""
 
-    def __init__(self, cgroup: Path, spec_file: Path, pid_file: Path) -> None:
+    def __init__(self, cgroup: Path, spec_file: Path | None, pid_file: Path | None) -> None:
         self._cgroup = cgroup
         self._spec_file = spec_file
         self._pid_file = pid_file
@@ -109,8 +109,9 @@ class RuncProcess(Process):
 
     def _cleanup(self) -> None:
         for f in (self._spec_file, self._pid_file):
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
+            if f is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
         # Background children of a finished command may still be running; their cgroup stays
         # until they exit or the sandbox is deleted.
         with contextlib.suppress(OSError):
@@ -127,7 +128,7 @@ class _DetachedProcess(RuncProcess):
     comes from ``waitid(P_PIDFD)``.
     """
 
-    def __init__(self, cgroup: Path, spec_file: Path, pid_file: Path) -> None:
+    def __init__(self, cgroup: Path, spec_file: Path | None, pid_file: Path | None) -> None:
         super().__init__(cgroup, spec_file, pid_file)
         self._transports: list[asyncio.BaseTransport] = []
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -152,6 +153,7 @@ class _DetachedProcess(RuncProcess):
         if runc_code != 0:
             self._exit.set_result(runc_code)  # runc's message is on the command's stderr
             return
+        assert self._pid_file is not None
         try:
             self.pid = int(self._pid_file.read_text())
             pidfd = os.pidfd_open(self.pid)
@@ -182,6 +184,19 @@ class _DetachedProcess(RuncProcess):
         if not self._exit.done():
             self._exit.set_result(code)
 
+    def _exited(self, status: int) -> None:
+        """A wait status reported by the sandbox's init (-1: the init went away)."""
+        if status < 0:
+            # The sandbox is going: make sure nothing of the command outlives the report.
+            task = asyncio.get_running_loop().create_task(self.kill())
+            task.add_done_callback(lambda _t: self._set_exit(137))
+            return
+        self._set_exit(_spawner.exit_code(status))
+
+    def _set_exit(self, code: int) -> None:
+        if not self._exit.done():
+            self._exit.set_result(code)
+
     async def wait(self) -> int:
         return await asyncio.shield(self._exit)
 
@@ -206,7 +221,7 @@ class _EioIsEof(asyncio.StreamReaderProtocol):
 class _PtyProcess(_DetachedProcess):
     """A command on a pseudo-terminal whose master runc handed us over the console socket."""
 
-    def __init__(self, cgroup: Path, spec_file: Path, pid_file: Path) -> None:
+    def __init__(self, cgroup: Path, spec_file: Path | None, pid_file: Path | None) -> None:
         super().__init__(cgroup, spec_file, pid_file)
         self._master = -1
 
@@ -254,14 +269,21 @@ class RuncRuntime(Runtime):
         _become_subreaper()
         self._init_pids: dict[str, int] = {}
         self._env: dict[str, dict[str, str]] = {}
+        self._init_bin = _spawner.build_init(data_dir / "bin")
+        # Control sockets of the inits this server started (adopted sandboxes have none and
+        # start commands with runc exec).
+        self._spawners: dict[str, _spawner.Spawner] = {}
 
     # -- helpers -------------------------------------------------------------------------------
 
-    async def _runc(self, *args: str, log: Path | None = None) -> tuple[int, str]:
+    async def _runc(
+        self, *args: str, log: Path | None = None, stdin: int | None = None
+    ) -> tuple[int, str]:
         """Run a runc subcommand; returns (exit code, output).
 
         With ``log``, runc's stdio goes to /dev/null (``runc run -d`` hands its stdio to the
         container's init, so a pipe would never see EOF) and its messages are read from the log.
+        ``stdin`` (default /dev/null) is what ``runc run -d`` hands the init as its stdin.
         """
         log_args = ["--log", str(log), "--log-format", "text"] if log else []
         pipe = asyncio.subprocess.DEVNULL if log else asyncio.subprocess.PIPE
@@ -271,7 +293,7 @@ class RuncRuntime(Runtime):
             str(self.state_root),
             *log_args,
             *args,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
             stdout=pipe,
             stderr=asyncio.subprocess.STDOUT if not log else asyncio.subprocess.DEVNULL,
         )
@@ -303,20 +325,29 @@ class RuncRuntime(Runtime):
         bundle = self._bundle(spec.id)
         if bundle.exists() or (self.state_root / spec.id).exists():
             await self.delete(spec.id)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             await asyncio.to_thread(self._prepare_bundle, spec, bundle)
-            rc, out = await self._runc(
-                "run",
-                "-d",
-                "--pid-file",
-                str(bundle / "init.pid"),
-                "--bundle",
-                str(bundle),
-                spec.id,
-                log=bundle / "runc.log",
-            )
+            try:
+                rc, out = await self._runc(
+                    "run",
+                    "-d",
+                    "--pid-file",
+                    str(bundle / "init.pid"),
+                    "--bundle",
+                    str(bundle),
+                    spec.id,
+                    log=bundle / "runc.log",
+                    stdin=theirs.fileno(),
+                )
+            finally:
+                theirs.close()
             if rc != 0:
                 raise RuntimeError_(f"runc could not start the sandbox: {out}")
+            if self._init_bin is not None:
+                self._spawners[spec.id] = _spawner.Spawner(ours)
+            else:
+                ours.close()
             pid = self.init_pid(spec.id)
             root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -324,6 +355,9 @@ class RuncRuntime(Runtime):
             finally:
                 os.close(root)
         except BaseException:
+            theirs.close()
+            if spec.id not in self._spawners:
+                ours.close()
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.delete(spec.id))
             raise
@@ -349,7 +383,8 @@ class RuncRuntime(Runtime):
         env = self.sandbox_env(spec)
         self._env[spec.id] = env
         (bundle / "env.json").write_text(json.dumps(env))
-        cfg = _spec.config(spec, str(bundle / "rootfs"), str(bundle), env)
+        init = str(self._init_bin) if self._init_bin else None
+        cfg = _spec.config(spec, str(bundle / "rootfs"), str(bundle), env, init)
         (bundle / "config.json").write_text(json.dumps(cfg))
 
     @staticmethod
@@ -404,6 +439,9 @@ class RuncRuntime(Runtime):
 
     async def delete(self, sandbox_id: str) -> None:
         bundle = self._bundle(sandbox_id)
+        spawner = self._spawners.pop(sandbox_id, None)
+        if spawner is not None:
+            spawner.close()
         pid = self._init_pids.pop(sandbox_id, None)
         self._env.pop(sandbox_id, None)
         if pid is None:
@@ -470,6 +508,9 @@ class RuncRuntime(Runtime):
         if spec.pty:
             env.setdefault("TERM", "xterm-256color")
         env.update(spec.env)
+        spawner = self._spawners.get(sandbox_id)
+        if spawner is not None and not spawner.closed:
+            return await self._spawn(spawner, cgroup, spec, env)
         spec_file = bundle / "exec" / f"{cmd_id}.json"
         pid_file = bundle / "exec" / f"{cmd_id}.pid"
         spec_file.write_text(
@@ -529,6 +570,58 @@ class RuncRuntime(Runtime):
             await asyncio.shield(_abandon())
             raise
         proc._adopt(code)
+        return proc
+
+    async def _spawn(
+        self, spawner: _spawner.Spawner, cgroup: Path, spec: ExecSpec, env: dict[str, str]
+    ) -> RuncProcess:
+        """Start a command through the sandbox's init (see :mod:`_spawner`)."""
+        ours: list[BinaryIO] = []
+        theirs: tuple[int, int, int] | None = None
+        if not spec.pty:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            ours = [os.fdopen(out_r, "rb", 0), os.fdopen(err_r, "rb", 0), os.fdopen(in_w, "wb", 0)]
+            theirs = (in_r, out_w, err_w)
+        try:
+            try:
+                spawned = await spawner.spawn(
+                    spec.argv, env, spec.cwd, theirs, rows=spec.rows, cols=spec.cols
+                )
+            finally:
+                for fd in theirs or ():
+                    os.close(fd)
+        except BaseException as exc:
+            for f in ours:
+                f.close()
+            _cgroups.remove_if_empty(cgroup)
+            if isinstance(exc, _spawner.SpawnerError):
+                raise SpawnError(
+                    f"could not start {spec.argv[0]!r} in {spec.cwd!r}: {exc}"
+                ) from exc
+            raise
+        proc = (_PtyProcess if spec.pty else _DetachedProcess)(cgroup, None, None)
+        try:
+            if spawned.pid:
+                with contextlib.suppress(ProcessLookupError):  # already gone: EXITED follows
+                    (cgroup / "cgroup.procs").write_text(str(spawned.pid))
+            proc.pid = spawned.pid
+            if isinstance(proc, _PtyProcess):
+                assert spawned.master is not None
+                master, spawned.master = spawned.master, None
+                await proc._connect_pty(master)
+            else:
+                await proc._connect(*ours)
+        except BaseException:
+            spawner.release(spawned.id, proc._exited, run=False)
+            if spawned.master is not None:
+                os.close(spawned.master)
+            for f in ours:
+                f.close()
+            await asyncio.shield(proc.close())
+            raise
+        spawner.release(spawned.id, proc._exited)
         return proc
 
     async def _exec_pty(

@@ -6,7 +6,10 @@ from typing import Any
 
 from hutch.runtime._interface import SandboxSpec
 
-INIT_PATH = "/dev/.hutch-init"  # catatonit, bind-mounted read-only into /dev's tmpfs
+# The sandbox's pid 1, bind-mounted read-only into /dev's tmpfs: hutch-init (see _spawner), or
+# catatonit where hutch-init could not be built.
+INIT_PATH = "/dev/.hutch-init"
+CATATONIT = "/usr/bin/catatonit"
 
 # The container-default capability set (what Docker and containerd grant by default).
 DEFAULT_CAPS = [
@@ -74,8 +77,13 @@ def process(
     }
 
 
-def config(spec: SandboxSpec, rootfs: str, bundle: str, env: dict[str, str]) -> dict[str, Any]:
-    """Build ``config.json``: own PID/mount/IPC/UTS/network namespaces, limits, hardening."""
+def config(
+    spec: SandboxSpec, rootfs: str, bundle: str, env: dict[str, str], init: str | None = None
+) -> dict[str, Any]:
+    """Build ``config.json``: own PID/mount/IPC/UTS/network namespaces, limits, hardening.
+
+    ``init`` is the hutch-init binary to run as pid 1; without it, catatonit.
+    """
     resources: dict[str, Any] = {
         "devices": [{"allow": False, "access": "rwm"}],
         "pids": {"limit": spec.pids_limit},
@@ -88,10 +96,10 @@ def config(spec: SandboxSpec, rootfs: str, bundle: str, env: dict[str, str]) -> 
             "quota": spec.cpu_millis * CPU_PERIOD_US // 1000,
             "period": CPU_PERIOD_US,
         }
-    init = process([INIT_PATH, "-P"], env, "/")
+    init_process = process([INIT_PATH] if init else [INIT_PATH, "-P"], env, "/")
     return {
         "ociVersion": "1.0.2",
-        "process": init,
+        "process": init_process,
         "root": {"path": rootfs, "readonly": False},
         "hostname": spec.hostname,
         "mounts": [
@@ -147,7 +155,7 @@ def config(spec: SandboxSpec, rootfs: str, bundle: str, env: dict[str, str]) -> 
             {
                 "destination": INIT_PATH,
                 "type": "bind",
-                "source": "/usr/bin/catatonit",
+                "source": init or CATATONIT,
                 "options": ["bind", "ro", "nosuid", "nodev"],
             },
             {

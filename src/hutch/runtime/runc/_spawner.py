@@ -1,0 +1,279 @@
+"""The server's side of ``hutch-init``: build it, and start commands through its control socket.
+
+Every sandbox's pid 1 is ``hutch-init`` (``hutch-init.c`` beside this file, compiled once per
+source version into the data dir). The server gives it one end of a ``SOCK_SEQPACKET`` socket
+pair as stdin; asking it to fork a command costs well under a millisecond where a ``runc exec``
+costs about ten. The protocol is described at the top of ``hutch-init.c``.
+
+A spawn goes: SPAWN (stdio descriptors and a memfd holding cwd, argv and env) → SPAWNED (a pidfd of
+the waiting child; with a PTY also the terminal's master) → the server moves the child into the
+command's freezer cgroup → GO → the child execs. EXITED carries the raw wait status.
+
+The init is code inside the sandbox: the server trusts none of what it says beyond what the kernel
+vouches for. The pid comes from the pidfd (the kernel translates it; the init can only name
+processes of its own sandbox), and an exit status can only misreport that sandbox's own command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import struct
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("hutch.runtime")
+
+SOURCE = Path(__file__).with_name("hutch-init.c")
+
+SPAWN, GO, ABORT, SPAWNED, EXITED = 1, 2, 3, 4, 5
+FLAG_PTY = 1
+_SPAWN = struct.Struct("=IIQIIHHI")  # the last field is reserved (0)
+_SHORT = struct.Struct("=IiQ")
+SPAWN_TIMEOUT = 10.0
+
+
+class SpawnerError(Exception):
+    """The init refused or could not start a command (``errno`` names why)."""
+
+    def __init__(self, message: str, errno_: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def build_init(out_dir: Path) -> Path | None:
+    """Compile ``hutch-init`` (static) into ``out_dir`` unless this source version is there.
+
+    Returns None, after logging why, when no C compiler can build it: sandboxes then run
+    catatonit and every command goes through ``runc exec``.
+    """
+    source = SOURCE.read_bytes()
+    target = out_dir / f"hutch-init-{hashlib.sha256(source).hexdigest()[:16]}"
+    if target.exists():
+        return target
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log.warning("no C compiler: sandboxes start commands with runc exec (slower)")
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    tmp = out_dir / f".{target.name}.{os.getpid()}"
+    res = subprocess.run(
+        [cc, "-O2", "-static", "-o", str(tmp), str(SOURCE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        log.warning("could not build hutch-init; using runc exec:\n%s", res.stderr.strip())
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        return None
+    tmp.chmod(0o755)
+    tmp.rename(target)
+    return target
+
+
+def host_pid(pidfd: int) -> int:
+    """The pid (in our pid namespace) of the process a pidfd refers to; 0 if it is gone."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as f:
+        for line in f:
+            if line.startswith("Pid:"):
+                return max(int(line.split()[1]), 0)
+    return 0
+
+
+def _payload(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> int:
+    strings = [cwd, *argv, *(f"{k}={v}" for k, v in env.items())]
+    if any("\0" in s for s in strings):
+        raise SpawnerError("a command, cwd or environment value contains a NUL byte")
+    fd = os.memfd_create("hutch-spawn", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, b"".join(s.encode() + b"\0" for s in strings))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass
+class Spawned:
+    """A child waiting for GO: its pid in the server's namespace and, for a PTY, the master."""
+
+    id: int
+    pid: int
+    master: int | None
+
+
+class Spawner:
+    """One sandbox init's control socket, read from the event loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._next = 1
+        self._spawning: dict[int, asyncio.Future[Spawned]] = {}
+        self._on_exit: dict[int, Callable[[int], None]] = {}
+        self._early_exits: dict[int, int] = {}
+        self.closed = False
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    async def spawn(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str,
+        stdio: tuple[int, int, int] | None,
+        rows: int = 24,
+        cols: int = 80,
+    ) -> Spawned:
+        """Fork a child that waits for :meth:`go`; ``stdio=None`` asks for a new PTY."""
+        if self.closed:
+            raise SpawnerError("the sandbox's init is not listening")
+        ident = self._next
+        self._next += 1
+        payload = _payload(argv, env, cwd)
+        fut: asyncio.Future[Spawned] = self._loop.create_future()
+        self._spawning[ident] = fut
+        try:
+            flags = 0 if stdio is not None else FLAG_PTY
+            header = _SPAWN.pack(SPAWN, flags, ident, len(argv), len(env), rows, cols, 0)
+            fds = [payload, *(stdio or ())]
+            await self._send(header, fds)
+        finally:
+            os.close(payload)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), SPAWN_TIMEOUT)
+        except BaseException as exc:
+            # Timed out or cancelled: a child may exist already, and it must not run.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                spawned = fut.result()
+                if spawned.master is not None:
+                    os.close(spawned.master)
+            self._send_nowait(_SHORT.pack(ABORT, 0, ident))
+            if isinstance(exc, TimeoutError):
+                raise SpawnerError("the sandbox's init did not answer") from None
+            raise
+        finally:
+            self._spawning.pop(ident, None)
+
+    def release(self, ident: int, on_exit: Callable[[int], None], *, run: bool = True) -> None:
+        """Let the waiting child exec (or, with ``run=False``, exit 255 without running).
+
+        ``on_exit`` gets its raw wait status, or -1 if the init went away first.
+        """
+        if ident in self._early_exits:
+            on_exit(self._early_exits.pop(ident))
+        else:
+            self._on_exit[ident] = on_exit
+        self._send_nowait(_SHORT.pack(GO if run else ABORT, 0, ident))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        for fut in self._spawning.values():
+            if not fut.done():
+                fut.set_exception(SpawnerError("the sandbox's init went away"))
+        callbacks, self._on_exit = self._on_exit, {}
+        for cb in callbacks.values():
+            cb(-1)
+
+    # -- socket ----------------------------------------------------------------------------
+
+    async def _send(self, data: bytes, fds: list[int]) -> None:
+        while True:
+            try:
+                socket.send_fds(self._sock, [data], fds)
+                return
+            except BlockingIOError:
+                ready = self._loop.create_future()
+                self._loop.add_writer(self._sock.fileno(), ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    self._loop.remove_writer(self._sock.fileno())
+            except OSError as exc:
+                self.close()
+                raise SpawnerError(f"the sandbox's init is not listening: {exc}") from exc
+
+    def _send_nowait(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self._sock.send(data)
+        except BlockingIOError:
+            self._loop.create_task(self._send(data, []))
+        except OSError:
+            self.close()
+
+    def _readable(self) -> None:
+        while not self.closed:
+            try:
+                data, fds, flags, _ = socket.recv_fds(self._sock, 64, 2, socket.MSG_CMSG_CLOEXEC)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds, flags = b"", [], 0
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                self.close()
+                return
+            try:
+                self._dispatch(data, fds, flags)
+            except Exception:  # a confused init must not take the event loop down
+                log.exception("bad message from a sandbox init")
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def _dispatch(self, data: bytes, fds: list[int], flags: int) -> None:
+        if len(data) != _SHORT.size or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            raise ValueError(f"unexpected message of {len(data)} bytes")
+        kind, value, ident = _SHORT.unpack(data)
+        if kind == EXITED:
+            for fd in fds:
+                os.close(fd)
+            cb = self._on_exit.pop(ident, None)
+            if cb is not None:
+                cb(value)
+            elif ident < self._next:
+                self._early_exits[ident] = value
+            return
+        fut = self._spawning.get(ident)
+        if kind != SPAWNED or fut is None or fut.done():
+            raise ValueError(f"unexpected message type {kind} for spawn {ident}")
+        if value != 0:
+            for fd in fds:
+                os.close(fd)
+            fut.set_exception(SpawnerError(os.strerror(value), value))
+            return
+        if not fds:
+            raise ValueError("SPAWNED without a pidfd")
+        pidfd, master = fds[0], (fds[1] if len(fds) > 1 else None)
+        try:
+            pid = host_pid(pidfd)
+        finally:
+            os.close(pidfd)
+        fut.set_result(Spawned(ident, pid, master))
+
+
+def exit_code(status: int) -> int:
+    """Map a raw wait status (or -1 for "never reported") to a shell-style exit code."""
+    if status < 0:
+        return 137
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return 255

@@ -1,0 +1,405 @@
+/*
+ * hutch-init: pid 1 of every hutch sandbox.
+ *
+ * It reaps every orphan in the sandbox and, when the server handed it a control socket as stdin
+ * (an AF_UNIX SOCK_SEQPACKET socket), starts commands on the server's behalf. A fork here costs
+ * far less than a `runc exec`, and a child inherits exactly what the sandbox's init was given:
+ * namespaces, cgroups, capabilities, no_new_privs, limits.
+ *
+ * Protocol: one message per packet, integers in host byte order.
+ *
+ *   server -> init  SPAWN    {u32 type=1, u32 flags, u64 id, u32 argc, u32 envc, u16 rows, u16 cols,
+ *                             u32 0}
+ *                            fds: [payload, stdin, stdout, stderr], or [payload] with FLAG_PTY.
+ *                            payload (a memfd): cwd\0 argv[0]\0 ... argv[argc-1]\0 env[0]\0 ...
+ *   server -> init  GO       {u32 type=2, u32 0, u64 id}  the child may exec
+ *   server -> init  ABORT    {u32 type=3, u32 0, u64 id}  the child exits 255 without exec
+ *   init -> server  SPAWNED  {u32 type=4, i32 errno, u64 id}  fds: [pidfd] or [pidfd, pty master]
+ *   init -> server  EXITED   {u32 type=5, i32 wait status, u64 id}
+ *
+ * A spawned child waits for GO before it execs, so that the server can first move it into the
+ * command's own cgroup (kill takes the whole tree from there). It runs the command with its
+ * stdio on the descriptors the server sent (or on a new pseudo-terminal whose master goes back to
+ * the server), in a session of its own. If the working directory or the program is missing, it
+ * says so on its stderr and exits 255.
+ *
+ * Without a control socket (or once the server closed it) the init only reaps. It is not
+ * dumpable, so nothing in the sandbox can ptrace it or open its descriptors through /proc.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41)
+#endif
+
+enum { SPAWN = 1, GO = 2, ABORT = 3, SPAWNED = 4, EXITED = 5 };
+enum { FLAG_PTY = 1 };
+#define MAX_CHILDREN 4096
+#define MAX_PAYLOAD (8u << 20)
+
+struct spawn_msg {
+    uint32_t type, flags;
+    uint64_t id;
+    uint32_t argc, envc;
+    uint16_t rows, cols;
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct spawn_msg) == 32, "SPAWN is 32 bytes");
+
+struct short_msg {
+    uint32_t type;
+    int32_t value;
+    uint64_t id;
+};
+
+struct child {
+    uint64_t id;
+    pid_t pid;
+    int go_fd; /* write end of the child's GO pipe, -1 once used */
+};
+
+static struct child children[MAX_CHILDREN];
+static int nchildren;
+static int ctl = -1;
+
+extern char **environ;
+
+static void release_go(struct child *c, char what);
+
+/* The server went away: from now on, only reap. Children still waiting for GO exit. */
+static void close_ctl(void) {
+    if (ctl < 0)
+        return;
+    close(ctl);
+    ctl = -1;
+    for (int i = 0; i < nchildren; i++)
+        release_go(&children[i], 'x');
+}
+
+static void send_msg(uint32_t type, int32_t value, uint64_t id, const int *fds, int nfds) {
+    if (ctl < 0)
+        return;
+    struct short_msg m = {type, value, id};
+    struct iovec iov = {&m, sizeof m};
+    union {
+        char buf[CMSG_SPACE(2 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds > 0) {
+        memset(&u, 0, sizeof u);
+        mh.msg_control = u.buf;
+        mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+    }
+    ssize_t n;
+    do
+        n = sendmsg(ctl, &mh, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        close_ctl();
+}
+
+static struct child *find(uint64_t id) {
+    for (int i = 0; i < nchildren; i++)
+        if (children[i].id == id)
+            return &children[i];
+    return NULL;
+}
+
+static void release_go(struct child *c, char what) {
+    if (c->go_fd < 0)
+        return;
+    ssize_t n;
+    do
+        n = write(c->go_fd, &what, 1);
+    while (n < 0 && errno == EINTR);
+    close(c->go_fd);
+    c->go_fd = -1;
+}
+
+static void reap(void) {
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < nchildren; i++) {
+            if (children[i].pid != pid)
+                continue;
+            send_msg(EXITED, status, children[i].id, NULL, 0);
+            if (children[i].go_fd >= 0)
+                close(children[i].go_fd);
+            children[i] = children[--nchildren];
+            break;
+        }
+    }
+}
+
+/* Split the payload into cwd, argv and envp (NULL-terminated arrays), or return an errno. */
+static int parse_payload(int fd, const struct spawn_msg *m, char **cwd, char ***argv, char ***envp) {
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return errno;
+    if (st.st_size <= 0 || (uint64_t)st.st_size > MAX_PAYLOAD || m->argc == 0 ||
+        m->argc > MAX_PAYLOAD / 2 || m->envc > MAX_PAYLOAD / 2)
+        return E2BIG;
+    size_t size = (size_t)st.st_size;
+    char *buf = malloc(size + 1);
+    char **av = calloc(m->argc + 1, sizeof *av);
+    char **ev = calloc(m->envc + 1, sizeof *ev);
+    if (!buf || !av || !ev)
+        goto nomem;
+    size_t got = 0;
+    while (got < size) {
+        ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto bad;
+        got += (size_t)n;
+    }
+    buf[size] = '\0';
+    char *p = buf, *end = buf + size;
+    uint64_t want = 1 + (uint64_t)m->argc + m->envc;
+    for (uint64_t i = 0; i < want; i++) {
+        char *nul = memchr(p, '\0', (size_t)(end - p));
+        if (!nul)
+            goto bad;
+        if (i == 0)
+            *cwd = p;
+        else if (i <= m->argc)
+            av[i - 1] = p;
+        else
+            ev[i - 1 - m->argc] = p;
+        p = nul + 1;
+    }
+    if (p != end)
+        goto bad;
+    *argv = av;
+    *envp = ev;
+    return 0;
+bad:
+    free(buf);
+    free(av);
+    free(ev);
+    return EINVAL;
+nomem:
+    free(buf);
+    free(av);
+    free(ev);
+    return ENOMEM;
+}
+
+static void close_all(const int *fds, int n) {
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+static void child_main(const struct spawn_msg *m, int go_r, int master, const int *stdio,
+                       const char *cwd, char **argv, char **envp) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setsid();
+    if (m->flags & FLAG_PTY) {
+        int s = ioctl(master, TIOCGPTPEER, O_RDWR);
+        if (s < 0 || ioctl(s, TIOCSCTTY, 0) < 0)
+            _exit(255);
+        for (int i = 0; i < 3; i++)
+            if (dup2(s, i) < 0)
+                _exit(255);
+    } else {
+        for (int i = 0; i < 3; i++)
+            if (dup2(stdio[i], i) < 0)
+                _exit(255);
+    }
+    char go = 0;
+    ssize_t n;
+    do
+        n = read(go_r, &go, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1 || go != 'g')
+        _exit(255);
+    syscall(SYS_close_range, 3U, ~0U, 0U);
+    if (chdir(cwd) < 0) {
+        dprintf(2, "hutch: cannot use working directory %s: %s\n", cwd, strerror(errno));
+        _exit(255);
+    }
+    environ = envp;
+    execvp(argv[0], argv);
+    dprintf(2, "hutch: cannot run %s: %s\n", argv[0], strerror(errno));
+    _exit(255);
+}
+
+static void spawn(const struct spawn_msg *m, int *fds, int nfds) {
+    char *cwd = NULL, **argv = NULL, **envp = NULL;
+    int pty = (m->flags & FLAG_PTY) != 0;
+    int master = -1, go[2] = {-1, -1};
+    int err = 0;
+    if (nfds != (pty ? 1 : 4) || nchildren >= MAX_CHILDREN || find(m->id))
+        err = nfds != (pty ? 1 : 4) ? EBADMSG : (nchildren >= MAX_CHILDREN ? EAGAIN : EEXIST);
+    if (!err)
+        err = parse_payload(fds[0], m, &cwd, &argv, &envp);
+    if (!err && pty) {
+        int dir = open(cwd, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (dir < 0)
+            err = errno;
+        else
+            close(dir);
+    }
+    if (!err && pty) {
+        master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (master < 0 || unlockpt(master) < 0)
+            err = errno;
+        else {
+            struct winsize ws = {.ws_row = m->rows ? m->rows : 24, .ws_col = m->cols ? m->cols : 80};
+            ioctl(master, TIOCSWINSZ, &ws);
+        }
+    }
+    if (!err && pipe2(go, O_CLOEXEC) < 0)
+        err = errno;
+    pid_t pid = -1;
+    if (!err) {
+        pid = fork();
+        if (pid == 0)
+            child_main(m, go[0], master, fds + 1, cwd, argv, envp);
+        if (pid < 0)
+            err = errno;
+    }
+    int pidfd = -1;
+    if (!err) {
+        pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        if (pidfd < 0) {
+            err = errno;
+            kill(pid, SIGKILL);
+        }
+    }
+    if (argv) {
+        free(cwd);
+        free(argv);
+        free(envp);
+    }
+    close_all(fds, nfds);
+    if (go[0] >= 0)
+        close(go[0]);
+    if (err) {
+        if (go[1] >= 0)
+            close(go[1]);
+        if (master >= 0)
+            close(master);
+        send_msg(SPAWNED, err, m->id, NULL, 0);
+        return;
+    }
+    children[nchildren++] = (struct child){m->id, pid, go[1]};
+    int out[2] = {pidfd, master};
+    send_msg(SPAWNED, 0, m->id, out, pty ? 2 : 1);
+    close(pidfd);
+    if (master >= 0)
+        close(master);
+}
+
+static void on_control(void) {
+    union {
+        struct spawn_msg spawn;
+        struct short_msg brief;
+        char raw[64];
+    } m;
+    union {
+        char buf[CMSG_SPACE(8 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {&m, sizeof m};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                        .msg_controllen = sizeof u.buf};
+    ssize_t n = recvmsg(ctl, &mh, MSG_CMSG_CLOEXEC);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return;
+    int fds[8], nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (nfds < 8)
+                fds[nfds++] = fd;
+            else
+                close(fd);
+        }
+    }
+    if (n <= 0) {
+        close_all(fds, nfds);
+        close_ctl();
+        return;
+    }
+    if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || n < (ssize_t)sizeof(struct short_msg)) {
+        close_all(fds, nfds);
+        return; /* malformed: ignore */
+    }
+    if (m.brief.type == SPAWN && n == (ssize_t)sizeof m.spawn) {
+        spawn(&m.spawn, fds, nfds);
+        return;
+    }
+    close_all(fds, nfds);
+    if ((m.brief.type == GO || m.brief.type == ABORT) && n == (ssize_t)sizeof m.brief) {
+        struct child *c = find(m.brief.id);
+        if (c)
+            release_go(c, m.brief.type == GO ? 'g' : 'x');
+    }
+}
+
+int main(void) {
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    struct stat st;
+    if (fstat(0, &st) == 0 && S_ISSOCK(st.st_mode))
+        ctl = fcntl(0, F_DUPFD_CLOEXEC, 3);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 0);
+        close(null);
+    }
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0)
+        return 1;
+    for (;;) {
+        struct pollfd p[2] = {{sfd, POLLIN, 0}, {ctl, POLLIN, 0}};
+        int n = poll(p, ctl >= 0 ? 2 : 1, -1);
+        if (n < 0 && errno != EINTR)
+            return 1;
+        if (p[0].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) > 0) {
+            }
+            reap();
+        }
+        if (ctl >= 0 && p[1].revents)
+            on_control();
+    }
+}
