@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hutch.runtime._interface import SandboxSpec
+from hutch.runtime.runc import _seccomp
 
 # The sandbox's pid 1, bind-mounted read-only into /dev's tmpfs: hutch-init (see _spawner), or
 # catatonit where hutch-init could not be built.
@@ -183,5 +184,6 @@ def config(
             "resources": resources,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
+            "seccomp": _seccomp.profile(),
         },
     }
