@@ -202,6 +202,14 @@ def bb_template(client: SandboxClient) -> str:
     return "bb"
 
 
+@pytest.fixture(scope="session")
+def py_template(server: Server, client: SandboxClient, python_tar: Path) -> str:
+    """A template ``py-shared`` on the Debian bookworm image with python3."""
+    server.import_image("local/python:3.11", python_tar)
+    client.create_template(name="py-shared", image="local/python:3.11")
+    return "py-shared"
+
+
 @pytest.fixture
 def sandbox(client: SandboxClient, bb_template: str) -> Iterator[object]:
     """A fresh ready busybox sandbox, deleted afterwards."""

@@ -121,14 +121,6 @@ REFUSED = {"EPERM", "EACCES", "EROFS", "ENOENT", "ENOSYS", "ECONNREFUSED", "ENET
 
 
 @pytest.fixture(scope="module")
-def py_template(server: Server, client: SandboxClient, python_tar: Path) -> str:
-    server.import_image("local/python:3.11", python_tar)
-    name = f"escape-{uuid.uuid4().hex[:6]}"
-    client.create_template(name=name, image="local/python:3.11")
-    return name
-
-
-@pytest.fixture(scope="module")
 def host_listener() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
