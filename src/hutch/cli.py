@@ -23,6 +23,15 @@ DataDir = typer.Option(
 )
 
 
+def _size(value: str, option: str) -> int:
+    from hutch.runtime._resources import QuantityError, parse_memory
+
+    try:
+        return parse_memory(value, field=option, check_host=False)
+    except QuantityError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
@@ -37,6 +46,12 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level"),
     max_upload_bytes: int = typer.Option(
         ServerConfig.max_upload_bytes, min=1, help="Largest file upload accepted, in bytes"
+    ),
+    storage_pool_size: str = typer.Option(
+        "256Gi", help="Size of the sparse btrfs image holding all sandboxes' writable layers"
+    ),
+    default_storage: str = typer.Option(
+        "10Gi", help="Disk limit of a sandbox whose template sets no storage"
     ),
 ) -> None:
     """Run the API server."""
@@ -54,6 +69,8 @@ def serve(
         public_url=public_url,
         database_url=database_url,
         max_upload_bytes=max_upload_bytes,
+        storage_pool_bytes=_size(storage_pool_size, "--storage-pool-size"),
+        default_storage_bytes=_size(default_storage, "--default-storage"),
     )
     uvicorn.run(
         create_app(config),

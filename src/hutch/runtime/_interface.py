@@ -36,6 +36,8 @@ class SandboxSpec:
     image: Image
     cpu_millis: int | None = None
     memory_bytes: int | None = None
+    #: Limit of the sandbox's writable layer; None: the runtime's default.
+    storage_bytes: int | None = None
     pids_limit: int = 1024
     env: Mapping[str, str] = field(default_factory=dict)
 

@@ -51,7 +51,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         if written:
             print(f"hutch: generated the first API key; it is in {written}", flush=True)
         images = ImageStore(config.data_dir / "images")
-        runtime = RuncRuntime(config.data_dir)
+        runtime = RuncRuntime(
+            config.data_dir,
+            storage_pool_bytes=config.storage_pool_bytes,
+            storage_limit_bytes=config.default_storage_bytes,
+        )
         sessions = SessionManager()
         manager = SandboxManager(db, runtime, images, config, sessions)
         await manager.reconcile()

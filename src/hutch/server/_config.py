@@ -30,5 +30,9 @@ class ServerConfig:
     max_exec_output_bytes: int = 64 * 1024**2
     #: Processes per sandbox (fork bombs stop here).
     pids_limit: int = 1024
+    #: Size of the (sparse) btrfs image holding every sandbox's writable layer.
+    storage_pool_bytes: int = 256 * 1024**3
+    #: Disk limit of a sandbox whose template names no ``storage``.
+    default_storage_bytes: int = 10 * 1024**3
     #: Upper bound on ``timeout`` for a blocking create.
     max_create_timeout: int = 3600

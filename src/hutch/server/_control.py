@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from hutch.protocol._errors import ErrorType
+from hutch.runtime._resources import parse_memory
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError, not_found
@@ -192,7 +193,8 @@ async def create_sandbox(
                 ) from None
     if row is None:  # pragma: no cover - five random 8-character collisions in a row
         raise ApiError(ErrorType.INTERNAL, "Could not generate a unique sandbox name; retry")
-    mgr.start_provisioning(row)
+    storage = parse_memory(tpl.storage, field="storage", check_host=False) if tpl.storage else None
+    mgr.start_provisioning(row, storage_bytes=storage)
     base = dataplane_base(request)
     if not body.wait_for_ready:
         return sandbox_json(row, base)

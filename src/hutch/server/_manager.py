@@ -105,10 +105,16 @@ class SandboxManager:
 
     # -- provisioning --------------------------------------------------------------------------
 
-    def start_provisioning(self, row: Sandbox) -> asyncio.Future[Outcome]:
+    def start_provisioning(
+        self, row: Sandbox, *, storage_bytes: int | None = None
+    ) -> asyncio.Future[Outcome]:
+        """Create the sandbox's container in the background; ``storage_bytes`` limits its disk
+        (None: the server's default)."""
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._done[row.id] = fut
-        task = asyncio.create_task(self._provision(row, fut), name=f"provision-{row.name}")
+        task = asyncio.create_task(
+            self._provision(row, fut, storage_bytes), name=f"provision-{row.name}"
+        )
         self._tasks[row.id] = task
         sandbox_id = row.id
 
@@ -119,7 +125,9 @@ class SandboxManager:
         task.add_done_callback(_forget)
         return fut
 
-    async def _provision(self, row: Sandbox, fut: asyncio.Future[Outcome]) -> None:
+    async def _provision(
+        self, row: Sandbox, fut: asyncio.Future[Outcome], storage_bytes: int | None
+    ) -> None:
         outcome = Outcome(FAILED, ErrorType.INTERNAL, "provisioning did not finish")
         try:
             async with self.lock(row.id):
@@ -139,6 +147,7 @@ class SandboxManager:
                     image=image,
                     cpu_millis=row.cpu_millis,
                     memory_bytes=row.memory_bytes,
+                    storage_bytes=storage_bytes,
                     pids_limit=self.config.pids_limit,
                 )
                 try:

@@ -3,9 +3,12 @@
 Layout under ``data_dir``::
 
     runc/                 runc's own state (``runc --root``), private to this server
-    sandboxes/<id>/       OCI bundle: config.json, hosts, hostname, resolv.conf, upper/, work/,
-                          rootfs/ (overlay of the image's layers plus upper/),
-                          exec/ (process specs)
+    sandboxes/<id>/       OCI bundle: config.json, hosts, hostname, resolv.conf,
+                          rootfs/ (overlay of the image's layers plus the writable layer),
+                          exec/ (process specs of runc exec)
+    storage.img           btrfs image holding every sandbox's writable layer (see _storage)
+    storage/<id>/         that sandbox's subvolume, size-limited: upper/, work/
+    bin/                  hutch-init, built from its source (see _spawner)
 
 Every sandbox lives in cgroup ``/hutch/<id>``; each command in a freezer sub-cgroup of it.
 """
@@ -39,7 +42,7 @@ from hutch.runtime._interface import (
     SandboxSpec,
     SpawnError,
 )
-from hutch.runtime.runc import _cgroups, _spawner, _spec
+from hutch.runtime.runc import _cgroups, _spawner, _spec, _storage
 
 log = logging.getLogger("hutch.runtime")
 
@@ -49,6 +52,9 @@ PR_SET_CHILD_SUBREAPER = 36
 HOME = "/home/user"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+GiB = 1 << 30
+DEFAULT_STORAGE_POOL = 256 * GiB  # sparse: takes host disk only as sandboxes write
+DEFAULT_STORAGE_LIMIT = 10 * GiB  # per sandbox, when its template names none
 
 
 def _mount(source: str, target: str, fstype: str, data: str) -> None:
@@ -260,7 +266,14 @@ def _check_peer_is_root(conn: socket.socket) -> None:
 
 
 class RuncRuntime(Runtime):
-    def __init__(self, data_dir: Path, runc: str = "runc") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        runc: str = "runc",
+        *,
+        storage_pool_bytes: int = DEFAULT_STORAGE_POOL,
+        storage_limit_bytes: int = DEFAULT_STORAGE_LIMIT,
+    ) -> None:
         self.state_root = data_dir / "runc"
         self.bundles = data_dir / "sandboxes"
         self.state_root.mkdir(parents=True, exist_ok=True)
@@ -273,6 +286,15 @@ class RuncRuntime(Runtime):
         # Control sockets of the inits this server started (adopted sandboxes have none and
         # start commands with runc exec).
         self._spawners: dict[str, _spawner.Spawner] = {}
+        self.storage = _storage.StoragePool(data_dir, storage_pool_bytes)
+        self.storage_limit_bytes = storage_limit_bytes
+        try:
+            self.storage.open()
+        except _storage.StorageError as exc:
+            raise RuntimeError_(f"cannot set up sandbox storage: {exc}") from exc
+
+    async def aclose(self) -> None:
+        self.storage.close()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -364,8 +386,14 @@ class RuncRuntime(Runtime):
 
     def _prepare_bundle(self, spec: SandboxSpec, bundle: Path) -> None:
         bundle.mkdir(mode=0o700)
-        for d in ("upper", "work", "rootfs", "exec", "empty"):
+        for d in ("rootfs", "exec", "empty"):
             (bundle / d).mkdir()
+        try:
+            layer = self.storage.allocate(spec.id, spec.storage_bytes or self.storage_limit_bytes)
+        except _storage.StorageError as exc:
+            raise RuntimeError_(str(exc)) from exc
+        (layer / "upper").mkdir()
+        (layer / "work").mkdir()
         (bundle / "hostname").write_text(spec.hostname + "\n")
         (bundle / "hosts").write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -378,7 +406,7 @@ class RuncRuntime(Runtime):
             "overlay",
             str(bundle / "rootfs"),
             "overlay",
-            f"lowerdir={':'.join(layers)},upperdir={bundle / 'upper'},workdir={bundle / 'work'}",
+            f"lowerdir={':'.join(layers)},upperdir={layer / 'upper'},workdir={layer / 'work'}",
         )
         env = self.sandbox_env(spec)
         self._env[spec.id] = env
@@ -463,11 +491,13 @@ class RuncRuntime(Runtime):
         rootfs = str(bundle / "rootfs")
         if _is_mounted(rootfs):
             _umount(rootfs)
+        await asyncio.to_thread(self.storage.release, sandbox_id)
         await asyncio.to_thread(shutil.rmtree, bundle, True)
 
     async def list_ids(self) -> set[str]:
         ids = await self._runc_ids()
         ids.update(p.name for p in self.bundles.iterdir() if p.is_dir())
+        ids.update(p.name for p in self.storage.root.iterdir() if p.is_dir())
         return ids
 
     async def is_running(self, sandbox_id: str) -> bool:
