@@ -40,6 +40,7 @@ from hutch.runtime._interface import (
     SpawnError,
 )
 from hutch.runtime.runc import _cgroups, _spec
+from hutch.runtime.runc._overlay import mount_overlay
 
 log = logging.getLogger("hutch.runtime")
 
@@ -49,14 +50,6 @@ PR_SET_CHILD_SUBREAPER = 36
 HOME = "/home/user"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def _mount(source: str, target: str, fstype: str, data: str) -> None:
-    if len(data) >= 4000:
-        raise RuntimeError_("Image has too many layers for one overlay mount")
-    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, data.encode()) != 0:
-        err = ctypes.get_errno()
-        raise RuntimeError_(f"mount {fstype} on {target}: {os.strerror(err)}")
 
 
 def _umount(target: str) -> None:
@@ -340,12 +333,7 @@ class RuncRuntime(Runtime):
         # Loopback-only network for now: an empty resolver config, so lookups fail fast.
         (bundle / "resolv.conf").write_text("# no network: this sandbox has loopback only\n")
         layers = [str(p) for p in reversed(spec.image.layers)] or [str(bundle / "empty")]
-        _mount(
-            "overlay",
-            str(bundle / "rootfs"),
-            "overlay",
-            f"lowerdir={':'.join(layers)},upperdir={bundle / 'upper'},workdir={bundle / 'work'}",
-        )
+        mount_overlay(str(bundle / "rootfs"), layers, str(bundle / "upper"), str(bundle / "work"))
         env = self.sandbox_env(spec)
         self._env[spec.id] = env
         (bundle / "env.json").write_text(json.dumps(env))
