@@ -253,7 +253,7 @@ class ImageStore:
             referenced = self._referenced_layers()
             if referenced is None:
                 return GcResult(0, 0, 0)
-            mounted = _mounted_layer_names()
+            mounted = _mounted_layer_names(self._layers)
             freed = in_use = size = 0
             names = {p.name.removesuffix(".json") for p in self._layers.iterdir()}
             freed_ids: set[str] = set()
@@ -511,7 +511,7 @@ class ImageStore:
         referenced = self._referenced_layers()
         if referenced is None:
             return
-        mounted = _mounted_layer_names()
+        mounted = _mounted_layer_names(self._layers)
         freed = {c for c in set(candidates) - referenced if c.split(":", 1)[1] not in mounted}
         for diff_id in freed:
             self._delete_layer(diff_id)
@@ -545,8 +545,9 @@ def _unescape_mountinfo(field: str) -> str:
     return "".join(out)
 
 
-def _mounted_layer_names() -> set[str]:
-    """Names (hex digests) of directories that are lower layers of a mounted overlay.
+def _mounted_layer_names(layers: Path) -> set[str]:
+    """Names (hex digests) of the directories in ``layers`` that are lower layers of a mounted
+    overlay.
 
     Read from ``/proc/self/mountinfo``, so it sees the overlays of every process in this mount
     namespace (sandboxes of a running server, whichever process asks). Overlays list their
@@ -567,7 +568,7 @@ def _mounted_layer_names() -> set[str]:
             if key not in ("lowerdir", "lowerdir+"):
                 continue
             for path in value.split(":"):
-                name = _unescape_mountinfo(path).rstrip("/").rsplit("/", 1)[-1]
-                if len(name) == 64:
+                parent, _, name = _unescape_mountinfo(path).rstrip("/").rpartition("/")
+                if parent == str(layers):
                     names.add(name)
     return names
