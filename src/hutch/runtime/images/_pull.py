@@ -116,8 +116,11 @@ class _Pull:
                 _log.exception("image pull progress listener failed")
 
 
-def _explain(output: str, source: str, credentials: bool) -> ImagePullError:
-    """Turn skopeo's error output into a message saying why and what to do."""
+def _explain(output: str, source: str, credentials: str | None) -> ImagePullError:
+    """Turn skopeo's error output into a message saying why and what to do.
+
+    ``credentials`` says which credentials were offered (None: none).
+    """
     text = output.strip()
     # skopeo ends with `level=fatal msg="..."`; that message is the useful part.
     detail = text.rsplit('msg="', 1)[-1].rstrip('"') if 'msg="' in text else text
@@ -129,8 +132,8 @@ def _explain(output: str, source: str, credentials: bool) -> ImagePullError:
     if any(s in lower for s in denied):
         if credentials:
             return ImagePullError(
-                f"{where}: the registry refused the credentials ({detail}); check the username "
-                "and password",
+                f"{where}: the registry refused the credentials ({credentials}: {detail}); "
+                "check the username and password",
                 "unauthorized",
             )
         return ImagePullError(
@@ -423,7 +426,19 @@ class ImagePuller:
                     proc.kill()
                 await proc.wait()
         if code != 0:
-            raise _explain("\n".join(output), reference, credentials is not None)
+            offered = "the template's registry credentials" if credentials is not None else None
+            if offered is None and self._auth_file_has(registry):
+                offered = "the server's --registry-auth file"
+            raise _explain("\n".join(output), reference, offered)
+
+    def _auth_file_has(self, registry: str) -> bool:
+        if self.config.auth_file is None:
+            return False
+        try:
+            auths = json.loads(self.config.auth_file.read_bytes()).get("auths", {})
+        except (OSError, ValueError, AttributeError):
+            return False
+        return isinstance(auths, dict) and registry in auths
 
     # -- scratch directories ---------------------------------------------------------------
 
