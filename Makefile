@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= /var/cache/hutch
 export HUTCH_CACHE_DIR := $(CACHE)
-DEB_PACKAGES := runc skopeo catatonit mmdebstrap busybox-static python3-venv
+DEB_PACKAGES := runc skopeo catatonit mmdebstrap busybox-static python3-venv docker-registry apache2-utils
 PYTEST_ARGS ?=
 
 .PHONY: demo test check deps system-deps venv images gen bench clean
