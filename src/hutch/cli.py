@@ -198,10 +198,24 @@ def image_list(data_dir: Path | None = DataDir) -> None:
 @image_app.command("rm")
 def image_rm(name: str, data_dir: Path | None = DataDir) -> None:
     """Remove an image (and layers no other image uses)."""
-    from hutch.runtime.images import ImageError
+    from hutch.runtime.images import (
+        ImageError,
+        ImageNotFoundError,
+        is_local_only,
+        qualify_reference,
+    )
 
+    store = _store(data_dir)
     try:
-        _store(data_dir).remove(name)
+        try:
+            store.remove(name)
+        except ImageNotFoundError:
+            # Pulled images are stored under their qualified name (docker.io/library/...).
+            if is_local_only(name):
+                raise
+            qualified = qualify_reference(name)
+            store.remove(qualified)
+            name = qualified
     except ImageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

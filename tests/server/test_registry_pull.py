@@ -111,6 +111,13 @@ def test_python_template_resolves_through_the_mirror(client: SandboxClient, setu
     assert setup.registry.manifest_requests("library/python") >= 1
     listing = image_cli(setup.server, "list")
     assert "docker.io/library/python:3.12-slim" in listing
+    # The short name finds the pulled image for removal too; its layer is freed.
+    layers = setup.server.data_dir / "images" / "layers" / "sha256"
+    before = len(list(layers.iterdir()))
+    removed = image_cli(setup.server, "rm", "python:3.12-slim")
+    assert removed.strip() == "removed docker.io/library/python:3.12-slim"
+    assert "python" not in image_cli(setup.server, "list")
+    assert len(list(layers.iterdir())) == before - 2  # the layer directory and its metadata
 
 
 def image_cli(server: Server, *args: str) -> str:

@@ -7,7 +7,12 @@ with skopeo. Unpacked layers (``Image.layers``, bottom first) are ready for over
 """
 
 from ._pull import Credentials, ImagePuller, ImagePullError, RegistryConfig
-from ._reference import normalize_reference, normalize_registry, qualify_reference
+from ._reference import (
+    is_local_only,
+    normalize_reference,
+    normalize_registry,
+    qualify_reference,
+)
 from ._store import GcResult, ImageStore
 from ._types import (
     Image,
@@ -31,6 +36,7 @@ __all__ = [
     "ImageStore",
     "RegistryConfig",
     "UnsafeLayerError",
+    "is_local_only",
     "normalize_reference",
     "normalize_registry",
     "qualify_reference",

@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,8 @@ class RegistryConfig:
     enabled: bool = True
     #: Seconds one skopeo copy may take.
     timeout: float = 1800.0
+    #: Pulls (skopeo copies and imports) running at once; more wait their turn.
+    max_concurrent: int = 4
     skopeo: str = "skopeo"
 
 
@@ -160,6 +162,7 @@ def _explain(output: str, source: str, credentials: str | None) -> ImagePullErro
             "connection refused",
             "i/o timeout",
             "tls",
+            "x509",
             "server gave http response",
             "network is unreachable",
             "timeout",
@@ -211,6 +214,7 @@ class ImagePuller:
         self._default_registry = normalize_registry(self.config.default_registry)
         self._insecure = {normalize_registry(h) for h in self.config.insecure_registries}
         self._pulls: dict[tuple[str, Credentials | None], _Pull] = {}
+        self._slots = asyncio.Semaphore(self.config.max_concurrent)
         # Scratch space for skopeo; each pull holds an flock on its directory, so a start-up
         # (of this or another process) only removes the leftovers of interrupted pulls.
         self._scratch = store.root / "pulls"
@@ -333,7 +337,7 @@ class ImagePuller:
             image = await asyncio.to_thread(self.find_local, only_if_missing)
             if image is not None:
                 return image
-        with self._scratch_dir() as scratch:
+        async with self._slots, self._scratch_dir_async() as scratch:
             await self._copy(pull, scratch, credentials)
             loop = asyncio.get_running_loop()
 
@@ -378,13 +382,20 @@ class ImagePuller:
             auth = _auth_file(scratch / "auth.json", registry, credentials, auth)
         argv = self._command(reference, scratch, auth)
         _log.info("pulling %s", reference)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "TMPDIR": str(scratch)},
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "TMPDIR": str(scratch)},
+            )
+        except FileNotFoundError:
+            raise ImagePullError(
+                f"Image {reference!r} could not be pulled: {self.config.skopeo!r} is not "
+                "installed (Debian package skopeo)",
+                "failed",
+            ) from None
         assert proc.stdout is not None
         output: list[str] = []
         blobs = 0
@@ -441,6 +452,15 @@ class ImagePuller:
         return isinstance(auths, dict) and registry in auths
 
     # -- scratch directories ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _scratch_dir_async(self) -> AsyncIterator[Path]:
+        scratch = self._scratch_dir()
+        path = await asyncio.to_thread(scratch.__enter__)
+        try:
+            yield path
+        finally:
+            await asyncio.to_thread(scratch.__exit__, None, None, None)
 
     @contextlib.contextmanager
     def _scratch_dir(self) -> Iterator[Path]:
