@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= /var/cache/hutch
 export HUTCH_CACHE_DIR := $(CACHE)
-DEB_PACKAGES := runc skopeo catatonit mmdebstrap busybox-static python3-venv gcc libc6-dev btrfs-progs
+DEB_PACKAGES := runc skopeo catatonit mmdebstrap busybox-static python3-venv gcc libc6-dev btrfs-progs \
+	docker-registry apache2-utils
 PYTEST_ARGS ?=
 
 .PHONY: demo test check deps system-deps venv images gen bench clean

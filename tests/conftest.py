@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from hutch import SandboxClient
+from tests.registry import Registry, start_registry
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("HUTCH_CACHE_DIR", "/var/cache/hutch"))
@@ -216,3 +217,23 @@ def sandbox(client: SandboxClient, bb_template: str) -> Iterator[object]:
     """A fresh ready busybox sandbox, deleted afterwards."""
     with client.sandbox(bb_template) as sb:
         yield sb
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real OCI registry (Debian's docker-registry) on loopback, plain http, no auth."""
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """Like ``registry``, with htpasswd (bcrypt) authentication: user ``hutch``."""
+    reg = start_registry(tmp_path_factory.mktemp("auth-registry"), auth=True)
+    try:
+        yield reg
+    finally:
+        reg.stop()

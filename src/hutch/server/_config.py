@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hutch.runtime.images import RegistryConfig
+
 
 def default_data_dir() -> Path:
     env = os.environ.get("HUTCH_DATA_DIR")
@@ -36,3 +38,5 @@ class ServerConfig:
     default_storage_bytes: int = 10 * 1024**3
     #: Upper bound on ``timeout`` for a blocking create.
     max_create_timeout: int = 3600
+    #: Pulling images: default registry, registries.conf (mirrors), credentials.
+    registry: RegistryConfig = field(default_factory=RegistryConfig)

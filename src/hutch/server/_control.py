@@ -14,7 +14,7 @@ from hutch.runtime._resources import parse_memory
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError, not_found
-from hutch.server._manager import FAILED, SandboxManager, generate_name
+from hutch.server._manager import FAILED, PROVISIONING, SandboxManager, generate_name
 from hutch.server._schemas import (
     SandboxCreate,
     SandboxUpdate,
@@ -89,6 +89,11 @@ async def create_template(
             ErrorType.ALREADY_EXISTS,
             f"Template '{body.name}' already exists; pick another name or delete it first",
         ) from None
+    # The image is not checked here (spec §2.1); pulling starts now so the first sandbox is quick.
+    credentials = body.credentials()
+    if credentials is not None:
+        svc.manager.registry_auth.put(row.id, credentials)
+    svc.manager.pulls.prefetch(row.image, credentials=credentials)
     return template_json(row)
 
 
@@ -156,10 +161,16 @@ async def delete_template(
         tpl = await s.get(Template, row.id)
         if tpl is not None:
             await s.delete(tpl)
+    svc.manager.registry_auth.delete(row.id)
     return Response(status_code=204)
 
 
 # -- sandboxes ---------------------------------------------------------------------------------
+
+
+def _progress(mgr: SandboxManager, sandbox_id: str) -> str:
+    message = mgr.progress.get(sandbox_id)
+    return f": {message}" if message else ""
 
 
 @router.post("/boxes", status_code=201)
@@ -203,8 +214,8 @@ async def create_sandbox(
         raise ApiError(
             ErrorType.TIMEOUT,
             f"Sandbox '{row.name}' not ready after {body.timeout}s (last status: "
-            "provisioning); it keeps provisioning: poll get_sandbox_status() or "
-            "delete it",
+            f"provisioning{_progress(mgr, row.id)}); it keeps provisioning: poll "
+            "get_sandbox_status() or delete it",
         )
     if outcome.status == FAILED:
         # The caller gets the error, so nothing of the sandbox is kept.
@@ -249,7 +260,8 @@ async def sandbox_status(
     name: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> dict[str, Any]:
     row = await _sandbox(svc, who, name)
-    return {"status": row.status, "status_message": row.status_message}
+    message = svc.manager.progress.get(row.id) if row.status == PROVISIONING else None
+    return {"status": row.status, "status_message": message or row.status_message}
 
 
 @router.patch("/boxes/{name}")

@@ -43,6 +43,7 @@ from hutch.runtime._interface import (
     SpawnError,
 )
 from hutch.runtime.runc import _cgroups, _spawner, _spec, _storage
+from hutch.runtime.runc._overlay import mount_overlay
 
 log = logging.getLogger("hutch.runtime")
 
@@ -55,14 +56,6 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 GiB = 1 << 30
 DEFAULT_STORAGE_POOL = 256 * GiB  # sparse: takes host disk only as sandboxes write
 DEFAULT_STORAGE_LIMIT = 10 * GiB  # per sandbox, when its template names none
-
-
-def _mount(source: str, target: str, fstype: str, data: str) -> None:
-    if len(data) >= 4000:
-        raise RuntimeError_("Image has too many layers for one overlay mount")
-    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, data.encode()) != 0:
-        err = ctypes.get_errno()
-        raise RuntimeError_(f"mount {fstype} on {target}: {os.strerror(err)}")
 
 
 def _umount(target: str) -> None:
@@ -402,12 +395,7 @@ class RuncRuntime(Runtime):
         # Loopback-only network for now: an empty resolver config, so lookups fail fast.
         (bundle / "resolv.conf").write_text("# no network: this sandbox has loopback only\n")
         layers = [str(p) for p in reversed(spec.image.layers)] or [str(bundle / "empty")]
-        _mount(
-            "overlay",
-            str(bundle / "rootfs"),
-            "overlay",
-            f"lowerdir={':'.join(layers)},upperdir={layer / 'upper'},workdir={layer / 'work'}",
-        )
+        mount_overlay(str(bundle / "rootfs"), layers, str(layer / "upper"), str(layer / "work"))
         env = self.sandbox_env(spec)
         self._env[spec.id] = env
         (bundle / "env.json").write_text(json.dumps(env))
