@@ -104,6 +104,7 @@ def serve(
     ),
     default_storage: str = typer.Option(
         "10Gi", help="Disk limit of a sandbox whose template sets no storage"
+    ),
     default_registry: str = DefaultRegistry,
     registries_conf: Path | None = RegistriesConf,
     registry_auth: Path | None = RegistryAuth,

@@ -93,13 +93,17 @@ def _alive(procs: dict[int, str]) -> list[int]:
 
 
 def _leftovers(sandbox_id: str, data_dir: Path) -> list[str]:
-    """Everything of a sandbox still on the host: mounts, runc state, cgroups, bundle."""
+    """Everything of a sandbox still on the host: mounts, runc state, cgroups, bundle, storage,
+    its directory under /run/hutch."""
     left = [line for line in Path("/proc/mounts").read_text().splitlines() if sandbox_id in line]
     left += [str(p) for p in CGROUP.glob(f"*/hutch/{sandbox_id}")]
     if (data_dir / "sandboxes" / sandbox_id).exists():
         left.append("bundle dir")
     if (data_dir / "runc" / sandbox_id).exists():
         left.append("runc state dir")
+    if (data_dir / "storage" / sandbox_id).exists():
+        left.append("storage subvolume")
+    left += [str(p) for p in Path("/run/hutch").glob(f"*/{sandbox_id}")]
     return left
 
 
@@ -275,7 +279,9 @@ def test_delete_leaves_nothing_behind(
         procs = _procs(_cg("pids", sb)) | _procs(_cg("freezer", sb))
         assert len(procs) >= 5  # init and the four sleeps
         assert sandbox_id in server.runc_ids()
-        assert (server.data_dir / "sandboxes" / sandbox_id / "rootfs").is_dir()
+        assert (server.data_dir / "sandboxes" / sandbox_id).is_dir()
+        assert [p / "rootfs" for p in Path("/run/hutch").glob(f"*/{sandbox_id}")]
+        assert (server.data_dir / "storage" / sandbox_id / "upper").is_dir()
         assert _leftovers(sandbox_id, server.data_dir) != []
     finally:
         client.delete_sandbox(sb.name)

@@ -96,6 +96,11 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def exec(self, sandbox_id: str, spec: ExecSpec) -> Process: ...
 
+    def file_owner(self, sandbox_id: str) -> tuple[int, int]:
+        """Host uid and gid that the sandbox's root owns files as (files the server creates
+        for it get these)."""
+        return 0, 0
+
     @abc.abstractmethod
     def root_fd(self, sandbox_id: str) -> int:
         """An ``O_PATH`` fd of the sandbox's root as the sandbox sees it (caller closes it)."""

@@ -238,6 +238,7 @@ async def runtime(tmp_path: Path) -> AsyncIterator[RuncRuntime]:
     finally:
         for sandbox_id in await rt.list_ids():
             await rt.delete(sandbox_id)
+        await rt.aclose()
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -253,7 +253,7 @@ class ImageStore:
             referenced = self._referenced_layers()
             if referenced is None:
                 return GcResult(0, 0, 0)
-            mounted = _mounted_layer_names(self._layers)
+            mounted = _mounted_layer_names(self._layers, self._root.parent / "sandboxes")
             freed = in_use = size = 0
             names = {p.name.removesuffix(".json") for p in self._layers.iterdir()}
             freed_ids: set[str] = set()
@@ -511,7 +511,7 @@ class ImageStore:
         referenced = self._referenced_layers()
         if referenced is None:
             return
-        mounted = _mounted_layer_names(self._layers)
+        mounted = _mounted_layer_names(self._layers, self._root.parent / "sandboxes")
         freed = {c for c in set(candidates) - referenced if c.split(":", 1)[1] not in mounted}
         for diff_id in freed:
             self._delete_layer(diff_id)
@@ -545,7 +545,7 @@ def _unescape_mountinfo(field: str) -> str:
     return "".join(out)
 
 
-def _mounted_layer_names(layers: Path) -> set[str]:
+def _mounted_layer_names(layers: Path, bundles: Path) -> set[str]:
     """Names (hex digests) of the directories in ``layers`` that are lower layers of a mounted
     overlay.
 
@@ -569,6 +569,11 @@ def _mounted_layer_names(layers: Path) -> set[str]:
                 continue
             for path in value.split(":"):
                 parent, _, name = _unescape_mountinfo(path).rstrip("/").rpartition("/")
-                if parent == str(layers):
+                # A sandbox in a user namespace mounts idmapped clones of the layers, attached
+                # at <data-dir>/sandboxes/<id>/lower/<i>/<name> (see runtime.runc._userns).
+                clone = parent.startswith(f"{bundles}/") and parent.rpartition("/")[0].endswith(
+                    "/lower"
+                )
+                if parent == str(layers) or clone:
                     names.add(name)
     return names

@@ -21,6 +21,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from hutch.runtime._interface import (
     SandboxSpec,
     SpawnError,
 )
-from hutch.runtime.runc import _cgroups, _spawner, _spec, _storage
+from hutch.runtime.runc import _cgroups, _spawner, _spec, _storage, _userns
 from hutch.runtime.runc._overlay import mount_overlay
 
 log = logging.getLogger("hutch.runtime")
@@ -53,6 +54,7 @@ PR_SET_CHILD_SUBREAPER = 36
 HOME = "/home/user"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PUBLIC_ROOT = Path("/run/hutch")  # see RuncRuntime._shared
 GiB = 1 << 30
 DEFAULT_STORAGE_POOL = 256 * GiB  # sparse: takes host disk only as sandboxes write
 DEFAULT_STORAGE_LIMIT = 10 * GiB  # per sandbox, when its template names none
@@ -266,6 +268,7 @@ class RuncRuntime(Runtime):
         *,
         storage_pool_bytes: int = DEFAULT_STORAGE_POOL,
         storage_limit_bytes: int = DEFAULT_STORAGE_LIMIT,
+        idmap: _userns.IdMap | None = _userns.IdMap(),
     ) -> None:
         self.state_root = data_dir / "runc"
         self.bundles = data_dir / "sandboxes"
@@ -276,9 +279,29 @@ class RuncRuntime(Runtime):
         self._init_pids: dict[str, int] = {}
         self._env: dict[str, dict[str, str]] = {}
         self._init_bin = _spawner.build_init(data_dir / "bin")
+        self._public: Path | None = None
+        if idmap is not None:
+            digest = hashlib.sha256(str(data_dir.absolute()).encode()).hexdigest()[:16]
+            self._public = PUBLIC_ROOT / digest
+            self._public.mkdir(mode=0o711, parents=True, exist_ok=True)
+            for d in (PUBLIC_ROOT, self._public):
+                d.chmod(0o711)
+            if self._init_bin is not None:  # bind-mounted by runc from inside the namespace
+                public_init = self._public / self._init_bin.name
+                if not public_init.exists():
+                    shutil.copy2(self._init_bin, public_init)
+                self._init_bin = public_init
         # Control sockets of the inits this server started (adopted sandboxes have none and
         # start commands with runc exec).
         self._spawners: dict[str, _spawner.Spawner] = {}
+        # Sandbox ids 0..65535 are host ids idmap.base..; None: no user namespace.
+        self.idmap = idmap
+        self._userns_fd: int | None = None
+        if idmap is not None:
+            try:
+                self._userns_fd = _userns.namespace_fd(idmap)
+            except _userns.UsernsError as exc:
+                raise RuntimeError_(str(exc)) from exc
         self.storage = _storage.StoragePool(data_dir, storage_pool_bytes)
         self.storage_limit_bytes = storage_limit_bytes
         try:
@@ -288,6 +311,9 @@ class RuncRuntime(Runtime):
 
     async def aclose(self) -> None:
         self.storage.close()
+        if self._userns_fd is not None:
+            os.close(self._userns_fd)
+            self._userns_fd = None
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -366,7 +392,9 @@ class RuncRuntime(Runtime):
             pid = self.init_pid(spec.id)
             root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                _fs.makedirs(root, HOME)
+                _fs.makedirs(
+                    root, HOME, uid=self.file_owner(spec.id)[0], gid=self.file_owner(spec.id)[1]
+                )
             finally:
                 os.close(root)
         except BaseException:
@@ -377,30 +405,63 @@ class RuncRuntime(Runtime):
                 await asyncio.shield(self.delete(spec.id))
             raise
 
+    def _shared(self, sandbox_id: str) -> Path:
+        """Where the sandbox's root filesystem is mounted and the files bind-mounted into it live.
+
+        runc prepares the root filesystem from inside the sandbox's user namespace, as a host
+        nobody: these paths must be reachable for it, so with a user namespace they are under
+        ``/run/hutch`` (directories 0711) rather than in the data dir (0700). Without one they are
+        the bundle.
+        """
+        if self._public is None:
+            return self._bundle(sandbox_id)
+        self._bundle(sandbox_id)  # validates the id
+        return self._public / sandbox_id
+
     def _prepare_bundle(self, spec: SandboxSpec, bundle: Path) -> None:
         bundle.mkdir(mode=0o700)
-        for d in ("rootfs", "exec", "empty"):
+        for d in ("exec", "empty"):
             (bundle / d).mkdir()
+        shared = self._shared(spec.id)
+        if shared != bundle:
+            shared.mkdir(mode=0o711)
+            shared.chmod(0o711)
+        (shared / "rootfs").mkdir()
         try:
             layer = self.storage.allocate(spec.id, spec.storage_bytes or self.storage_limit_bytes)
         except _storage.StorageError as exc:
             raise RuntimeError_(str(exc)) from exc
         (layer / "upper").mkdir()
+        if self.idmap is not None:  # sandbox root owns its writable layer's top
+            os.chown(layer / "upper", self.idmap.base, self.idmap.base)
         (layer / "work").mkdir()
-        (bundle / "hostname").write_text(spec.hostname + "\n")
-        (bundle / "hosts").write_text(
+        (shared / "hostname").write_text(spec.hostname + "\n")
+        (shared / "hosts").write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             f"127.0.1.1\t{spec.hostname}\n"
         )
         # Loopback-only network for now: an empty resolver config, so lookups fail fast.
-        (bundle / "resolv.conf").write_text("# no network: this sandbox has loopback only\n")
+        (shared / "resolv.conf").write_text("# no network: this sandbox has loopback only\n")
+        uid, gid = self.file_owner(spec.id)
+        for name in ("hostname", "hosts", "resolv.conf"):  # the sandbox's root may edit them
+            (shared / name).chmod(0o644)
+            os.chown(shared / name, uid, gid)
+        rootfs = str(shared / "rootfs")
         layers = [str(p) for p in reversed(spec.image.layers)] or [str(bundle / "empty")]
-        mount_overlay(str(bundle / "rootfs"), layers, str(layer / "upper"), str(layer / "work"))
+        upper, work = str(layer / "upper"), str(layer / "work")
+        if self._userns_fd is None:
+            mount_overlay(rootfs, layers, upper, work)
+        else:
+            try:
+                with _userns.idmapped_layers(layers, self._userns_fd, bundle / "lower") as shifted:
+                    mount_overlay(rootfs, shifted, upper, work)
+            except _userns.UsernsError as exc:
+                raise RuntimeError_(str(exc)) from exc
         env = self.sandbox_env(spec)
         self._env[spec.id] = env
         (bundle / "env.json").write_text(json.dumps(env))
         init = str(self._init_bin) if self._init_bin else None
-        cfg = _spec.config(spec, str(bundle / "rootfs"), str(bundle), env, init)
+        cfg = _spec.config(spec, rootfs, str(shared), env, init, self.idmap)
         (bundle / "config.json").write_text(json.dumps(cfg))
 
     @staticmethod
@@ -476,9 +537,12 @@ class RuncRuntime(Runtime):
             await self._runc("delete", "--force", sandbox_id)
         for ctl in CGROUP_ROOT.iterdir():
             _cgroups.remove_tree(ctl / parent.lstrip("/"))
-        rootfs = str(bundle / "rootfs")
+        shared = self._shared(sandbox_id)
+        rootfs = str(shared / "rootfs")
         if _is_mounted(rootfs):
             _umount(rootfs)
+        if shared != bundle:
+            await asyncio.to_thread(shutil.rmtree, shared, True)
         await asyncio.to_thread(self.storage.release, sandbox_id)
         await asyncio.to_thread(shutil.rmtree, bundle, True)
 
@@ -493,6 +557,11 @@ class RuncRuntime(Runtime):
         if rc != 0:
             return False
         return bool(json.loads(out).get("status") == "running")
+
+    def file_owner(self, sandbox_id: str) -> tuple[int, int]:
+        if self.idmap is None:
+            return 0, 0
+        return self.idmap.base, self.idmap.base
 
     def root_fd(self, sandbox_id: str) -> int:
         pid = self.init_pid(sandbox_id)

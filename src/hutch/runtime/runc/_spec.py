@@ -6,6 +6,7 @@ from typing import Any
 
 from hutch.runtime._interface import SandboxSpec
 from hutch.runtime.runc import _seccomp
+from hutch.runtime.runc._userns import IdMap
 
 # The sandbox's pid 1, bind-mounted read-only into /dev's tmpfs: hutch-init (see _spawner), or
 # catatonit where hutch-init could not be built.
@@ -79,11 +80,17 @@ def process(
 
 
 def config(
-    spec: SandboxSpec, rootfs: str, bundle: str, env: dict[str, str], init: str | None = None
+    spec: SandboxSpec,
+    rootfs: str,
+    bundle: str,
+    env: dict[str, str],
+    init: str | None = None,
+    idmap: IdMap | None = None,
 ) -> dict[str, Any]:
     """Build ``config.json``: own PID/mount/IPC/UTS/network namespaces, limits, hardening.
 
-    ``init`` is the hutch-init binary to run as pid 1; without it, catatonit.
+    ``init`` is the hutch-init binary to run as pid 1; without it, catatonit. With ``idmap`` the
+    sandbox also gets a user namespace mapping its ids onto that host range.
     """
     resources: dict[str, Any] = {
         "devices": [{"allow": False, "access": "rwm"}],
@@ -97,6 +104,11 @@ def config(
             "quota": spec.cpu_millis * CPU_PERIOD_US // 1000,
             "period": CPU_PERIOD_US,
         }
+    namespaces = ["pid", "network", "ipc", "uts", "mount"]
+    ids: dict[str, Any] = {}
+    if idmap is not None:
+        namespaces.append("user")
+        ids = {"uidMappings": idmap.oci(), "gidMappings": idmap.oci()}
     init_process = process([INIT_PATH] if init else [INIT_PATH, "-P"], env, "/")
     return {
         "ociVersion": "1.0.2",
@@ -179,7 +191,8 @@ def config(
             },
         ],
         "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "namespaces": [{"type": t} for t in namespaces],
+            **ids,
             "cgroupsPath": cgroup_parent(spec.id),
             "resources": resources,
             "maskedPaths": MASKED_PATHS,

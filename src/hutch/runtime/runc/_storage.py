@@ -83,8 +83,9 @@ class StoragePool:
         """Unmount the pool (the loop device goes with it) unless a sandbox still uses it."""
         if not _is_mounted(self.root):
             return
-        if any(p.is_dir() for p in self.root.iterdir()):
-            return  # sandboxes left: they survive a server restart and need their layers
+        with os.scandir(self.root) as entries:
+            if any(e.is_dir(follow_symlinks=False) for e in entries):
+                return  # sandboxes left: they survive a server restart and need their layers
         if _libc.umount2(str(self.root).encode(), MNT_DETACH) != 0:
             log.warning("could not unmount %s: %s", self.root, os.strerror(ctypes.get_errno()))
 
