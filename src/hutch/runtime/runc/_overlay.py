@@ -15,36 +15,27 @@ import os
 from collections.abc import Sequence
 
 from hutch.runtime._interface import RuntimeError_
+from hutch.runtime.runc import _mountapi as _m
 
 __all__ = ["mount_overlay"]
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-# Syscall numbers of the new mount API are the same on every architecture (since Linux 5.2).
-_SYS_MOVE_MOUNT = 429
-_SYS_FSOPEN = 430
-_SYS_FSCONFIG = 431
-_SYS_FSMOUNT = 432
+_libc = _m.libc
+_syscall = _m.syscall
+_SYS_MOVE_MOUNT = _m.SYS_MOVE_MOUNT
+_SYS_FSOPEN = _m.SYS_FSOPEN
+_SYS_FSCONFIG = _m.SYS_FSCONFIG
+_SYS_FSMOUNT = _m.SYS_FSMOUNT
 _FSOPEN_CLOEXEC = 0x1
 _FSMOUNT_CLOEXEC = 0x1
 _FSCONFIG_SET_STRING = 1
 _FSCONFIG_CMD_CREATE = 6
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_AT_FDCWD = -100
+_MOVE_MOUNT_F_EMPTY_PATH = _m.MOVE_MOUNT_F_EMPTY_PATH
+_AT_FDCWD = _m.AT_FDCWD
 _PAGE_LIMIT = 4000  # mount(2) copies at most one page of options; keep a margin
 
 
 class _NoLowerdirPlus(Exception):
     """The kernel has no ``lowerdir+`` (before 6.8) or no new mount API at all."""
-
-
-def _syscall(number: int, *args: object) -> int:
-    result = int(_libc.syscall(number, *args))
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
 
 
 def _fs_log(fs_fd: int) -> str:

@@ -25,19 +25,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+from hutch.runtime.runc import _mountapi as _m
 
-_SYS_OPEN_TREE = 428
-_SYS_MOVE_MOUNT = 429
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_MNT_DETACH = 2
-_SYS_MOUNT_SETATTR = 442
 _OPEN_TREE_CLONE = 1
 _OPEN_TREE_CLOEXEC = 0o2000000
-_AT_EMPTY_PATH = 0x1000
-_AT_RECURSIVE = 0x8000
-_AT_FDCWD = -100
 _MOUNT_ATTR_IDMAP = 0x00100000
 
 RANGE = 65536
@@ -55,14 +46,6 @@ class _MountAttr(ctypes.Structure):
         ("propagation", ctypes.c_uint64),
         ("userns_fd", ctypes.c_uint64),
     ]
-
-
-def _syscall(number: int, *args: object) -> int:
-    result = int(_libc.syscall(number, *args))
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
 
 
 @dataclass(frozen=True)
@@ -112,14 +95,16 @@ def namespace_fd(idmap: IdMap) -> int:
 
 def idmapped(path: str, userns_fd: int) -> int:
     """A detached, idmapped clone of the directory tree at ``path`` (a mount fd)."""
-    fd = _syscall(_SYS_OPEN_TREE, _AT_FDCWD, path.encode(), _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC)
+    fd = _m.syscall(
+        _m.SYS_OPEN_TREE, _m.AT_FDCWD, path.encode(), _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC
+    )
     try:
         attr = _MountAttr(_MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
-        _syscall(
-            _SYS_MOUNT_SETATTR,
+        _m.syscall(
+            _m.SYS_MOUNT_SETATTR,
             fd,
             b"",
-            _AT_EMPTY_PATH,
+            _m.AT_EMPTY_PATH,
             ctypes.byref(attr),
             ctypes.sizeof(attr),
         )
@@ -145,8 +130,13 @@ def idmapped_layers(layers: Sequence[str], userns_fd: int, where: Path) -> Itera
             try:
                 fd = idmapped(layer, userns_fd)
                 try:
-                    _syscall(
-                        _SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, bytes(target), _MOVE_MOUNT_F_EMPTY_PATH
+                    _m.syscall(
+                        _m.SYS_MOVE_MOUNT,
+                        fd,
+                        b"",
+                        _m.AT_FDCWD,
+                        bytes(target),
+                        _m.MOVE_MOUNT_F_EMPTY_PATH,
                     )
                 finally:
                     os.close(fd)
@@ -156,5 +146,5 @@ def idmapped_layers(layers: Sequence[str], userns_fd: int, where: Path) -> Itera
         yield [str(p) for p in attached]
     finally:
         for target in attached:
-            _libc.umount2(bytes(target), _MNT_DETACH)
+            _m.libc.umount2(bytes(target), _m.MNT_DETACH)
         shutil.rmtree(where, ignore_errors=True)
