@@ -116,6 +116,14 @@ def test_flow_list_terminal_reload_delete(
     _type_line(page, "echo after-$((1+1))")
     terminal_line(page, "after-2")
 
+    # Keyboard: the terminal has the focus; Shift+Tab leaves it (no keyboard trap).
+    textarea = page.locator(".term-host textarea")
+    expect(textarea).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    expect(textarea).not_to_be_focused()
+    page.locator(".term-host").click()
+    expect(textarea).to_be_focused()
+
     rows, cols = terminal_size(page)
     _type_line(page, "stty size")
     terminal_line(page, f"{rows} {cols}")

@@ -34,6 +34,12 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
     role: "tabpanel",
     "aria-label": "Terminal",
   });
+  const termHelp = h(
+    "p",
+    { class: "help", id: "term-help", hidden: true },
+    "Typing goes to the shell, Tab included; Shift+Tab moves the focus out of the terminal.",
+  );
+  termHost.setAttribute("aria-describedby", "term-help");
   const termPlaceholder = h("p", { class: "empty" }, "Open a terminal to get a shell in this sandbox.");
   const commandsBody = h("tbody");
   const commandsTable = h(
@@ -79,6 +85,7 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
       h("div", { class: "term-bar" }, termState, retryButton, killButton),
       termPlaceholder,
       termHost,
+      termHelp,
     ),
     h(
       "section",
@@ -127,6 +134,7 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
     drawTabs();
     termPlaceholder.hidden = true;
     termHost.hidden = false;
+    termHelp.hidden = false;
     view = new TerminalView(termHost, {
       sandboxId: sandbox.id,
       commandId: id,
@@ -214,6 +222,7 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
     view?.dispose();
     view = null;
     termHost.hidden = true;
+    termHelp.hidden = true;
     newButton.disabled = true;
     deleteButton.disabled = true;
     showBanner(`Sandbox ${name} no longer exists; it was deleted or expired. `, h("a", { href: "/" }, "Back to the sandboxes"));

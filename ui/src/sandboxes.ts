@@ -108,7 +108,8 @@ export function sandboxesPage(main: HTMLElement): () => void {
       ...(ttl ? { ttl_seconds: ttl } : {}),
     });
     nameInput.value = "";
-    status.textContent = `Sandbox ${sb.name} is being created.`;
+    creating = sb.name;
+    status.textContent = `Sandbox ${sb.name} is being created…`;
     await refresh();
   });
 
@@ -153,6 +154,7 @@ export function sandboxesPage(main: HTMLElement): () => void {
 
   // -- the list ----------------------------------------------------------------------------
   let sandboxes: Sandbox[] = [];
+  let creating: string | null = null;
   const rows = new Map<string, HTMLTableRowElement>();
   const deleting = new Set<string>();
 
@@ -202,6 +204,14 @@ export function sandboxesPage(main: HTMLElement): () => void {
   }
 
   function draw(): void {
+    const made = sandboxes.find((sb) => sb.name === creating);
+    if (made && made.status !== "provisioning") {
+      status.textContent =
+        made.status === "ready"
+          ? `Sandbox ${made.name} is ready.`
+          : `Sandbox ${made.name} is ${made.status}${made.status_message ? `: ${made.status_message}` : ""}.`;
+      creating = null;
+    }
     const needle = filter.value.trim().toLowerCase();
     const shown = sandboxes.filter((sb) => sb.name.toLowerCase().includes(needle));
     const keep = new Set(sandboxes.map((sb) => sb.id));

@@ -81,6 +81,11 @@ export class TerminalView {
     });
     this.term.loadAddon(this.fit);
     this.term.open(host);
+    // Tab belongs to the shell (completion); Shift+Tab leaves the terminal, so a keyboard is
+    // never trapped in it: returning false skips xterm and lets the browser move the focus.
+    this.term.attachCustomKeyEventHandler(
+      (e) => !(e.key === "Tab" && e.shiftKey && !e.ctrlKey && !e.altKey && !e.metaKey),
+    );
     this.term.onData((data) => {
       if (this.replayed > 0 && TERMINAL_REPLY.test(data)) return;
       this.send({ type: "input", data });
