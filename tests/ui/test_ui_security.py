@@ -77,7 +77,8 @@ def test_cross_origin_requests_with_a_valid_cookie_are_refused(
 ) -> None:
     """A request that changes state with the session cookie must come from the UI's own
     origin: another site, another port of the same host, or no Origin at all gets 403 and
-    nothing happens; the same request from the UI's origin works."""
+    nothing happens; the same request from the UI's origin works. Reads the browser marks as
+    started by another origin are refused too."""
     sign_in(context.new_page(), server)
     cookie = session_cookie(context)
     body = {"name": "ui-xorigin", "image": "local/busybox"}
@@ -98,6 +99,12 @@ def test_cross_origin_requests_with_a_valid_cookie_are_refused(
     with client.sandbox(bb_template) as sb:
         headers = {"Cookie": f"hutch_session={cookie}", "Origin": "http://127.0.0.1:1"}
         assert _ws_status(server, sb.id, headers) == 403
+
+    with cookie_client(server, cookie) as http:  # reads another origin's page started
+        for site in ("same-site", "cross-site"):
+            r = http.get("/ui/api/sandboxes", headers={"Sec-Fetch-Site": site})
+            assert r.status_code == 403, site
+        assert http.get("/ui/api/sandboxes", headers={"Sec-Fetch-Site": "same-origin"}).is_success
 
     with cookie_client(server, cookie, origin=server.url) as http:
         assert http.get("/ui/api/sandboxes").status_code == 200  # the session is still valid

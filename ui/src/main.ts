@@ -126,6 +126,11 @@ function signInPage(): void {
   });
   replace(app, h("main", { id: "main", class: "signin-page" }, form));
   input.focus();
+  // Arriving by a link from another site, the browser held the SameSite=Strict cookie back;
+  // asked from this page, it sends it: still signed in means straight on.
+  api("GET", "/ui/api/session")
+    .then(() => navigate(next, true))
+    .catch(() => {});
 }
 
 whenSignedOut(() => {

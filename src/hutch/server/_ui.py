@@ -26,7 +26,7 @@ from hutch.server._control import workspace_sandboxes
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._schemas import iso, sandbox_json
-from hutch.server._websession import COOKIE, check_origin, cookie_principal, is_https
+from hutch.server._websession import COOKIE, check_origin, is_https, session_principal
 from hutch.sessions import CommandSession
 from hutch.store import Sandbox, Workspace
 
@@ -66,13 +66,7 @@ def _page() -> Response:
 
 
 def _signed_in(request: Request, svc: Services) -> bool:
-    try:
-        cookie_principal(
-            request, svc.web_sessions, svc.keys, svc.config.public_url, changes_state=False
-        )
-    except ApiError:
-        return False
-    return True
+    return session_principal(request, svc.web_sessions, svc.keys) is not None
 
 
 def _app_page(request: Request, svc: Services) -> Response:

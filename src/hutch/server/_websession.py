@@ -8,7 +8,8 @@ the key ends its sessions at once.
 ``SameSite=Strict`` keeps the cookie off requests started by other *sites*, but another origin
 of the same site (a page on another port of the same host) still gets it sent. So a request
 authenticated by the cookie that can change something (any method but GET/HEAD/OPTIONS, and
-every WebSocket upgrade) must carry an ``Origin`` naming this server; scripts send ``X-Api-Key``
+every WebSocket upgrade) must carry an ``Origin`` naming this server, and a read that the browser
+marks as started by another origin (``Sec-Fetch-Site``) is refused too; scripts send ``X-Api-Key``
 instead and are not affected.
 """
 
@@ -117,6 +118,15 @@ def check_origin(conn: HTTPConnection, public_url: str | None) -> None:
         )
 
 
+def session_principal(
+    conn: HTTPConnection, sessions: WebSessions, keys: KeyRing
+) -> Principal | None:
+    """Whose live session the request's cookie is, if any (no cross-site checks)."""
+    token = conn.cookies.get(COOKIE, "")
+    key_hash = sessions.key_hash(token) if token else None
+    return keys.by_hash(key_hash) if key_hash else None
+
+
 def cookie_principal(
     conn: HTTPConnection,
     sessions: WebSessions,
@@ -125,10 +135,8 @@ def cookie_principal(
     *,
     changes_state: bool,
 ) -> Principal:
-    """The principal of the request's session cookie, or 401; 403 for a cross-site change."""
-    token = conn.cookies.get(COOKIE, "")
-    key_hash = sessions.key_hash(token) if token else None
-    who = keys.by_hash(key_hash) if key_hash else None
+    """The principal of the request's session cookie, or 401; 403 for a cross-site request."""
+    who = session_principal(conn, sessions, keys)
     if who is None:
         raise ApiError(
             ErrorType.UNAUTHORIZED,
@@ -136,4 +144,10 @@ def cookie_principal(
         )
     if changes_state:
         check_origin(conn, public_url)
+    elif conn.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        # A read started by another origin's page (<script src>, <img>): never with our cookie.
+        raise ApiError(
+            ErrorType.FORBIDDEN,
+            "Cross-site request refused: the web UI's cookie is only good on the UI's own pages",
+        )
     return who
