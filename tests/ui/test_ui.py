@@ -208,7 +208,7 @@ def test_wrong_key_is_refused(context: BrowserContext, server: Server) -> None:
     page.goto(f"{server.url}/sign-in")
     page.get_by_label("API key").fill("not-the-key")
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("alert")).to_contain_text("Invalid API key")
+    expect(page.get_by_role("alert")).to_contain_text("That API key is not valid")
     expect(page).to_have_url(f"{server.url}/sign-in")
     assert not [c for c in context.cookies() if c["name"] == "hutch_session"]
 

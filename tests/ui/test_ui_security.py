@@ -170,3 +170,20 @@ def test_a_session_sees_only_its_workspace(
     assert _ws_status(server, box.id, headers) == 404
     with server.client(api_key=beta) as theirs:
         assert theirs.get_sandbox("beta-box").status == "ready"
+
+
+def test_sign_in_sends_a_signed_in_browser_on_but_never_off_site(server: Server) -> None:
+    """Signed in, /sign-in redirects to its ``next`` if that is a path of this site, else to /."""
+    with httpx.Client(base_url=server.url, headers={"Origin": server.url}, timeout=30) as http:
+        assert http.post("/ui/api/session", json={"api_key": "wrong"}).status_code == 401
+        r = http.post("/ui/api/session", json={"api_key": server.key})
+        assert r.status_code == 204
+        assert "httponly" in r.headers["set-cookie"].lower()
+        for target, expected in [
+            ("/templates", "/templates"),
+            ("//evil.example/x", "/"),
+            ("/\\evil.example", "/"),
+            ("https://evil.example/", "/"),
+        ]:
+            r = http.get("/sign-in", params={"next": target})
+            assert (r.status_code, r.headers["location"]) == (303, expected), target

@@ -37,6 +37,15 @@ export function replace(parent: Node, ...children: Child[]): void {
   append(parent, ...children);
 }
 
+/** Redraws `container` and gives the focus back to the element with the same `data-key`, so a
+ * periodic refresh never throws a keyboard user out of a list. */
+export function redraw(container: HTMLElement, draw: () => void): void {
+  const active = document.activeElement;
+  const key = active instanceof HTMLElement && container.contains(active) ? active.dataset.key : undefined;
+  draw();
+  if (key) container.querySelector<HTMLElement>(`[data-key="${CSS.escape(key)}"]`)?.focus();
+}
+
 /** Sets text only when it changed, so screen readers and selections are not disturbed. */
 export function setText(el: Element, text: string): void {
   if (el.textContent !== text) el.textContent = text;

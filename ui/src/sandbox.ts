@@ -1,6 +1,6 @@
 // One sandbox: details, its command sessions, and terminals (several, one shown at a time).
 import { api, ApiError, message, type Command, type Sandbox } from "./api";
-import { age, bytes, confirmDialog, h, poll, replace, setText } from "./dom";
+import { age, bytes, confirmDialog, h, poll, redraw, replace, setText } from "./dom";
 import { navigate } from "./nav";
 import { deleteSandbox, resourcesText, statusBadge, ttlText } from "./sandboxes";
 import { isTerminalId, newTerminalId, TerminalView, type TermState } from "./terminal";
@@ -149,7 +149,7 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
 
   function drawTabs(): void {
     const ids = [...known];
-    replace(
+    redraw(tabs, () => replace(
       tabs,
       ...ids.map((id) => {
         const cmd = commands.find((c) => c.command_id === id);
@@ -163,6 +163,7 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
             id: `tab-${id}`,
             "aria-selected": id === active ? "true" : "false",
             "aria-controls": "term-panel",
+            "data-key": `tab:${id}`,
             tabindex: id === active || (!active && id === ids[0]) ? "0" : "-1",
             title: id,
           },
@@ -182,7 +183,7 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
         });
         return tab;
       }),
-    );
+    ));
     termHost.setAttribute("aria-labelledby", active ? `tab-${active}` : "terminals-heading");
   }
 
@@ -252,12 +253,17 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
   }
 
   function drawCommands(): void {
-    replace(
+    redraw(commandsBody, () => replace(
       commandsBody,
       ...commands.map((c) => {
         const openButton = h(
           "button",
-          { type: "button", class: "button small", "aria-label": `Open ${c.command_id} in a terminal` },
+          {
+            type: "button",
+            class: "button small",
+            "aria-label": `Open ${c.command_id} in a terminal`,
+            "data-key": `open:${c.command_id}`,
+          },
           c.command_id === active ? "Shown" : "Open",
         );
         openButton.disabled = c.command_id === active || gone;
@@ -275,7 +281,7 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
           h("td", { class: "actions" }, openButton),
         );
       }),
-    );
+    ));
     commandsTable.hidden = commands.length === 0;
     commandsEmpty.hidden = commands.length !== 0;
   }

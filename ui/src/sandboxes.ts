@@ -23,7 +23,8 @@ export function ttlText(sb: Sandbox, now = Date.now()): string {
   return parts.join(" ");
 }
 
-export async function deleteSandbox(name: string): Promise<boolean> {
+/** Asks, then deletes; `confirmed` runs between the two. False if the person said no. */
+export async function deleteSandbox(name: string, confirmed?: () => void): Promise<boolean> {
   const yes = await confirmDialog({
     title: `Delete sandbox ${name}?`,
     body: "Its processes are killed and its files are gone for good.",
@@ -31,6 +32,7 @@ export async function deleteSandbox(name: string): Promise<boolean> {
     danger: true,
   });
   if (!yes) return false;
+  confirmed?.();
   await api("DELETE", `${CONTROL}/boxes/${encodeURIComponent(name)}`);
   return true;
 }
@@ -164,10 +166,13 @@ export function sandboxesPage(main: HTMLElement): () => void {
       const del = h("button", { type: "button", class: "button small danger" }, "Delete");
       del.setAttribute("aria-label", `Delete sandbox ${sb.name}`);
       del.addEventListener("click", async () => {
-        deleting.add(sb.id);
-        draw();
+        const current = tr?.dataset.name ?? sb.name;
+        const mark = () => {
+          deleting.add(sb.id);
+          draw();
+        };
         try {
-          if (await deleteSandbox(sb.name)) status.textContent = `Sandbox ${sb.name} deleted.`;
+          if (await deleteSandbox(current, mark)) status.textContent = `Sandbox ${current} deleted.`;
         } catch (e) {
           if (!(e instanceof ApiError && e.status === 404)) status.textContent = message(e);
         } finally {

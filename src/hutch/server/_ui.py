@@ -94,7 +94,9 @@ async def sandbox_page(name: str, request: Request, svc: Services = Depends(serv
 @router.get("/sign-in")
 async def sign_in_page(request: Request, svc: Services = Depends(services)) -> Response:
     if _signed_in(request, svc):
-        return RedirectResponse("/", status_code=303)
+        target = request.query_params.get("next", "/")
+        local = target.startswith("/") and not target.startswith(("//", "/\\"))
+        return RedirectResponse(target if local else "/", status_code=303)
     return _page()
 
 
@@ -105,7 +107,12 @@ async def sign_in_page(request: Request, svc: Services = Depends(services)) -> R
 async def sign_in(body: SignIn, request: Request, svc: Services = Depends(services)) -> Response:
     check_origin(request, svc.config.public_url)  # no signing a browser in from another site
     key = body.api_key.strip()
-    svc.keys.authenticate(key)  # 401 for a wrong key
+    if not key or svc.keys.by_hash(hash_key(key)) is None:
+        raise ApiError(
+            ErrorType.UNAUTHORIZED,
+            "That API key is not valid; check it (the server's first key is the HUTCH_API_KEY "
+            "it started with, or the file <data dir>/api-key)",
+        )
     token = svc.web_sessions.create(hash_key(key))
     response = Response(status_code=204)
     response.set_cookie(
