@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from hutch.runtime.images import ImageStore
 from hutch.runtime.runc import RuncRuntime
-from hutch.server import _control, _dataplane, _errors, _tunnel, _unimplemented, _ws_exec
+from hutch.server import _control, _dataplane, _errors, _tunnel, _ui, _unimplemented, _ws_exec
 from hutch.server._auth import KeyRing
 from hutch.server._config import ServerConfig
 from hutch.server._deps import Services
@@ -78,6 +78,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(_dataplane.router)
     app.include_router(_ws_exec.router)
     app.include_router(_tunnel.router)
+    _ui.install(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -59,6 +59,17 @@ async def _sandbox(svc: Services, who: Principal, name: str) -> Sandbox:
     return row
 
 
+async def workspace_sandboxes(svc: Services, who: Principal) -> list[Sandbox]:
+    """The workspace's sandboxes, oldest first."""
+    async with svc.db.session() as s:
+        rows = await s.execute(
+            select(Sandbox)
+            .where(Sandbox.workspace_id == who.workspace_id)
+            .order_by(Sandbox.created_at)
+        )
+        return list(rows.scalars())
+
+
 # -- templates ---------------------------------------------------------------------------------
 
 
@@ -234,15 +245,7 @@ async def list_sandboxes(
     request: Request, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> dict[str, Any]:
     base = dataplane_base(request)
-    async with svc.db.session() as s:
-        rows = (
-            await s.execute(
-                select(Sandbox)
-                .where(Sandbox.workspace_id == who.workspace_id)
-                .order_by(Sandbox.created_at)
-            )
-        ).scalars()
-        return {"sandboxes": [sandbox_json(r, base) for r in rows]}
+    return {"sandboxes": [sandbox_json(r, base) for r in await workspace_sandboxes(svc, who)]}
 
 
 @router.get("/boxes/{name}")
