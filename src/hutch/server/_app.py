@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,9 +62,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         await manager.reconcile()
         svc = Services(config, db, keys, images, runtime, manager, sessions)
         app.state.services = svc
+        key_watch = asyncio.create_task(keys.watch(), name="key-watch")
         try:
             yield
         finally:
+            key_watch.cancel()
             await _ws_exec.close_all(svc)
             await sessions.aclose()
             await manager.aclose()

@@ -36,6 +36,10 @@ class ServerConfig:
     storage_pool_bytes: int = 256 * 1024**3
     #: Disk limit of a sandbox whose template names no ``storage``.
     default_storage_bytes: int = 10 * 1024**3
+    #: Default quotas of a workspace (None: unlimited); ``hutch workspaces quota`` overrides.
+    quota_sandboxes: int | None = None
+    quota_cpu_millis: int | None = None
+    quota_memory_bytes: int | None = None
     #: Upper bound on ``timeout`` for a blocking create.
     max_create_timeout: int = 3600
     #: Pulling images: default registry, registries.conf (mirrors), credentials.

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from hutch.protocol._errors import ErrorType
-from hutch.runtime._resources import parse_memory
+from hutch.runtime._resources import parse_cpu, parse_memory
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError, not_found
@@ -184,18 +184,12 @@ def _progress(mgr: SandboxManager, sandbox_id: str) -> str:
     return f": {message}" if message else ""
 
 
-@router.post("/boxes", status_code=201)
-async def create_sandbox(
-    body: SandboxCreate,
-    request: Request,
-    svc: Services = Depends(services),
-    who: Principal = Depends(principal),
-) -> dict[str, Any]:
-    tpl = await _template(svc, who, body.template_name)
-    mgr: SandboxManager = svc.manager
-    row = None
+async def _insert_sandbox(
+    svc: Services, who: Principal, body: SandboxCreate, tpl: Template
+) -> Sandbox:
+    """Write the new sandbox's row (status provisioning), generating a name if none was given."""
     for _ in range(5):
-        candidate = mgr.new_row(
+        candidate = svc.manager.new_row(
             who.workspace_id,
             body.name or generate_name(),
             tpl,
@@ -205,16 +199,31 @@ async def create_sandbox(
         try:
             async with svc.db.session() as s, s.begin():
                 s.add(candidate)
-            row = candidate
-            break
+            return candidate
         except IntegrityError:
             if body.name:
                 raise ApiError(
                     ErrorType.ALREADY_EXISTS,
                     f"Sandbox '{body.name}' already exists; pick another name or delete it first",
                 ) from None
-    if row is None:  # pragma: no cover - five random 8-character collisions in a row
-        raise ApiError(ErrorType.INTERNAL, "Could not generate a unique sandbox name; retry")
+    # pragma: no cover - five random 8-character collisions in a row
+    raise ApiError(ErrorType.INTERNAL, "Could not generate a unique sandbox name; retry")
+
+
+@router.post("/boxes", status_code=201)
+async def create_sandbox(
+    body: SandboxCreate,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
+    tpl = await _template(svc, who, body.template_name)
+    mgr: SandboxManager = svc.manager
+    async with mgr.quotas.lock(who.workspace_id):
+        await mgr.quotas.check(
+            who.workspace_id, parse_cpu(tpl.cpu), parse_memory(tpl.memory), new=True
+        )
+        row = await _insert_sandbox(svc, who, body, tpl)
     storage = parse_memory(tpl.storage, field="storage", check_host=False) if tpl.storage else None
     mgr.start_provisioning(row, storage_bytes=storage)
     base = dataplane_base(request)

@@ -24,6 +24,7 @@ from hutch.runtime._interface import Runtime, SandboxSpec
 from hutch.runtime._resources import parse_cpu, parse_memory
 from hutch.runtime.images import ImageError, ImagePuller, ImageStore
 from hutch.server._config import ServerConfig
+from hutch.server._quota import Limits, Quotas
 from hutch.server._registry_auth import TemplateCredentials
 from hutch.sessions import SessionManager
 from hutch.store import Database, Sandbox, Template, utcnow
@@ -65,6 +66,9 @@ class SandboxManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._touched: dict[str, float] = {}
         self.pulls = ImagePuller(images, config.registry)
+        self.quotas = Quotas(
+            db, Limits(config.quota_sandboxes, config.quota_cpu_millis, config.quota_memory_bytes)
+        )
         self.registry_auth = TemplateCredentials(config.data_dir / "registry-auth")
         #: Image pull progress of sandboxes still provisioning (their status message).
         self.progress: dict[str, str] = {}

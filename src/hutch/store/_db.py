@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sqlalchemy import event, select
+from sqlalchemy import event, inspect, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -26,7 +26,19 @@ async def _v1_initial(conn: AsyncConnection) -> None:
     await conn.run_sync(Base.metadata.create_all)
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1_initial]
+async def _v2_workspace_quotas(conn: AsyncConnection) -> None:
+    have = await conn.run_sync(
+        lambda c: {col["name"] for col in inspect(c).get_columns("workspaces")}
+    )
+    for name in ("max_sandboxes", "max_cpu_millis", "max_memory_bytes"):
+        if name not in have:  # a database made by _v1_initial after the models gained it has it
+            await conn.execute(text(f"ALTER TABLE workspaces ADD COLUMN {name} INTEGER"))
+
+
+MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
+    _v1_initial,
+    _v2_workspace_quotas,
+]
 
 
 class Database:

@@ -26,6 +26,10 @@ class Workspace(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Quotas (None: the server's default; see hutch.server._quota).
+    max_sandboxes: Mapped[int | None] = mapped_column(nullable=True)
+    max_cpu_millis: Mapped[int | None] = mapped_column(nullable=True)
+    max_memory_bytes: Mapped[int | None] = mapped_column(nullable=True)
 
 
 class ApiKey(Base):
