@@ -305,18 +305,7 @@ class RuncRuntime(Runtime):
             await self.delete(spec.id)
         try:
             await asyncio.to_thread(self._prepare_bundle, spec, bundle)
-            rc, out = await self._runc(
-                "run",
-                "-d",
-                "--pid-file",
-                str(bundle / "init.pid"),
-                "--bundle",
-                str(bundle),
-                spec.id,
-                log=bundle / "runc.log",
-            )
-            if rc != 0:
-                raise RuntimeError_(f"runc could not start the sandbox: {out}")
+            await self._run_container(spec.id, bundle)
             pid = self.init_pid(spec.id)
             root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -327,6 +316,20 @@ class RuncRuntime(Runtime):
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.delete(spec.id))
             raise
+
+    async def _run_container(self, sandbox_id: str, bundle: Path) -> None:
+        rc, out = await self._runc(
+            "run",
+            "-d",
+            "--pid-file",
+            str(bundle / "init.pid"),
+            "--bundle",
+            str(bundle),
+            sandbox_id,
+            log=bundle / "runc.log",
+        )
+        if rc != 0:
+            raise RuntimeError_(f"runc could not start the sandbox: {out}")
 
     def _prepare_bundle(self, spec: SandboxSpec, bundle: Path) -> None:
         bundle.mkdir(mode=0o700)
@@ -339,6 +342,10 @@ class RuncRuntime(Runtime):
         )
         # Loopback-only network for now: an empty resolver config, so lookups fail fast.
         (bundle / "resolv.conf").write_text("# no network: this sandbox has loopback only\n")
+        self._mount_rootfs(spec, bundle)
+
+    def _mount_rootfs(self, spec: SandboxSpec, bundle: Path) -> None:
+        """Overlay the image's layers under the bundle's ``upper/``; write env and config."""
         layers = [str(p) for p in reversed(spec.image.layers)] or [str(bundle / "empty")]
         _mount(
             "overlay",
@@ -404,6 +411,11 @@ class RuncRuntime(Runtime):
 
     async def delete(self, sandbox_id: str) -> None:
         bundle = self._bundle(sandbox_id)
+        await self._stop_container(sandbox_id, bundle)
+        await asyncio.to_thread(shutil.rmtree, bundle, True)
+
+    async def _stop_container(self, sandbox_id: str, bundle: Path) -> None:
+        """Kill every process, remove the container and its cgroups, unmount the root."""
         pid = self._init_pids.pop(sandbox_id, None)
         self._env.pop(sandbox_id, None)
         if pid is None:
@@ -425,7 +437,32 @@ class RuncRuntime(Runtime):
         rootfs = str(bundle / "rootfs")
         if _is_mounted(rootfs):
             _umount(rootfs)
-        await asyncio.to_thread(shutil.rmtree, bundle, True)
+
+    async def stop(self, sandbox_id: str) -> None:
+        bundle = self._bundle(sandbox_id)
+        if not (bundle / "upper").is_dir():
+            raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
+        await self._stop_container(sandbox_id, bundle)
+        # Only the filesystem (upper/) and the bundle's fixed files stay.
+        (bundle / "init.pid").unlink(missing_ok=True)
+        for leftover in (bundle / "exec").glob("*"):
+            leftover.unlink(missing_ok=True)
+
+    async def start(self, spec: SandboxSpec) -> None:
+        bundle = self._bundle(spec.id)
+        if not (bundle / "upper").is_dir():
+            raise SandboxNotFound(f"sandbox {spec.id} does not exist")
+        if await self.is_running(spec.id):
+            return
+        await self.stop(spec.id)  # whatever a stop interrupted by a crash left
+        try:
+            await asyncio.to_thread(self._mount_rootfs, spec, bundle)
+            await self._run_container(spec.id, bundle)
+            self.init_pid(spec.id)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.stop(spec.id))
+            raise
 
     async def list_ids(self) -> set[str]:
         ids = await self._runc_ids()
