@@ -38,6 +38,11 @@ def serve(
     max_upload_bytes: int = typer.Option(
         ServerConfig.max_upload_bytes, min=1, help="Largest file upload accepted, in bytes"
     ),
+    default_image: str | None = typer.Option(
+        None,
+        envvar="HUTCH_DEFAULT_IMAGE",
+        help="Image of sandboxes created without a template [default: none, such creates fail]",
+    ),
 ) -> None:
     """Run the API server."""
     import uvicorn
@@ -47,6 +52,14 @@ def serve(
     if os.geteuid() != 0:
         typer.echo("hutch serve needs root (it runs runc containers)", err=True)
         raise typer.Exit(2)
+    if default_image:
+        from hutch.runtime.images import ImageError, normalize_reference
+
+        try:
+            default_image = normalize_reference(default_image)
+        except ImageError as exc:
+            typer.echo(f"error: --default-image: {exc}", err=True)
+            raise typer.Exit(2) from exc
     config = ServerConfig(
         data_dir=data_dir or default_data_dir(),
         host=host,
@@ -54,6 +67,7 @@ def serve(
         public_url=public_url,
         database_url=database_url,
         max_upload_bytes=max_upload_bytes,
+        default_image=default_image or None,
     )
     uvicorn.run(
         create_app(config),

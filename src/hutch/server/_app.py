@@ -55,7 +55,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         sessions = SessionManager()
         manager = SandboxManager(db, runtime, images, config, sessions)
         await manager.reconcile()
-        svc = Services(config, db, keys, images, runtime, manager, sessions)
+        manager.start_reaper()
+        svc = Services(config, db, keys, images, runtime, manager, sessions, manager.sockets)
         app.state.services = svc
         try:
             yield

@@ -32,3 +32,5 @@ class ServerConfig:
     pids_limit: int = 1024
     #: Upper bound on ``timeout`` for a blocking create.
     max_create_timeout: int = 3600
+    #: Image of sandboxes created without a template or snapshot (spec §9.1); None refuses them.
+    default_image: str | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sqlalchemy import event, select
+from sqlalchemy import event, inspect, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -21,12 +21,33 @@ from sqlalchemy.ext.asyncio import (
 
 from hutch.store._models import Base, SchemaVersion
 
+Step = Callable[[AsyncConnection], Awaitable[None]]
+
 
 async def _v1_initial(conn: AsyncConnection) -> None:
     await conn.run_sync(Base.metadata.create_all)
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1_initial]
+def _add_columns(table: str, columns: dict[str, str]) -> Step:
+    """A step adding ``columns`` (name → SQL type) that ``table`` lacks.
+
+    A database made by :func:`_v1_initial` after the column joined the models has it already.
+    """
+
+    async def step(conn: AsyncConnection) -> None:
+        have = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns(table)})
+        for name, sql_type in columns.items():
+            if name not in have:
+                await conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+
+    return step
+
+
+MIGRATIONS: list[Step] = [
+    _v1_initial,
+    # Start/stop and stop-anchored deletion.
+    _add_columns("sandboxes", {"stopped_at": "TIMESTAMP", "delete_after_stop_seconds": "INTEGER"}),
+]
 
 
 class Database:
