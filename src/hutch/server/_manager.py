@@ -195,6 +195,7 @@ class SandboxManager:
             if not fut.done():
                 fut.set_result(outcome)
             self._done.pop(row.id, None)
+            self.kick()  # its idle TTL starts counting now
 
     async def wait(self, sandbox_id: str, timeout: float) -> Outcome | None:
         """The provisioning outcome, or None if it is not known within ``timeout`` seconds."""
