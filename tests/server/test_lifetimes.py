@@ -6,7 +6,6 @@ sandbox created without a template is stopped when idle, then deleted after
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,9 +17,9 @@ import pytest
 
 from hutch import SandboxClient
 from tests.conftest import (
-    HUTCH,
     TIME_SCALE,
     Server,
+    data_dir_with_busybox,
     remove_all_sandboxes,
     start_server,
     stop_server,
@@ -50,13 +49,7 @@ class Restartable:
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[Restartable]:
-    data = tmp_path_factory.mktemp("lifetimes") / "data"
-    data.mkdir()
-    subprocess.run(
-        [*HUTCH, "image", "import", "local/busybox", str(busybox_tar), "--data-dir", str(data)],
-        check=True,
-        capture_output=True,
-    )
+    data = data_dir_with_busybox(tmp_path_factory.mktemp("lifetimes"), busybox_tar)
     r = Restartable(data)
     with r.http() as http:
         body = {"name": "bb", "image": "local/busybox", "resources": {"memory": "64Mi"}}

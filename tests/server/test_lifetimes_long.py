@@ -8,7 +8,6 @@ deadlines must survive it) and after it (the end of the activity must have been 
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +17,9 @@ import httpx
 import pytest
 
 from tests.conftest import (
-    HUTCH,
     TIME_SCALE,
     Server,
+    data_dir_with_busybox,
     remove_all_sandboxes,
     start_server,
     stop_server,
@@ -35,13 +34,7 @@ STREAM_SECONDS = 120
 
 @pytest.fixture
 def srv(tmp_path: Path, busybox_tar: Path) -> Iterator[list[Server]]:
-    data = tmp_path / "data"
-    data.mkdir()
-    subprocess.run(
-        [*HUTCH, "image", "import", "local/busybox", str(busybox_tar), "--data-dir", str(data)],
-        check=True,
-        capture_output=True,
-    )
+    data = data_dir_with_busybox(tmp_path, busybox_tar)
     holder = [start_server(data)]
     try:
         yield holder

@@ -13,8 +13,8 @@ import pytest
 
 from hutch import SandboxClient, SandboxNotReadyError
 from tests.conftest import (
-    HUTCH,
     Server,
+    data_dir_with_busybox,
     remove_all_sandboxes,
     start_server,
     stop_server,
@@ -28,13 +28,7 @@ BOXES = "/v2/sandboxes/boxes"
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[list[Server]]:
     """A server of this module's own (tests restart it); ``srv[0]`` is the current one."""
-    data = tmp_path_factory.mktemp("startstop") / "data"
-    data.mkdir()
-    subprocess.run(
-        [*HUTCH, "image", "import", "local/busybox", str(busybox_tar), "--data-dir", str(data)],
-        check=True,
-        capture_output=True,
-    )
+    data = data_dir_with_busybox(tmp_path_factory.mktemp("startstop"), busybox_tar)
     holder = [start_server(data)]
     with holder[0].client() as c:
         c.create_template("bb", "local/busybox", memory="64Mi")

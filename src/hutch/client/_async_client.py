@@ -617,14 +617,7 @@ class AsyncSandboxClient:
             ResourceCreationError: It failed to start.
             ResourceTimeoutError: Not ready within ``timeout`` seconds.
         """
-        url = f"{self._base_url}/boxes/{name}/start"
-        await self._call(
-            "POST",
-            url,
-            lambda w: sandbox_error(w, op="get", name=name, url=url),
-            headers=headers,
-            json={},
-        )
+        await self._box_action(name, "start", headers)
         return await self.wait_for_sandbox(name, timeout=timeout, headers=headers)
 
     async def stop_sandbox(self, name: str, *, headers: RequestHeaders = None) -> None:
@@ -634,7 +627,11 @@ class AsyncSandboxClient:
         Raises:
             ResourceNotFoundError: No such sandbox.
         """
-        url = f"{self._base_url}/boxes/{name}/stop"
+        await self._box_action(name, "stop", headers)
+
+    async def _box_action(self, name: str, action: str, headers: RequestHeaders) -> None:
+        """``POST /boxes/{name}/{action}`` with ``{}``; 404 means no such sandbox (§8)."""
+        url = f"{self._base_url}/boxes/{name}/{action}"
         await self._call(
             "POST",
             url,

@@ -618,14 +618,7 @@ class SandboxClient:
             ResourceCreationError: It failed to start.
             ResourceTimeoutError: Not ready within ``timeout`` seconds.
         """
-        url = f"{self._base_url}/boxes/{name}/start"
-        self._call(
-            "POST",
-            url,
-            lambda w: sandbox_error(w, op="get", name=name, url=url),
-            headers=headers,
-            json={},
-        )
+        self._box_action(name, "start", headers)
         return self.wait_for_sandbox(name, timeout=timeout, headers=headers)
 
     def stop_sandbox(self, name: str, *, headers: RequestHeaders = None) -> None:
@@ -635,7 +628,11 @@ class SandboxClient:
         Raises:
             ResourceNotFoundError: No such sandbox.
         """
-        url = f"{self._base_url}/boxes/{name}/stop"
+        self._box_action(name, "stop", headers)
+
+    def _box_action(self, name: str, action: str, headers: RequestHeaders) -> None:
+        """``POST /boxes/{name}/{action}`` with ``{}``; 404 means no such sandbox (§8)."""
+        url = f"{self._base_url}/boxes/{name}/{action}"
         self._call(
             "POST",
             url,

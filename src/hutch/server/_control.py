@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -338,6 +339,26 @@ async def update_sandbox(
     return sandbox_json(row, dataplane_base(request), svc.manager.lifetime(row))
 
 
+async def _lifecycle(
+    op: Callable[[str], Awaitable[Sandbox]],
+    name: str,
+    request: Request,
+    svc: Services,
+    who: Principal,
+) -> dict[str, Any]:
+    """Apply the manager's ``stop`` or ``start`` to a sandbox and answer it, or the error."""
+    row = await _sandbox(svc, who, name)
+    try:
+        row = await op(row.id)
+    except WrongState as exc:
+        raise ApiError(ErrorType.NOT_READY, f"{exc}: {STATE_HINT[exc.current]}") from exc
+    except StartFailed as exc:
+        raise ApiError(exc.error, str(exc)) from exc
+    except SandboxNotFound:
+        raise not_found("Sandbox", name, SANDBOX_HINT) from None
+    return sandbox_json(row, dataplane_base(request), svc.manager.lifetime(row))
+
+
 @router.post("/boxes/{name}/stop")
 async def stop_sandbox(
     name: str,
@@ -346,14 +367,7 @@ async def stop_sandbox(
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
     """Stop it (§8): its commands end, its CPU and memory are freed, its files are kept."""
-    row = await _sandbox(svc, who, name)
-    try:
-        row = await svc.manager.stop(row.id)
-    except WrongState as exc:
-        raise ApiError(ErrorType.NOT_READY, f"{exc}: {STATE_HINT[exc.current]}") from exc
-    except SandboxNotFound:
-        raise not_found("Sandbox", name, SANDBOX_HINT) from None
-    return sandbox_json(row, dataplane_base(request), svc.manager.lifetime(row))
+    return await _lifecycle(svc.manager.stop, name, request, svc, who)
 
 
 @router.post("/boxes/{name}/start")
@@ -364,16 +378,7 @@ async def start_sandbox(
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
     """Start a stopped sandbox (§8) with its files as they were; ready when this answers."""
-    row = await _sandbox(svc, who, name)
-    try:
-        row = await svc.manager.start(row.id)
-    except WrongState as exc:
-        raise ApiError(ErrorType.NOT_READY, f"{exc}: {STATE_HINT[exc.current]}") from exc
-    except StartFailed as exc:
-        raise ApiError(exc.error, str(exc)) from exc
-    except SandboxNotFound:
-        raise not_found("Sandbox", name, SANDBOX_HINT) from None
-    return sandbox_json(row, dataplane_base(request), svc.manager.lifetime(row))
+    return await _lifecycle(svc.manager.start, name, request, svc, who)
 
 
 @router.delete("/boxes/{name}", status_code=204)
