@@ -460,7 +460,7 @@ class SandboxManager:
             )
         wake = REAPER_MAX_SLEEP
         for row in rows:
-            if row.idle_ttl_seconds and row.status != PROVISIONING:
+            if row.idle_ttl_seconds and row.status == READY:  # others are idle by definition
                 if self.busy(row.id):
                     self._was_busy.add(row.id)
                     await self.touch(row.id)
