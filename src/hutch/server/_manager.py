@@ -212,12 +212,7 @@ class SandboxManager:
             return None
 
     async def _set_status(self, sandbox_id: str, status: str, message: str | None) -> None:
-        async with self.db.session() as s, s.begin():
-            await s.execute(
-                update(Sandbox)
-                .where(Sandbox.id == sandbox_id)
-                .values(status=status, status_message=message, updated_at=utcnow())
-            )
+        await self._update(sandbox_id, status=status, status_message=message)
 
     @staticmethod
     def new_row(
