@@ -139,6 +139,11 @@ def serve(
     pull: bool = typer.Option(
         True, "--pull/--no-pull", help="Pull images missing from the local store"
     ),
+    default_image: str | None = typer.Option(
+        None,
+        envvar="HUTCH_DEFAULT_IMAGE",
+        help="Image of sandboxes created without a template [default: none, such creates fail]",
+    ),
 ) -> None:
     """Run the API server."""
     import uvicorn
@@ -148,6 +153,14 @@ def serve(
     if os.geteuid() != 0:
         typer.echo("hutch serve needs root (it runs runc containers)", err=True)
         raise typer.Exit(2)
+    if default_image:
+        from hutch.runtime.images import ImageError, normalize_reference
+
+        try:
+            default_image = normalize_reference(default_image)
+        except ImageError as exc:
+            typer.echo(f"error: --default-image: {exc}", err=True)
+            raise typer.Exit(2) from exc
     config = ServerConfig(
         data_dir=data_dir or default_data_dir(),
         host=host,
@@ -163,6 +176,7 @@ def serve(
         registry=_registry_config(
             default_registry, registries_conf, registry_auth, insecure_registry, pull
         ),
+        default_image=default_image or None,
     )
     uvicorn.run(
         create_app(config),

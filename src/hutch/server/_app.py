@@ -60,7 +60,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         sessions = SessionManager()
         manager = SandboxManager(db, runtime, images, config, sessions)
         await manager.reconcile()
-        svc = Services(config, db, keys, images, runtime, manager, sessions)
+        manager.start_reaper()
+        svc = Services(config, db, keys, images, runtime, manager, sessions, manager.sockets)
         app.state.services = svc
         key_watch = asyncio.create_task(keys.watch(), name="key-watch")
         try:

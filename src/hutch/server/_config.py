@@ -44,3 +44,5 @@ class ServerConfig:
     max_create_timeout: int = 3600
     #: Pulling images: default registry, registries.conf (mirrors), credentials.
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    #: Image of sandboxes created without a template or snapshot (spec §9.1); None refuses them.
+    default_image: str | None = None

@@ -21,23 +21,37 @@ from sqlalchemy.ext.asyncio import (
 
 from hutch.store._models import Base, SchemaVersion
 
+Step = Callable[[AsyncConnection], Awaitable[None]]
+
 
 async def _v1_initial(conn: AsyncConnection) -> None:
     await conn.run_sync(Base.metadata.create_all)
 
 
-async def _v2_workspace_quotas(conn: AsyncConnection) -> None:
-    have = await conn.run_sync(
-        lambda c: {col["name"] for col in inspect(c).get_columns("workspaces")}
-    )
-    for name in ("max_sandboxes", "max_cpu_millis", "max_memory_bytes"):
-        if name not in have:  # a database made by _v1_initial after the models gained it has it
-            await conn.execute(text(f"ALTER TABLE workspaces ADD COLUMN {name} INTEGER"))
+def _add_columns(table: str, columns: dict[str, str]) -> Step:
+    """A step adding ``columns`` (name → SQL type) that ``table`` lacks.
+
+    A database made by :func:`_v1_initial` after the column joined the models has it already.
+    """
+
+    async def step(conn: AsyncConnection) -> None:
+        have = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns(table)})
+        for name, sql_type in columns.items():
+            if name not in have:
+                await conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+
+    return step
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
+MIGRATIONS: list[Step] = [
     _v1_initial,
-    _v2_workspace_quotas,
+    # Start/stop and stop-anchored deletion.
+    _add_columns("sandboxes", {"stopped_at": "TIMESTAMP", "delete_after_stop_seconds": "INTEGER"}),
+    # Workspace quotas.
+    _add_columns(
+        "workspaces",
+        {"max_sandboxes": "INTEGER", "max_cpu_millis": "INTEGER", "max_memory_bytes": "INTEGER"},
+    ),
 ]
 
 

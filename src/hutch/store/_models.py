@@ -74,3 +74,6 @@ class Sandbox(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_active_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: When it was stopped (status ``stopped``); None while it runs.
+    stopped_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    delete_after_stop_seconds: Mapped[int | None] = mapped_column(nullable=True)
