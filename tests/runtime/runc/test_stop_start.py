@@ -56,7 +56,7 @@ async def test_stop_frees_everything_but_the_files(
     assert [p for p, t in pids.items() if start_time(p) == t] == []
     assert held(data, spec.id) == []
     assert spec.id in await runtime.list_ids()  # the filesystem is still held
-    assert (data / "sandboxes" / spec.id / "upper" / "home/user/f").read_text() == "kept\n"
+    assert (data / "storage" / spec.id / "upper" / "home/user/f").read_text() == "kept\n"
     with pytest.raises(SandboxNotFound):
         runtime.root_fd(spec.id)
     await runtime.stop(spec.id)  # idempotent
