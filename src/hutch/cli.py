@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from hutch.runtime._interface import NETWORK_MODES
+from hutch.runtime.runc._network import DEFAULT_SUBNET, EgressConfig, HostPort
 from hutch.server._config import ServerConfig, default_data_dir
 
 app = typer.Typer(
@@ -38,6 +40,27 @@ def serve(
     max_upload_bytes: int = typer.Option(
         ServerConfig.max_upload_bytes, min=1, help="Largest file upload accepted, in bytes"
     ),
+    default_network: str = typer.Option(
+        "none",
+        help="Network of templates created without one: none (loopback only) or egress "
+        "(outbound through NAT)",
+    ),
+    egress_subnet: str = typer.Option(
+        DEFAULT_SUBNET, help="IPv4 subnet of the egress bridge (must not overlap the host's)"
+    ),
+    egress_bridge: str = typer.Option(
+        "hutch0", help="Host bridge of egress sandboxes (one per server)"
+    ),
+    dns: list[str] = typer.Option(
+        [],
+        "--dns",
+        help="Nameserver for egress sandboxes (repeatable) [default: the host's, unless loopback]",
+    ),
+    allow_host_port: list[str] = typer.Option(
+        [],
+        "--allow-host-port",
+        help="A host port egress sandboxes may reach: PORT, PORT/tcp or PORT/udp (repeatable)",
+    ),
 ) -> None:
     """Run the API server."""
     import uvicorn
@@ -47,6 +70,19 @@ def serve(
     if os.geteuid() != 0:
         typer.echo("hutch serve needs root (it runs runc containers)", err=True)
         raise typer.Exit(2)
+    if default_network not in NETWORK_MODES:
+        typer.echo(f"--default-network {default_network!r}: use none or egress", err=True)
+        raise typer.Exit(2)
+    try:
+        egress = EgressConfig(
+            bridge=egress_bridge,
+            subnet=egress_subnet,
+            dns=tuple(dns),
+            allow_host_ports=tuple(HostPort.parse(p) for p in allow_host_port),
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     config = ServerConfig(
         data_dir=data_dir or default_data_dir(),
         host=host,
@@ -54,6 +90,8 @@ def serve(
         public_url=public_url,
         database_url=database_url,
         max_upload_bytes=max_upload_bytes,
+        default_network="egress" if default_network == "egress" else "none",
+        egress=egress,
     )
     uvicorn.run(
         create_app(config),

@@ -51,7 +51,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         if written:
             print(f"hutch: generated the first API key; it is in {written}", flush=True)
         images = ImageStore(config.data_dir / "images")
-        runtime = RuncRuntime(config.data_dir)
+        runtime = RuncRuntime(config.data_dir, network=config.egress)
         sessions = SessionManager()
         manager = SandboxManager(db, runtime, images, config, sessions)
         await manager.reconcile()

@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hutch.runtime._interface import NetworkMode
+from hutch.runtime.runc._network import EgressConfig
+
 
 def default_data_dir() -> Path:
     env = os.environ.get("HUTCH_DATA_DIR")
@@ -32,3 +35,7 @@ class ServerConfig:
     pids_limit: int = 1024
     #: Upper bound on ``timeout`` for a blocking create.
     max_create_timeout: int = 3600
+    #: Network mode of templates created without one (``none``: loopback only).
+    default_network: NetworkMode = "none"
+    #: How ``egress`` sandboxes are networked: bridge, subnet, DNS, allowed host ports.
+    egress: EgressConfig = field(default_factory=EgressConfig)

@@ -79,6 +79,7 @@ async def create_template(
         cpu=body.resources.cpu,
         memory=body.resources.memory,
         storage=body.resources.storage,
+        network=body.network or svc.config.default_network,
     )
     try:
         async with svc.db.session() as s, s.begin():

@@ -140,6 +140,7 @@ class SandboxManager:
                     cpu_millis=row.cpu_millis,
                     memory_bytes=row.memory_bytes,
                     pids_limit=self.config.pids_limit,
+                    network="egress" if row.network == "egress" else "none",
                 )
                 try:
                     await self.runtime.create(spec)
@@ -196,6 +197,7 @@ class SandboxManager:
             image=tpl.image,
             cpu_millis=parse_cpu(tpl.cpu),
             memory_bytes=parse_memory(tpl.memory),
+            network=tpl.network,
             status=PROVISIONING,
             ttl_seconds=ttl or None,
             idle_ttl_seconds=idle_ttl or None,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
+from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime._resources import QuantityError, parse_cpu, parse_memory
 from hutch.runtime.images import ImageError, normalize_reference
 from hutch.store import Sandbox, Template
@@ -72,8 +73,20 @@ class TemplateCreate(_Body):
     image: StrictStr
     resources: ResourcesIn = Field(default_factory=ResourcesIn)
     volume_mounts: list[VolumeMountIn] = Field(default_factory=list)
+    #: hutch extension: ``none`` or ``egress``; absent: the server's ``--default-network``.
+    network: StrictStr | None = None
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, v: str | None) -> str | None:
+        if v is not None and v not in NETWORK_MODES:
+            raise ValueError(
+                f"{v!r} is not a network mode: use 'none' (loopback only) or 'egress' "
+                "(outbound connections through NAT; no other sandboxes, no host services)"
+            )
+        return v
 
     @field_validator("image")
     @classmethod
@@ -132,6 +145,7 @@ def template_json(t: Template) -> dict[str, Any]:
         "image": t.image,
         "resources": resources,
         "volume_mounts": [],
+        "network": t.network,
         "created_at": iso(t.created_at),
         "updated_at": iso(t.updated_at),
     }

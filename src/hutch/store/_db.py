@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event, inspect, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -26,7 +27,27 @@ async def _v1_initial(conn: AsyncConnection) -> None:
     await conn.run_sync(Base.metadata.create_all)
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1_initial]
+async def _add_network_columns(conn: AsyncConnection) -> None:
+    """``network`` of templates and sandboxes; rows made before it were loopback-only.
+
+    Self-contained and idempotent (a database made by ``_v1_initial`` from the current models
+    already has the columns), so its place in the list can change when migrations are merged.
+    """
+
+    def existing(sync_conn: Any, table: str) -> set[str]:
+        return {c["name"] for c in inspect(sync_conn).get_columns(table)}
+
+    for table in ("templates", "sandboxes"):
+        if "network" not in await conn.run_sync(existing, table):
+            await conn.execute(
+                text(f"ALTER TABLE {table} ADD COLUMN network VARCHAR(16) NOT NULL DEFAULT 'none'")
+            )
+
+
+MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
+    _v1_initial,
+    _add_network_columns,
+]
 
 
 class Database:

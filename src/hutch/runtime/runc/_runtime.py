@@ -3,6 +3,8 @@
 Layout under ``data_dir``::
 
     runc/                 runc's own state (``runc --root``), private to this server
+    netns/<id>            network namespace of an egress sandbox (a bind mount; see _network)
+    cni/                  CNI state of egress sandboxes: <id>.json, ipam/
     sandboxes/<id>/       OCI bundle: config.json, hosts, hostname, resolv.conf, upper/, work/,
                           rootfs/ (overlay of the image's layers plus upper/),
                           exec/ (process specs)
@@ -39,7 +41,7 @@ from hutch.runtime._interface import (
     SandboxSpec,
     SpawnError,
 )
-from hutch.runtime.runc import _cgroups, _spawner, _spec
+from hutch.runtime.runc import _cgroups, _network, _spawner, _spec
 
 log = logging.getLogger("hutch.runtime")
 
@@ -260,7 +262,9 @@ def _check_peer_is_root(conn: socket.socket) -> None:
 
 
 class RuncRuntime(Runtime):
-    def __init__(self, data_dir: Path, runc: str = "runc") -> None:
+    def __init__(
+        self, data_dir: Path, runc: str = "runc", network: _network.EgressConfig | None = None
+    ) -> None:
         self.state_root = data_dir / "runc"
         self.bundles = data_dir / "sandboxes"
         self.state_root.mkdir(parents=True, exist_ok=True)
@@ -273,6 +277,7 @@ class RuncRuntime(Runtime):
         # Control sockets of the inits this server started (adopted sandboxes have none and
         # start commands with runc exec).
         self._spawners: dict[str, _spawner.Spawner] = {}
+        self.network = _network.EgressNetwork(data_dir, network)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -323,11 +328,12 @@ class RuncRuntime(Runtime):
 
     async def create(self, spec: SandboxSpec) -> None:
         bundle = self._bundle(spec.id)
-        if bundle.exists() or (self.state_root / spec.id).exists():
+        if bundle.exists() or (self.state_root / spec.id).exists() or self.network.has(spec.id):
             await self.delete(spec.id)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            await asyncio.to_thread(self._prepare_bundle, spec, bundle)
+            net = await self.network.attach(spec.id) if spec.network == "egress" else None
+            await asyncio.to_thread(self._prepare_bundle, spec, bundle, net)
             try:
                 rc, out = await self._runc(
                     "run",
@@ -362,7 +368,9 @@ class RuncRuntime(Runtime):
                 await asyncio.shield(self.delete(spec.id))
             raise
 
-    def _prepare_bundle(self, spec: SandboxSpec, bundle: Path) -> None:
+    def _prepare_bundle(
+        self, spec: SandboxSpec, bundle: Path, net: _network.Attachment | None
+    ) -> None:
         bundle.mkdir(mode=0o700)
         for d in ("upper", "work", "rootfs", "exec", "empty"):
             (bundle / d).mkdir()
@@ -371,8 +379,10 @@ class RuncRuntime(Runtime):
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             f"127.0.1.1\t{spec.hostname}\n"
         )
-        # Loopback-only network for now: an empty resolver config, so lookups fail fast.
-        (bundle / "resolv.conf").write_text("# no network: this sandbox has loopback only\n")
+        # Loopback only: an empty resolver config, so lookups fail fast.
+        (bundle / "resolv.conf").write_text(
+            self.network.resolv_conf() if net else "# no network: this sandbox has loopback only\n"
+        )
         layers = [str(p) for p in reversed(spec.image.layers)] or [str(bundle / "empty")]
         _mount(
             "overlay",
@@ -384,7 +394,8 @@ class RuncRuntime(Runtime):
         self._env[spec.id] = env
         (bundle / "env.json").write_text(json.dumps(env))
         init = str(self._init_bin) if self._init_bin else None
-        cfg = _spec.config(spec, str(bundle / "rootfs"), str(bundle), env, init)
+        netns = str(net.netns) if net else None
+        cfg = _spec.config(spec, str(bundle / "rootfs"), str(bundle), env, init, netns)
         (bundle / "config.json").write_text(json.dumps(cfg))
 
     @staticmethod
@@ -460,6 +471,7 @@ class RuncRuntime(Runtime):
             await self._runc("delete", "--force", sandbox_id)
         for ctl in CGROUP_ROOT.iterdir():
             _cgroups.remove_tree(ctl / parent.lstrip("/"))
+        await self.network.detach(sandbox_id)
         rootfs = str(bundle / "rootfs")
         if _is_mounted(rootfs):
             _umount(rootfs)
@@ -467,8 +479,14 @@ class RuncRuntime(Runtime):
 
     async def list_ids(self) -> set[str]:
         ids = await self._runc_ids()
+        ids.update(self.network.ids())
         ids.update(p.name for p in self.bundles.iterdir() if p.is_dir())
         return ids
+
+    async def aclose(self) -> None:
+        # The host's egress bridge and firewall go once no sandbox uses them; running sandboxes
+        # (kept across a restart) keep theirs.
+        await self.network.aclose()
 
     async def is_running(self, sandbox_id: str) -> bool:
         rc, out = await self._runc("state", sandbox_id)

@@ -78,11 +78,18 @@ def process(
 
 
 def config(
-    spec: SandboxSpec, rootfs: str, bundle: str, env: dict[str, str], init: str | None = None
+    spec: SandboxSpec,
+    rootfs: str,
+    bundle: str,
+    env: dict[str, str],
+    init: str | None = None,
+    netns: str | None = None,
 ) -> dict[str, Any]:
     """Build ``config.json``: own PID/mount/IPC/UTS/network namespaces, limits, hardening.
 
-    ``init`` is the hutch-init binary to run as pid 1; without it, catatonit.
+    ``init`` is the hutch-init binary to run as pid 1; without it, catatonit. ``netns`` is the
+    path of a network namespace prepared for the sandbox (egress); without it runc makes a fresh
+    one with only ``lo``.
     """
     resources: dict[str, Any] = {
         "devices": [{"allow": False, "access": "rwm"}],
@@ -178,7 +185,10 @@ def config(
             },
         ],
         "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "namespaces": [
+                {"type": t, "path": netns} if t == "network" and netns else {"type": t}
+                for t in ("pid", "network", "ipc", "uts", "mount")
+            ],
             "cgroupsPath": cgroup_parent(spec.id),
             "resources": resources,
             "maskedPaths": MASKED_PATHS,
