@@ -473,6 +473,14 @@ class EgressNetwork:
     def resolv_conf(self) -> str:
         return resolv_conf(self.config)
 
+    def attachment(self, sandbox_id: str) -> Attachment | None:
+        """The sandbox's address, MAC and ports, from the saved CNI result (None: no egress)."""
+        saved = _load(self._state(sandbox_id))
+        if saved is None or "result" not in saved:
+            return None
+        bridge = str(saved["conf"].get("bridge", ""))
+        return Attachment.from_result(self.netns_path(sandbox_id), bridge, saved["result"])
+
     def bridge_conf(self) -> dict[str, Any]:
         """The ``bridge`` plugin's network configuration (CNI 1.0.0)."""
         cfg = self.config
