@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 CACHE ?= /var/cache/hutch
 export HUTCH_CACHE_DIR := $(CACHE)
 DEB_PACKAGES := runc skopeo catatonit mmdebstrap busybox-static python3-venv gcc libc6-dev
+# Egress networking: the CNI plugins, and the tools hutch and its tests drive the host with.
+DEB_PACKAGES += containernetworking-plugins iptables iproute2 nftables
 PYTEST_ARGS ?=
 
 .PHONY: demo test check deps system-deps venv images gen bench clean
@@ -53,6 +55,7 @@ bench: deps
 	-$(PY) bench/lifecycle.py
 	-$(PY) bench/exec.py
 	-$(PY) bench/tunnel.py
+	-$(PY) bench/network.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info test-output
