@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from hutch.runtime.runc._network import EgressConfig, teardown_host
 from tests.conftest import (
     HUTCH,
     Server,
@@ -52,9 +53,20 @@ def _start(tmp: Path, busybox_tar: Path, *extra: str) -> Server:
     return start_server(data, *extra)
 
 
-@pytest.fixture(scope="module")
-def bridge() -> str:
-    return f"hns{secrets.token_hex(3)}"
+def _own_bridge() -> Iterator[str]:
+    """A bridge name of the test's own; whatever a failed test leaves of it is removed after,
+    and IPv4 forwarding (which the bridge plugin turns on) is put back as it was."""
+    name = f"hnt{secrets.token_hex(3)}"
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    try:
+        yield name
+    finally:
+        teardown_host(EgressConfig(bridge=name))
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(forwarding)
+
+
+bridge = pytest.fixture(scope="module")(_own_bridge)
+own_bridge = pytest.fixture(_own_bridge)
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +137,10 @@ def test_sandboxes_follow_their_template(net_server: Server) -> None:
     assert _interfaces(net_server, str(plain["name"])) == "lo\n"
 
 
-def test_default_network_flag(tmp_path: Path, busybox_tar: Path) -> None:
+def test_default_network_flag(tmp_path: Path, busybox_tar: Path, own_bridge: str) -> None:
     """``--default-network egress``: templates made without ``network`` are egress, and their
     sandboxes get an interface; an explicit "none" still wins."""
-    bridge = f"hnd{secrets.token_hex(3)}"
+    bridge = own_bridge
     srv = _start(tmp_path, busybox_tar, "--default-network", "egress", *_net_args(bridge))
     try:
         _, tpl = _template(srv)
@@ -142,11 +154,13 @@ def test_default_network_flag(tmp_path: Path, busybox_tar: Path) -> None:
     assert not Path(f"/sys/class/net/{bridge}").exists()
 
 
-def test_orphan_egress_sandbox_is_cleaned_after_restart(tmp_path: Path, busybox_tar: Path) -> None:
+def test_orphan_egress_sandbox_is_cleaned_after_restart(
+    tmp_path: Path, busybox_tar: Path, own_bridge: str
+) -> None:
     """An egress sandbox whose record is gone when the server starts is removed with its network
     (CNI DEL: veth, address, NAT rules; the namespace); on shutdown, with no sandbox left, the
     bridge and hutch's chains go too."""
-    bridge = f"hno{secrets.token_hex(3)}"
+    bridge = own_bridge
     srv = _start(tmp_path, busybox_tar, *_net_args(bridge))
     try:
         _, tpl = _template(srv, "egress")

@@ -36,6 +36,8 @@ from hutch.runtime.runc._network import (
     HostPort,
     bridge_ports,
     resolv_conf,
+    setup_host,
+    teardown_host,
 )
 from tests.conftest import OUTPUT, TIME_SCALE, wait_until
 
@@ -508,6 +510,22 @@ async def test_delete_removes_veth_netns_address_and_nat(
         assert sandbox_id not in await rt.list_ids()
 
 
+async def test_concurrent_creates_get_distinct_addresses(
+    rt: RuncRuntime, images: dict[str, Image], outside: Outside
+) -> None:
+    """Four egress sandboxes created at once get four addresses and all reach the outside;
+    deleted at once, every veth goes."""
+    ids = await asyncio.gather(*(create(rt, images["busybox"], "egress") for _ in range(4)))
+    atts = [attachment(rt, i) for i in ids]
+    assert len({a.address.ip for a in atts}) == 4 and len({a.host_veth for a in atts}) == 4
+    probe = f"nc -w 5 {OUTSIDE_PEER} {OUTSIDE_PORT} </dev/null"
+    results = await asyncio.gather(*(run(rt, i, probe) for i in ids))
+    assert results == [(0, f"peer {OUTSIDE_HOST}\n")] * 4
+    await asyncio.gather(*(rt.delete(i) for i in ids))
+    for att in atts:
+        assert not Path(f"/sys/class/net/{att.host_veth}").exists()
+
+
 async def test_create_latency_of_egress_against_none(
     rt: RuncRuntime, images: dict[str, Image]
 ) -> None:
@@ -538,15 +556,30 @@ async def test_close_removes_bridge_chains_and_rules(
     chain or jump, no NAT or MAC-check rule; with a sandbox left, they stay."""
     cfg = own_config()
     runtime = RuncRuntime(tmp_path / "data", network=cfg)
-    sandbox_id = await create(runtime, images["busybox"], "egress")
-    await runtime.aclose()  # a sandbox is left: its protection stays
-    assert cfg.input_chain in sh("iptables", "-S")
-    assert Path(f"/sys/class/net/{cfg.bridge}").exists()
-    await runtime.delete(sandbox_id)
-    await runtime.aclose()
-    rules = sh("iptables", "-S") + sh("iptables", "-t", "nat", "-S")
-    assert cfg.bridge not in rules and sandbox_id not in rules
-    assert sandbox_id not in sh("nft", "list", "ruleset")
-    assert not Path(f"/sys/class/net/{cfg.bridge}").exists()
-    assert not list((tmp_path / "data" / "netns").iterdir())
-    assert not list((tmp_path / "data" / "cni").glob("*.json"))
+    try:
+        sandbox_id = await create(runtime, images["busybox"], "egress")
+        setup_host(cfg)  # again, as a restarted server does: the same rules, one jump each
+        jumps = [
+            line
+            for line in sh("iptables", "-S").splitlines()
+            if line.startswith(("-A INPUT", "-A FORWARD"))
+        ]
+        assert sorted(j for j in jumps if cfg.bridge in j) == sorted(
+            f"-A {chain} {' '.join(rule)}" for chain, rule in cfg.jumps()
+        )
+        assert sh("iptables", "-S", cfg.input_chain).count("-j REJECT") == 2
+        await runtime.aclose()  # a sandbox is left: its protection stays
+        assert cfg.input_chain in sh("iptables", "-S")
+        assert Path(f"/sys/class/net/{cfg.bridge}").exists()
+        await runtime.delete(sandbox_id)
+        await runtime.aclose()
+        rules = sh("iptables", "-S") + sh("iptables", "-t", "nat", "-S")
+        assert cfg.bridge not in rules and sandbox_id not in rules
+        assert sandbox_id not in sh("nft", "list", "ruleset")
+        assert not Path(f"/sys/class/net/{cfg.bridge}").exists()
+        assert not list((tmp_path / "data" / "netns").iterdir())
+        assert not list((tmp_path / "data" / "cni").glob("*.json"))
+    finally:  # whatever a failure left
+        for left in await runtime.list_ids():
+            await runtime.delete(left)
+        teardown_host(cfg)

@@ -292,7 +292,7 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
             argv, capture_output=True, text=True, timeout=CNI_TIMEOUT, env=_env({})
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NetworkError(f"{argv[0]} failed: {exc}") from exc
+        raise NetworkError(f"{argv[0]} failed: {exc}; install iproute2 and iptables") from exc
     if check and proc.returncode != 0:
         raise NetworkError(f"{' '.join(argv)} failed: {(proc.stderr or proc.stdout).strip()}")
     return proc
@@ -365,14 +365,17 @@ def setup_host(config: EgressConfig) -> None:
     if gw not in ours:
         _run("ip", "addr", "add", str(gw), "dev", br)
     _run("ip", "link", "set", br, "up")
-    restore = subprocess.run(
-        ["iptables-restore", "-w", "--noflush"],
-        input=firewall_rules(config, _bridges()),
-        capture_output=True,
-        text=True,
-        env=_env({}),
-        timeout=CNI_TIMEOUT,
-    )
+    try:
+        restore = subprocess.run(
+            ["iptables-restore", "-w", "--noflush"],
+            input=firewall_rules(config, _bridges()),
+            capture_output=True,
+            text=True,
+            env=_env({}),
+            timeout=CNI_TIMEOUT,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NetworkError(f"iptables-restore failed: {exc}; install iptables") from exc
     if restore.returncode != 0:
         raise NetworkError(f"iptables-restore failed: {restore.stderr.strip()}")
     for chain, rule in config.jumps():
