@@ -5,12 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= /var/cache/hutch
 export HUTCH_CACHE_DIR := $(CACHE)
-DEB_PACKAGES := runc skopeo catatonit mmdebstrap busybox-static python3-venv gcc libc6-dev
+DEB_PACKAGES := runc skopeo catatonit mmdebstrap busybox-static python3-venv gcc libc6-dev btrfs-progs \
+	docker-registry apache2-utils chromium
 # Egress networking: the CNI plugins, and the tools hutch and its tests drive the host with.
 DEB_PACKAGES += containernetworking-plugins iptables iproute2 nftables
 PYTEST_ARGS ?=
 
-.PHONY: demo test check deps system-deps venv images gen bench clean
+.PHONY: demo test check deps system-deps venv ui images gen bench clean
 
 demo: deps
 	@scripts/images.sh python
@@ -28,7 +29,7 @@ check: venv
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/gen_sync.py --check
 
-deps: system-deps venv
+deps: system-deps venv ui
 
 # Debian packages: installed only when one is missing, so a second run costs a dpkg query.
 system-deps:
@@ -47,6 +48,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[server,dev]'
 	@touch $@
 
+# The web UI (ui/): npm packages pinned by ui/package-lock.json, bundled by esbuild into
+# src/hutch/web/static (git-ignored, shipped as package data). Rebuilt only when a source changed.
+UI_STATIC := src/hutch/web/static
+ui: $(UI_STATIC)/index.html
+
+ui/node_modules/.package-lock.json: ui/package.json ui/package-lock.json
+	@command -v npm >/dev/null || { echo "building the web UI needs Node.js 20 and npm"; exit 1; }
+	cd ui && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(UI_STATIC)/index.html: ui/node_modules/.package-lock.json ui/index.html ui/build.mjs \
+		ui/tsconfig.json $(wildcard ui/src/*)
+	cd ui && npm run --silent build
+
 gen: venv
 	$(PY) scripts/gen_sync.py
 
@@ -58,4 +73,4 @@ bench: deps
 	-$(PY) bench/network.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info test-output
+	rm -rf $(VENV) build dist src/*.egg-info test-output ui/node_modules $(UI_STATIC)

@@ -125,6 +125,7 @@ def remove_all_sandboxes(data_dir: Path) -> None:
         rt = RuncRuntime(data_dir)
         for sandbox_id in await rt.list_ids():
             await rt.delete(sandbox_id)
+        await rt.aclose()
 
     asyncio.run(_clean())
 

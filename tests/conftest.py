@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from hutch import SandboxClient
+from tests.registry import Registry, start_registry
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("HUTCH_CACHE_DIR", "/var/cache/hutch"))
@@ -149,6 +150,7 @@ def remove_all_sandboxes(data_dir: Path) -> None:
         rt = RuncRuntime(data_dir)
         for sandbox_id in await rt.list_ids():
             await rt.delete(sandbox_id)
+        await rt.aclose()
 
     asyncio.run(_clean())
 
@@ -202,8 +204,36 @@ def bb_template(client: SandboxClient) -> str:
     return "bb"
 
 
+@pytest.fixture(scope="session")
+def py_template(server: Server, client: SandboxClient, python_tar: Path) -> str:
+    """A template ``py-shared`` on the Debian bookworm image with python3."""
+    server.import_image("local/python:3.11", python_tar)
+    client.create_template(name="py-shared", image="local/python:3.11")
+    return "py-shared"
+
+
 @pytest.fixture
 def sandbox(client: SandboxClient, bb_template: str) -> Iterator[object]:
     """A fresh ready busybox sandbox, deleted afterwards."""
     with client.sandbox(bb_template) as sb:
         yield sb
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real OCI registry (Debian's docker-registry) on loopback, plain http, no auth."""
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """Like ``registry``, with htpasswd (bcrypt) authentication: user ``hutch``."""
+    reg = start_registry(tmp_path_factory.mktemp("auth-registry"), auth=True)
+    try:
+        yield reg
+    finally:
+        reg.stop()

@@ -1,4 +1,4 @@
-"""The ``hutch`` command: ``hutch serve``, ``hutch image import|list|rm``."""
+"""The ``hutch`` command: ``hutch serve``, ``hutch image import|pull|list|rm|gc``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from hutch.runtime._interface import NETWORK_MODES
+from hutch.runtime.images import RegistryConfig
 from hutch.runtime.runc._network import DEFAULT_SUBNET, EgressConfig, HostPort
 from hutch.server._config import ServerConfig, default_data_dir
 
@@ -24,6 +25,66 @@ DataDir = typer.Option(
     help="Server state directory [default: $HUTCH_DATA_DIR or /var/lib/hutch]",
 )
 
+DefaultRegistry = typer.Option(
+    "docker.io",
+    "--default-registry",
+    envvar="HUTCH_DEFAULT_REGISTRY",
+    help="Registry for image names without one (python:3.12-slim)",
+)
+RegistriesConf = typer.Option(
+    None,
+    "--registries-conf",
+    envvar="HUTCH_REGISTRIES_CONF",
+    help="registries.conf(5) for pulls: mirrors, blocked and insecure registries",
+)
+RegistryAuth = typer.Option(
+    None,
+    "--registry-auth",
+    envvar="HUTCH_REGISTRY_AUTH",
+    help="Registry credentials file (containers-auth.json or docker config.json format)",
+)
+InsecureRegistry = typer.Option(
+    [],
+    "--insecure-registry",
+    help="Registry host[:port] reached over plain http or without TLS verification (repeatable)",
+)
+
+
+def _registry_config(
+    default_registry: str,
+    registries_conf: Path | None,
+    registry_auth: Path | None,
+    insecure_registry: list[str],
+    pull: bool = True,
+) -> RegistryConfig:
+    from hutch.runtime.images import ImageError, normalize_registry
+
+    for path in (registries_conf, registry_auth):
+        if path is not None and not path.is_file():
+            typer.echo(f"error: {path} is not a file", err=True)
+            raise typer.Exit(2)
+    try:
+        hosts = [normalize_registry(h) for h in (default_registry, *insecure_registry)]
+    except ImageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return RegistryConfig(
+        default_registry=hosts[0],
+        registries_conf=registries_conf.absolute() if registries_conf else None,
+        auth_file=registry_auth.absolute() if registry_auth else None,
+        insecure_registries=tuple(hosts[1:]),
+        enabled=pull,
+    )
+
+
+def _size(value: str, option: str) -> int:
+    from hutch.runtime._resources import QuantityError, parse_memory
+
+    try:
+        return parse_memory(value, field=option, check_host=False)
+    except QuantityError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
 
 @app.command()
 def serve(
@@ -39,6 +100,19 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level"),
     max_upload_bytes: int = typer.Option(
         ServerConfig.max_upload_bytes, min=1, help="Largest file upload accepted, in bytes"
+    ),
+    storage_pool_size: str = typer.Option(
+        "256Gi", help="Size of the sparse btrfs image holding all sandboxes' writable layers"
+    ),
+    default_storage: str = typer.Option(
+        "10Gi", help="Disk limit of a sandbox whose template sets no storage"
+    ),
+    default_registry: str = DefaultRegistry,
+    registries_conf: Path | None = RegistriesConf,
+    registry_auth: Path | None = RegistryAuth,
+    insecure_registry: list[str] = InsecureRegistry,
+    pull: bool = typer.Option(
+        True, "--pull/--no-pull", help="Pull images missing from the local store"
     ),
     default_network: str = typer.Option(
         "none",
@@ -90,6 +164,11 @@ def serve(
         public_url=public_url,
         database_url=database_url,
         max_upload_bytes=max_upload_bytes,
+        storage_pool_bytes=_size(storage_pool_size, "--storage-pool-size"),
+        default_storage_bytes=_size(default_storage, "--default-storage"),
+        registry=_registry_config(
+            default_registry, registries_conf, registry_auth, insecure_registry, pull
+        ),
         default_network="egress" if default_network == "egress" else "none",
         egress=egress,
     )
@@ -128,6 +207,40 @@ def image_import(name: str, path: Path, data_dir: Path | None = DataDir) -> None
     )
 
 
+@image_app.command("pull")
+def image_pull(
+    name: str,
+    data_dir: Path | None = DataDir,
+    default_registry: str = DefaultRegistry,
+    registries_conf: Path | None = RegistriesConf,
+    registry_auth: Path | None = RegistryAuth,
+    insecure_registry: list[str] = InsecureRegistry,
+) -> None:
+    """Pull an image from its registry (python:3.12-slim is docker.io/library/python:3.12-slim)."""
+    import asyncio
+
+    from hutch.runtime.images import ImageError, ImagePuller
+
+    config = _registry_config(default_registry, registries_conf, registry_auth, insecure_registry)
+
+    async def run() -> None:
+        puller = ImagePuller(_store(data_dir), config)
+        try:
+            image = await puller.pull(name, progress=lambda m: typer.echo(m, err=True))
+        finally:
+            await puller.aclose()
+        typer.echo(
+            f"pulled {image.name} ({image.digest[:19]}, {len(image.layers)} layers, "
+            f"{image.size // 1024} KiB)"
+        )
+
+    try:
+        asyncio.run(run())
+    except ImageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 @image_app.command("list")
 def image_list(data_dir: Path | None = DataDir) -> None:
     """List images in the local store."""
@@ -140,14 +253,36 @@ def image_list(data_dir: Path | None = DataDir) -> None:
 @image_app.command("rm")
 def image_rm(name: str, data_dir: Path | None = DataDir) -> None:
     """Remove an image (and layers no other image uses)."""
-    from hutch.runtime.images import ImageError
+    from hutch.runtime.images import (
+        ImageError,
+        ImageNotFoundError,
+        is_local_only,
+        qualify_reference,
+    )
 
+    store = _store(data_dir)
     try:
-        _store(data_dir).remove(name)
+        try:
+            store.remove(name)
+        except ImageNotFoundError:
+            # Pulled images are stored under their qualified name (docker.io/library/...).
+            if is_local_only(name):
+                raise
+            qualified = qualify_reference(name)
+            store.remove(qualified)
+            name = qualified
     except ImageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"removed {name}")
+
+
+@image_app.command("gc")
+def image_gc(data_dir: Path | None = DataDir) -> None:
+    """Free stored layers no image uses (layers of running sandboxes are kept)."""
+    result = _store(data_dir).gc()
+    kept = f"; {result.in_use} unused layers kept while sandboxes use them" if result.in_use else ""
+    typer.echo(f"freed {result.freed_layers} layers ({result.freed_bytes // 1024} KiB){kept}")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hutch import CommandHandle, Sandbox, SandboxClient, SandboxConnectionError
-from tests.conftest import TIME_SCALE, Server, wait_until
+from tests.conftest import TIME_SCALE, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -26,17 +26,8 @@ FREEZER = Path("/sys/fs/cgroup/freezer")
 
 
 @pytest.fixture(scope="module")
-def py_exec_template(server: Server, client: SandboxClient, python_tar: Path) -> str:
-    """A template on the Debian image with python3."""
-    server.import_image("local/python:3.11", python_tar)
-    name = f"py-exec-{secrets.token_hex(4)}"
-    client.create_template(name=name, image="local/python:3.11")
-    return name
-
-
-@pytest.fixture(scope="module")
-def py_sb(client: SandboxClient, py_exec_template: str) -> Iterator[Sandbox]:
-    with client.sandbox(py_exec_template) as sb:
+def py_sb(client: SandboxClient, py_template: str) -> Iterator[Sandbox]:
+    with client.sandbox(py_template) as sb:
         yield sb
 
 

@@ -6,6 +6,7 @@ Host-side facts are read straight from cgroupfs, /proc and runc's state, not fro
 from __future__ import annotations
 
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from hutch import CommandTimeoutError, Sandbox, SandboxClient, SandboxClientError
-from tests.conftest import TIME_SCALE, Server, wait_until
+from tests.conftest import (
+    TIME_SCALE,
+    Server,
+    remove_all_sandboxes,
+    start_server,
+    stop_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.root
 
@@ -85,13 +93,17 @@ def _alive(procs: dict[int, str]) -> list[int]:
 
 
 def _leftovers(sandbox_id: str, data_dir: Path) -> list[str]:
-    """Everything of a sandbox still on the host: mounts, runc state, cgroups, bundle."""
+    """Everything of a sandbox still on the host: mounts, runc state, cgroups, bundle, storage,
+    its directory under /run/hutch."""
     left = [line for line in Path("/proc/mounts").read_text().splitlines() if sandbox_id in line]
     left += [str(p) for p in CGROUP.glob(f"*/hutch/{sandbox_id}")]
     if (data_dir / "sandboxes" / sandbox_id).exists():
         left.append("bundle dir")
     if (data_dir / "runc" / sandbox_id).exists():
         left.append("runc state dir")
+    if (data_dir / "storage" / sandbox_id).exists():
+        left.append("storage subvolume")
+    left += [str(p) for p in Path("/run/hutch").glob(f"*/{sandbox_id}")]
     return left
 
 
@@ -130,6 +142,50 @@ def test_memory_hog_is_killed(server: Server, mem_sandbox: Sandbox, neighbour: S
     assert result.exit_code == 137, result  # a shell holding it in a variable: same fate
 
     _healthy(server, mem_sandbox, neighbour)
+
+
+# -- disk --------------------------------------------------------------------------------------
+
+
+def test_disk_fill_stops_at_the_storage_limit(
+    server: Server, client: SandboxClient, neighbour: Sandbox
+) -> None:
+    """Writing past the template's ``storage`` fails with EDQUOT; the host disk is untouched, the
+    space comes back when the file goes, and delete removes the sandbox's storage."""
+    name = f"disk-{secrets.token_hex(4)}"
+    client.create_template(name, "local/busybox", storage="64Mi")
+    host_free = shutil.disk_usage(server.data_dir).free
+    try:
+        with client.sandbox(name) as sb:
+            res = sb.run("dd if=/dev/zero of=/tmp/fill bs=1M count=200")
+            assert res.exit_code != 0 and "quota exceeded" in res.stderr.lower(), res
+            written = int(sb.run("sync; du -m /tmp/fill").stdout.split()[0])
+            assert 32 <= written <= 64, written
+            assert shutil.disk_usage(server.data_dir).free > host_free - 200 * MiB
+            res = sb.run("rm /tmp/fill; sync; dd if=/dev/zero of=/tmp/again bs=1M count=32")
+            assert res.exit_code == 0, res
+            storage = server.data_dir / "storage" / str(sb.id)
+            assert (storage / "upper" / "tmp" / "again").exists()
+            _healthy(server, sb, neighbour)
+        assert not storage.exists()
+    finally:
+        client.delete_template(name)
+
+
+def test_default_storage_limit(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> None:
+    """A sandbox whose template names no storage gets the server's --default-storage."""
+    data = tmp_path_factory.mktemp("default-storage") / "data"
+    srv = start_server(data, "--default-storage", "48Mi")
+    try:
+        srv.import_image("local/busybox", busybox_tar)
+        with srv.client() as c:
+            c.create_template("plain", "local/busybox")
+            with c.sandbox("plain") as sb:
+                res = sb.run("dd if=/dev/zero of=/tmp/fill bs=1M count=100")
+                assert res.exit_code != 0 and "quota exceeded" in res.stderr.lower(), res
+    finally:
+        stop_server(srv)
+        remove_all_sandboxes(data)
 
 
 # -- fork bomb ---------------------------------------------------------------------------------
@@ -223,7 +279,9 @@ def test_delete_leaves_nothing_behind(
         procs = _procs(_cg("pids", sb)) | _procs(_cg("freezer", sb))
         assert len(procs) >= 5  # init and the four sleeps
         assert sandbox_id in server.runc_ids()
-        assert (server.data_dir / "sandboxes" / sandbox_id / "rootfs").is_dir()
+        assert (server.data_dir / "sandboxes" / sandbox_id).is_dir()
+        assert [p / "rootfs" for p in Path("/run/hutch").glob(f"*/{sandbox_id}")]
+        assert (server.data_dir / "storage" / sandbox_id / "upper").is_dir()
         assert _leftovers(sandbox_id, server.data_dir) != []
     finally:
         client.delete_sandbox(sb.name)

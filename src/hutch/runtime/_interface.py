@@ -43,6 +43,8 @@ class SandboxSpec:
     image: Image
     cpu_millis: int | None = None
     memory_bytes: int | None = None
+    #: Limit of the sandbox's writable layer; None: the runtime's default.
+    storage_bytes: int | None = None
     pids_limit: int = 1024
     env: Mapping[str, str] = field(default_factory=dict)
     network: NetworkMode = "none"
@@ -101,6 +103,11 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def exec(self, sandbox_id: str, spec: ExecSpec) -> Process: ...
+
+    def file_owner(self, sandbox_id: str) -> tuple[int, int]:
+        """Host uid and gid that the sandbox's root owns files as (files the server creates
+        for it get these)."""
+        return 0, 0
 
     @abc.abstractmethod
     def root_fd(self, sandbox_id: str) -> int:

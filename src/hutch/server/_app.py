@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from hutch.runtime.images import ImageStore
 from hutch.runtime.runc import RuncRuntime
-from hutch.server import _control, _dataplane, _errors, _tunnel, _unimplemented, _ws_exec
+from hutch.server import _control, _dataplane, _errors, _tunnel, _ui, _unimplemented, _ws_exec
 from hutch.server._auth import KeyRing
 from hutch.server._config import ServerConfig
 from hutch.server._deps import Services
@@ -51,7 +51,12 @@ def create_app(config: ServerConfig) -> FastAPI:
         if written:
             print(f"hutch: generated the first API key; it is in {written}", flush=True)
         images = ImageStore(config.data_dir / "images")
-        runtime = RuncRuntime(config.data_dir, network=config.egress)
+        runtime = RuncRuntime(
+            config.data_dir,
+            storage_pool_bytes=config.storage_pool_bytes,
+            storage_limit_bytes=config.default_storage_bytes,
+            network=config.egress,
+        )
         sessions = SessionManager()
         manager = SandboxManager(db, runtime, images, config, sessions)
         await manager.reconcile()
@@ -74,6 +79,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(_dataplane.router)
     app.include_router(_ws_exec.router)
     app.include_router(_tunnel.router)
+    _ui.install(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -93,6 +93,10 @@ class KeyRing:
         os.chmod(path, 0o600)
         return str(path)
 
+    def by_hash(self, key_hash: str) -> Principal | None:
+        """The key's principal, if the key (given by its hash) still exists."""
+        return self._by_hash.get(key_hash)
+
     def authenticate(self, key: str | None) -> Principal:
         if not key:
             raise ApiError(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hutch.runtime._interface import NetworkMode
+from hutch.runtime.images import RegistryConfig
 from hutch.runtime.runc._network import EgressConfig
 
 
@@ -33,8 +34,14 @@ class ServerConfig:
     max_exec_output_bytes: int = 64 * 1024**2
     #: Processes per sandbox (fork bombs stop here).
     pids_limit: int = 1024
+    #: Size of the (sparse) btrfs image holding every sandbox's writable layer.
+    storage_pool_bytes: int = 256 * 1024**3
+    #: Disk limit of a sandbox whose template names no ``storage``.
+    default_storage_bytes: int = 10 * 1024**3
     #: Upper bound on ``timeout`` for a blocking create.
     max_create_timeout: int = 3600
+    #: Pulling images: default registry, registries.conf (mirrors), credentials.
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     #: Network mode of templates created without one (``none``: loopback only).
     default_network: NetworkMode = "none"
     #: How ``egress`` sandboxes are networked: bridge, subnet, DNS, allowed host ports.

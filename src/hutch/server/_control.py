@@ -10,10 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from hutch.protocol._errors import ErrorType
+from hutch.runtime._resources import parse_memory
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError, not_found
-from hutch.server._manager import FAILED, SandboxManager, generate_name
+from hutch.server._manager import FAILED, PROVISIONING, SandboxManager, generate_name
 from hutch.server._schemas import (
     SandboxCreate,
     SandboxUpdate,
@@ -58,6 +59,17 @@ async def _sandbox(svc: Services, who: Principal, name: str) -> Sandbox:
     return row
 
 
+async def workspace_sandboxes(svc: Services, who: Principal) -> list[Sandbox]:
+    """The workspace's sandboxes, oldest first."""
+    async with svc.db.session() as s:
+        rows = await s.execute(
+            select(Sandbox)
+            .where(Sandbox.workspace_id == who.workspace_id)
+            .order_by(Sandbox.created_at)
+        )
+        return list(rows.scalars())
+
+
 # -- templates ---------------------------------------------------------------------------------
 
 
@@ -89,6 +101,11 @@ async def create_template(
             ErrorType.ALREADY_EXISTS,
             f"Template '{body.name}' already exists; pick another name or delete it first",
         ) from None
+    # The image is not checked here (spec §2.1); pulling starts now so the first sandbox is quick.
+    credentials = body.credentials()
+    if credentials is not None:
+        svc.manager.registry_auth.put(row.id, credentials)
+    svc.manager.pulls.prefetch(row.image, credentials=credentials)
     return template_json(row)
 
 
@@ -156,10 +173,16 @@ async def delete_template(
         tpl = await s.get(Template, row.id)
         if tpl is not None:
             await s.delete(tpl)
+    svc.manager.registry_auth.delete(row.id)
     return Response(status_code=204)
 
 
 # -- sandboxes ---------------------------------------------------------------------------------
+
+
+def _progress(mgr: SandboxManager, sandbox_id: str) -> str:
+    message = mgr.progress.get(sandbox_id)
+    return f": {message}" if message else ""
 
 
 @router.post("/boxes", status_code=201)
@@ -193,7 +216,8 @@ async def create_sandbox(
                 ) from None
     if row is None:  # pragma: no cover - five random 8-character collisions in a row
         raise ApiError(ErrorType.INTERNAL, "Could not generate a unique sandbox name; retry")
-    mgr.start_provisioning(row)
+    storage = parse_memory(tpl.storage, field="storage", check_host=False) if tpl.storage else None
+    mgr.start_provisioning(row, storage_bytes=storage)
     base = dataplane_base(request)
     if not body.wait_for_ready:
         return sandbox_json(row, base)
@@ -202,8 +226,8 @@ async def create_sandbox(
         raise ApiError(
             ErrorType.TIMEOUT,
             f"Sandbox '{row.name}' not ready after {body.timeout}s (last status: "
-            "provisioning); it keeps provisioning: poll get_sandbox_status() or "
-            "delete it",
+            f"provisioning{_progress(mgr, row.id)}); it keeps provisioning: poll "
+            "get_sandbox_status() or delete it",
         )
     if outcome.status == FAILED:
         # The caller gets the error, so nothing of the sandbox is kept.
@@ -222,15 +246,7 @@ async def list_sandboxes(
     request: Request, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> dict[str, Any]:
     base = dataplane_base(request)
-    async with svc.db.session() as s:
-        rows = (
-            await s.execute(
-                select(Sandbox)
-                .where(Sandbox.workspace_id == who.workspace_id)
-                .order_by(Sandbox.created_at)
-            )
-        ).scalars()
-        return {"sandboxes": [sandbox_json(r, base) for r in rows]}
+    return {"sandboxes": [sandbox_json(r, base) for r in await workspace_sandboxes(svc, who)]}
 
 
 @router.get("/boxes/{name}")
@@ -248,7 +264,8 @@ async def sandbox_status(
     name: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> dict[str, Any]:
     row = await _sandbox(svc, who, name)
-    return {"status": row.status, "status_message": row.status_message}
+    message = svc.manager.progress.get(row.id) if row.status == PROVISIONING else None
+    return {"status": row.status, "status_message": message or row.status_message}
 
 
 @router.patch("/boxes/{name}")

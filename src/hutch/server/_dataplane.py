@@ -187,7 +187,8 @@ async def upload(
             raise _too_large(part.size, limit)
         root = _root_fd(svc, row)
         try:
-            size = await asyncio.to_thread(_write_from, root, target, part.file, limit)
+            owner = svc.runtime.file_owner(row.id)
+            size = await asyncio.to_thread(_write_from, root, target, part.file, limit, owner)
         except _fs.SandboxPathError as exc:
             raise _path_error(exc, row, ErrorType.WRITE_ERROR) from exc
         except _UploadTooLarge as exc:
@@ -213,8 +214,8 @@ def _too_large(size: int, limit: int) -> ApiError:
     )
 
 
-def _write_from(root: int, target: str, src: Any, limit: int) -> int:
-    fd = _fs.open_for_write(root, target)
+def _write_from(root: int, target: str, src: Any, limit: int, owner: tuple[int, int]) -> int:
+    fd = _fs.open_for_write(root, target, *owner)
     try:
         total = 0
         while chunk := src.read(CHUNK):

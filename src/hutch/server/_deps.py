@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fastapi import Request, WebSocket
+from starlette.requests import HTTPConnection
 
 from hutch.runtime._interface import Runtime
 from hutch.runtime.images import ImageStore
 from hutch.server._auth import KeyRing, Principal
 from hutch.server._config import ServerConfig
 from hutch.server._manager import SandboxManager
+from hutch.server._websession import COOKIE, SAFE_METHODS, WebSessions, cookie_principal
 from hutch.sessions import SessionManager
 from hutch.store import Database
 
@@ -26,6 +28,8 @@ class Services:
     sessions: SessionManager
     #: Open exec/tunnel sockets, closed with 1012 on shutdown.
     sockets: set[WebSocket] = field(default_factory=set)
+    #: The web UI's sign-in sessions (cookie tokens).
+    web_sessions: WebSessions = field(default_factory=WebSessions)
 
 
 def services(request: Request) -> Services:
@@ -33,9 +37,25 @@ def services(request: Request) -> Services:
     return svc
 
 
+def authenticate(conn: HTTPConnection) -> Principal:
+    """``X-Api-Key``, else the web UI's session cookie (state changes and WebSocket upgrades
+    with the cookie must come from the server's own origin)."""
+    svc: Services = conn.app.state.services
+    key = conn.headers.get("x-api-key")
+    if key is None and COOKIE in conn.cookies:
+        websocket = conn.scope["type"] == "websocket"
+        return cookie_principal(
+            conn,
+            svc.web_sessions,
+            svc.keys,
+            svc.config.public_url,
+            changes_state=websocket or conn.scope["method"] not in SAFE_METHODS,
+        )
+    return svc.keys.authenticate(key)
+
+
 def principal(request: Request) -> Principal:
-    svc: Services = request.app.state.services
-    return svc.keys.authenticate(request.headers.get("x-api-key"))
+    return authenticate(request)
 
 
 def dataplane_base(request: Request) -> str:

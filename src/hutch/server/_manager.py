@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import string
@@ -21,8 +22,9 @@ from sqlalchemy import delete, select, update
 from hutch.protocol._errors import ErrorType
 from hutch.runtime._interface import Runtime, SandboxSpec
 from hutch.runtime._resources import parse_cpu, parse_memory
-from hutch.runtime.images import ImageError, ImageNotFoundError, ImageStore
+from hutch.runtime.images import ImageError, ImagePuller, ImageStore
 from hutch.server._config import ServerConfig
+from hutch.server._registry_auth import TemplateCredentials
 from hutch.sessions import SessionManager
 from hutch.store import Database, Sandbox, Template, utcnow
 
@@ -62,6 +64,10 @@ class SandboxManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._touched: dict[str, float] = {}
+        self.pulls = ImagePuller(images, config.registry)
+        self.registry_auth = TemplateCredentials(config.data_dir / "registry-auth")
+        #: Image pull progress of sandboxes still provisioning (their status message).
+        self.progress: dict[str, str] = {}
 
     def lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -102,13 +108,20 @@ class SandboxManager:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await self.pulls.aclose()
 
     # -- provisioning --------------------------------------------------------------------------
 
-    def start_provisioning(self, row: Sandbox) -> asyncio.Future[Outcome]:
+    def start_provisioning(
+        self, row: Sandbox, *, storage_bytes: int | None = None
+    ) -> asyncio.Future[Outcome]:
+        """Create the sandbox's container in the background; ``storage_bytes`` limits its disk
+        (None: the server's default)."""
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._done[row.id] = fut
-        task = asyncio.create_task(self._provision(row, fut), name=f"provision-{row.name}")
+        task = asyncio.create_task(
+            self._provision(row, fut, storage_bytes), name=f"provision-{row.name}"
+        )
         self._tasks[row.id] = task
         sandbox_id = row.id
 
@@ -119,26 +132,30 @@ class SandboxManager:
         task.add_done_callback(_forget)
         return fut
 
-    async def _provision(self, row: Sandbox, fut: asyncio.Future[Outcome]) -> None:
+    async def _provision(
+        self, row: Sandbox, fut: asyncio.Future[Outcome], storage_bytes: int | None
+    ) -> None:
         outcome = Outcome(FAILED, ErrorType.INTERNAL, "provisioning did not finish")
         try:
             async with self.lock(row.id):
                 try:
-                    image = await asyncio.to_thread(self.images.get, row.image)
-                except ImageNotFoundError as exc:
-                    outcome = Outcome(
-                        FAILED, ErrorType.IMAGE_PULL, f"Image '{row.image}' is not available: {exc}"
+                    image = await self.pulls.resolve(
+                        row.image,
+                        credentials=self.registry_auth.get(row.template_id),
+                        progress=functools.partial(self.progress.__setitem__, row.id),
                     )
-                    return
                 except ImageError as exc:
                     outcome = Outcome(FAILED, ErrorType.IMAGE_PULL, str(exc))
                     return
+                finally:
+                    self.progress.pop(row.id, None)
                 spec = SandboxSpec(
                     id=row.id,
                     hostname=row.name,
                     image=image,
                     cpu_millis=row.cpu_millis,
                     memory_bytes=row.memory_bytes,
+                    storage_bytes=storage_bytes,
                     pids_limit=self.config.pids_limit,
                     network="egress" if row.network == "egress" else "none",
                 )

@@ -6,11 +6,20 @@ import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime._resources import QuantityError, parse_cpu, parse_memory
-from hutch.runtime.images import ImageError, normalize_reference
+from hutch.runtime.images import Credentials, ImageError, normalize_reference
 from hutch.store import Sandbox, Template
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -75,8 +84,22 @@ class TemplateCreate(_Body):
     volume_mounts: list[VolumeMountIn] = Field(default_factory=list)
     #: hutch extension: ``none`` or ``egress``; absent: the server's ``--default-network``.
     network: StrictStr | None = None
+    # hutch extension: credentials for pulling ``image`` (kept by the server, never returned).
+    registry_username: StrictStr | None = None
+    registry_password: StrictStr | None = Field(default=None, repr=False)
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+
+    @model_validator(mode="after")
+    def _credentials_pair(self) -> TemplateCreate:
+        if (self.registry_username is None) != (self.registry_password is None):
+            raise ValueError("give both registry_username and registry_password, or neither")
+        return self
+
+    def credentials(self) -> Credentials | None:
+        if self.registry_username is None or self.registry_password is None:
+            return None
+        return Credentials(self.registry_username, self.registry_password)
 
     @field_validator("network")
     @classmethod

@@ -23,7 +23,7 @@ from hutch.protocol import _exec as proto
 from hutch.protocol._errors import ErrorType
 from hutch.runtime._interface import ExecSpec, Process, SandboxNotFound, SpawnError
 from hutch.server._dataplane import ready_sandbox, resolve_command
-from hutch.server._deps import Services
+from hutch.server._deps import Services, authenticate
 from hutch.server._errors import ApiError
 from hutch.sessions import (
     CommandNotFound,
@@ -67,7 +67,7 @@ async def _fail(ws: WebSocket, error_type: str, message: str) -> None:
 async def execute_ws(ws: WebSocket, sandbox_id: str) -> None:
     svc: Services = ws.app.state.services
     try:
-        who = svc.keys.authenticate(ws.headers.get("x-api-key"))
+        who = authenticate(ws)
         row = await ready_sandbox(svc, who, sandbox_id)
     except ApiError as exc:
         # Refuse the upgrade with an HTTP status (spec §4.1), in the usual envelope.

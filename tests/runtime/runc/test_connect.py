@@ -41,6 +41,7 @@ async def box(
         yield runtime, sandbox_id
     finally:
         await runtime.delete(sandbox_id)
+        await runtime.aclose()
 
 
 async def start(runtime: RuncRuntime, sandbox_id: str, argv: list[str]) -> Process:

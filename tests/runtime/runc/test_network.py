@@ -280,7 +280,8 @@ async def test_egress_sandbox_gets_an_address_and_a_default_route(
     rt: RuncRuntime, images: dict[str, Image]
 ) -> None:
     """``egress``: eth0 carries an address of the subnet, the default route goes via the bridge,
-    lo is up, and resolv.conf carries the resolvers hutch computed for the host."""
+    lo is up, resolv.conf carries the resolvers hutch computed for the host, and the sandbox
+    cannot change any of it."""
     sandbox_id = await create(rt, images["busybox"], "egress")
     att = attachment(rt, sandbox_id)
     cfg = rt.network.config
@@ -293,6 +294,14 @@ async def test_egress_sandbox_gets_an_address_and_a_default_route(
     _, lo = await run(rt, sandbox_id, "ip -4 addr show lo")
     assert "inet 127.0.0.1/8" in lo
     assert await run(rt, sandbox_id, "cat /etc/resolv.conf") == (0, resolv_conf(cfg))
+    # Its root cannot re-address or re-route itself (no CAP_NET_ADMIN).
+    for change in (
+        "ip addr add 10.254.254.254/32 dev eth0",
+        "ip link set eth0 address 02:00:00:00:00:01",
+        "ip route replace default via 10.254.254.254 dev eth0 onlink",
+    ):
+        code, out = await run(rt, sandbox_id, change)
+        assert code != 0 and "not permitted" in out, (change, out)
     # The host side: an isolated port of the bridge, a pinned neighbour entry, no IPv6.
     assert att.host_veth in bridge_ports(cfg.bridge)
     brport = Path(f"/sys/class/net/{att.host_veth}/brport")

@@ -50,6 +50,7 @@ async def runtime(data: Path) -> AsyncIterator[RuncRuntime]:
     finally:
         for sandbox_id in await rt.list_ids():
             await rt.delete(sandbox_id)
+        await rt.aclose()
 
 
 def make_spec(image: Image, **kw: Any) -> SandboxSpec:
@@ -271,9 +272,14 @@ async def test_root_fd_is_the_sandbox_view(runtime: RuncRuntime, image: Image) -
         fd, _ = _fs.open_for_read(root, "/etc/hostname")
         with os.fdopen(fd, "rb") as f:
             assert f.read() == f"{spec.hostname}\n".encode()
-        fd, _ = _fs.open_for_read(root, "/proc/1/cmdline")
-        with os.fdopen(fd, "rb") as f:
-            assert f.read().split(b"\0")[0] == b"/dev/.hutch-init"
+
+        def init_cmd() -> bytes:
+            fd, _ = _fs.open_for_read(root, "/proc/1/cmdline")
+            with os.fdopen(fd, "rb") as f:
+                return f.read().split(b"\0")[0]
+
+        # runc run -d returns once the init is released; its execve may still be under way.
+        assert await until(lambda: init_cmd() == b"/dev/.hutch-init"), init_cmd()
     finally:
         os.close(root)
 

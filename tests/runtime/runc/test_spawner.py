@@ -238,6 +238,7 @@ async def sandbox(tmp_path: Path, image: Image) -> AsyncIterator[tuple[RuncRunti
         yield rt, sandbox_id
     finally:
         await rt.delete(sandbox_id)
+        await rt.aclose()
 
 
 async def sh(rt: RuncRuntime, sandbox_id: str, script: str) -> tuple[bytes, bytes, int]:

@@ -15,6 +15,8 @@ and host users must not be able to reach them)::
 
 A layer directory is complete if and only if it exists under ``layers/``: layers are unpacked
 in ``tmp/`` and ``rename``d into place, and removed by renaming them back to ``tmp/`` first.
+A layer that is a lower layer of a mounted overlay (a running sandbox) is never removed, even if
+no image uses it any more; :meth:`ImageStore.gc` frees it once it is unmounted.
 Records are written to a temporary file and renamed over the old one. File ownership and modes
 inside layers are exactly as in the image (no uid shifting).
 """
@@ -31,7 +33,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +50,16 @@ __all__ = ["ImageStore"]
 _log = logging.getLogger(__name__)
 
 _RECORD_VERSION = 1
+_MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What :meth:`ImageStore.gc` did."""
+
+    freed_layers: int
+    freed_bytes: int
+    in_use: int  # unreferenced layers kept because a mounted overlay uses them
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,9 @@ class ImageStore:
 
     # -- public API ------------------------------------------------------------------------
 
-    def import_path(self, name: str, path: Path) -> Image:
+    def import_path(
+        self, name: str, path: Path, *, progress: Callable[[int, int], None] | None = None
+    ) -> Image:
         """Import the image at ``path`` as ``name`` and return it.
 
         ``path`` may be an OCI image layout directory, an OCI archive, a ``docker save``
@@ -138,7 +152,8 @@ class ImageStore:
         the store (same diff_id, verified against the input) are reused without unpacking.
         Raises :class:`ImageError` for a bad name, :class:`ImageImportError` (or its subclass
         :class:`UnsafeLayerError`) if the input cannot be imported; the store is then unchanged
-        apart from complete layers that other images already share.
+        apart from complete layers that other images already share. ``progress(i, n)`` is called
+        before layer ``i`` (from 0) of ``n`` is processed.
         """
         reference = normalize_reference(name)
         path = Path(path)
@@ -147,9 +162,11 @@ class ImageStore:
             created: builtins.list[str] = []
             try:
                 with open_image_source(path, scratch, reference) as source:
-                    stored = [
-                        self._ensure_layer(layer, scratch, created) for layer in source.layers
-                    ]
+                    stored = []
+                    for i, layer in enumerate(source.layers):
+                        if progress is not None:
+                            progress(i, len(source.layers))
+                        stored.append(self._ensure_layer(layer, scratch, created))
                 digests = [LayerDigests(s.diff_id, s.diff_id, s.tar_size) for s in stored]
                 record = {
                     "version": _RECORD_VERSION,
@@ -225,6 +242,35 @@ class ImageStore:
                 ) from None
             if previous is not None:
                 self._free_unreferenced(self._record_layer_ids(previous))
+
+    def gc(self) -> GcResult:
+        """Free every stored layer no image uses and no mounted overlay uses.
+
+        Image removal already frees unshared layers; this also catches layers that were in use
+        by a sandbox at that time, and leftovers of interrupted imports or removals.
+        """
+        with self._locked():
+            referenced = self._referenced_layers()
+            if referenced is None:
+                return GcResult(0, 0, 0)
+            mounted = _mounted_layer_names(self._layers, self._root.parent / "sandboxes")
+            freed = in_use = size = 0
+            names = {p.name.removesuffix(".json") for p in self._layers.iterdir()}
+            freed_ids: set[str] = set()
+            for hex_ in sorted(names):
+                diff_id = f"sha256:{hex_}"
+                if not _is_sha256(diff_id) or diff_id in referenced:
+                    continue
+                if hex_ in mounted:
+                    in_use += 1
+                    continue
+                meta = self._layer_meta(diff_id)
+                size += meta.size if meta is not None else 0
+                self._delete_layer(diff_id)
+                freed_ids.add(diff_id)
+                freed += 1
+            self._prune_blobmap(freed_ids, drop_dangling=True)
+            return GcResult(freed, size, in_use)
 
     # -- locking and housekeeping ----------------------------------------------------------
 
@@ -465,18 +511,69 @@ class ImageStore:
         referenced = self._referenced_layers()
         if referenced is None:
             return
-        freed = set(candidates) - referenced
+        mounted = _mounted_layer_names(self._layers, self._root.parent / "sandboxes")
+        freed = {c for c in set(candidates) - referenced if c.split(":", 1)[1] not in mounted}
         for diff_id in freed:
             self._delete_layer(diff_id)
         if freed:
             self._prune_blobmap(freed)
 
-    def _prune_blobmap(self, freed: set[str]) -> None:
+    def _prune_blobmap(self, freed: set[str], *, drop_dangling: bool = False) -> None:
         for algorithm_dir in self._blobmap.iterdir():
             for entry in algorithm_dir.iterdir():
                 try:
-                    if entry.read_text().strip() in freed:
+                    value = entry.read_text().strip()
+                    if value in freed or (
+                        drop_dangling and not (self._layers / value.split(":", 1)[-1]).is_dir()
+                    ):
                         entry.unlink()
                 except OSError as exc:
                     if exc.errno != errno.ENOENT:
                         _log.warning("could not prune %s: %s", entry, exc)
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def _mounted_layer_names(layers: Path, bundles: Path) -> set[str]:
+    """Names (hex digests) of the directories in ``layers`` that are lower layers of a mounted
+    overlay.
+
+    Read from ``/proc/self/mountinfo``, so it sees the overlays of every process in this mount
+    namespace (sandboxes of a running server, whichever process asks). Overlays list their
+    layers as ``lowerdir=a:b`` or, with the new mount API, as one ``lowerdir+=a`` per layer.
+    """
+    names: set[str] = set()
+    try:
+        lines = _MOUNTINFO.read_text().splitlines()
+    except OSError:
+        return names
+    for line in lines:
+        _, sep, rest = line.partition(" - ")
+        fields = rest.split(" ")
+        if not sep or len(fields) < 3 or fields[0] != "overlay":
+            continue
+        for option in fields[2].split(","):
+            key, _, value = option.partition("=")
+            if key not in ("lowerdir", "lowerdir+"):
+                continue
+            for path in value.split(":"):
+                parent, _, name = _unescape_mountinfo(path).rstrip("/").rpartition("/")
+                # A sandbox in a user namespace mounts idmapped clones of the layers, attached
+                # at <data-dir>/sandboxes/<id>/lower/<i>/<name> (see runtime.runc._userns).
+                clone = parent.startswith(f"{bundles}/") and parent.rpartition("/")[0].endswith(
+                    "/lower"
+                )
+                if parent == str(layers) or clone:
+                    names.add(name)
+    return names

@@ -4,14 +4,15 @@
 
 ``egress``:
 
-* The server makes the network namespace itself, kept alive by a bind mount on
-  ``<data>/netns/<id>``, and runs the standard CNI plugins on it (Debian's
+* runc creates the sandbox (``runc create``) with a fresh network namespace as for ``none``: it
+  must be owned by the sandbox's user namespace, or the sandbox could not mount its ``/sys``.
+  Before the sandbox starts (``runc start``), the server pins that namespace with a bind mount on
+  ``<data>/netns/<id>`` and runs the standard CNI ``bridge`` plugin on it (Debian's
   ``containernetworking-plugins``, invoked directly as the CNI spec describes: ``CNI_*`` variables
-  in the environment, the network configuration on stdin, the result on stdout). ``loopback``
-  brings ``lo`` up; ``bridge`` with ``host-local`` IPAM plugs a veth into the host's bridge, gives
-  the sandbox an address and a default route, masquerades its traffic (``ipMasq``) and drops
-  frames whose source MAC is not the sandbox's own (``macspoofchk``). The container joins that
-  namespace (``{"type": "network", "path": ...}`` in its config.json).
+  in the environment, the network configuration on stdin, the result on stdout), with
+  ``host-local`` IPAM: a veth into the host's bridge, an address and a default route for the
+  sandbox, its traffic masqueraded (``ipMasq``), frames whose source MAC is not the sandbox's own
+  dropped (``macspoofchk``). ``lo`` is up already (runc brings it up in namespaces it makes).
 * The configuration sent to ``bridge`` is saved in ``<data>/cni/<id>.json`` before anything is
   made, and the result beside it after; DEL sends exactly that configuration (with the result as
   ``prevResult``), so a sandbox is taken down right after a restart, an interrupted create, or a
@@ -50,7 +51,6 @@ import logging
 import os
 import re
 import subprocess
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +62,6 @@ __all__ = ["Attachment", "EgressConfig", "EgressNetwork", "HostPort", "NetworkEr
 log = logging.getLogger("hutch.runtime")
 
 _libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 MS_BIND = 0x1000
 MNT_DETACH = 2
 
@@ -396,31 +395,21 @@ def teardown_host(config: EgressConfig) -> None:
         _run("ip", "link", "del", config.bridge, check=False)
 
 
-def _make_netns(path: Path) -> None:
-    """A new network namespace, kept alive by a bind mount on ``path`` (an empty file).
+def _pin_netns(pid: int, path: Path) -> None:
+    """Keep the network namespace of ``pid`` alive with a bind mount on ``path`` (an empty file).
 
-    ``unshare(CLONE_NEWNET)`` moves only the calling thread, so it happens in a fresh thread that
-    exits right after the mount (never in a pooled thread, which would later open the server's
-    own sockets in the sandbox's namespace).
+    Refused when that is the server's own namespace: CNI must never reconfigure the host's.
     """
+    source = f"/proc/{pid}/ns/net"
+    try:
+        if os.stat(source).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            raise NetworkError(f"process {pid} is in the host's network namespace")
+    except FileNotFoundError:
+        raise NetworkError(f"the sandbox's init (pid {pid}) is gone") from None
     path.touch(mode=0o600)
-    errors: list[OSError] = []
-
-    def work() -> None:
-        if _libc.unshare(CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            errors.append(OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}"))
-            return
-        src = b"/proc/thread-self/ns/net"
-        if _libc.mount(src, str(path).encode(), None, MS_BIND, None) != 0:
-            err = ctypes.get_errno()
-            errors.append(OSError(err, f"bind-mounting a netns on {path}: {os.strerror(err)}"))
-
-    thread = threading.Thread(target=work, name="netns-new", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        raise NetworkError(str(errors[0]))
+    if _libc.mount(source.encode(), str(path).encode(), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise NetworkError(f"bind-mounting {source} on {path}: {os.strerror(err)}")
 
 
 def _is_netns(path: Path) -> bool:
@@ -452,8 +441,9 @@ class EgressNetwork:
         self.ipam_dir = self.state_dir / "ipam"
         self._lock = asyncio.Lock()
         self._ready = False
-        #: This process set up or took down an egress sandbox: it cleans up the host on close.
-        self._used = False
+        #: Bridges this process plugged sandboxes into or unplugged them from (a restarted
+        #: server may find sandboxes of an earlier ``--egress-bridge``): cleaned up on close.
+        self._used: set[str] = set()
 
     def netns_path(self, sandbox_id: str) -> Path:
         return self.netns_dir / sandbox_id
@@ -510,19 +500,21 @@ class EgressNetwork:
                 await asyncio.to_thread(setup_host, self.config)
                 self._ready = True
 
-    async def attach(self, sandbox_id: str) -> Attachment:
-        """Make the sandbox's namespace and plug it in. On failure call :meth:`detach`."""
+    async def attach(self, sandbox_id: str, pid: int) -> Attachment:
+        """Plug the network namespace of the sandbox's init (``pid``) into the bridge.
+
+        The namespace is pinned at ``netns/<id>`` first, so DEL can still reach the sandbox's
+        interface after its processes are gone. On failure call :meth:`detach`.
+        """
         await self.ensure_host()
-        self._used = True
+        self._used.add(self.config.bridge)
         for d in (self.netns_dir, self.state_dir):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
         conf = self.bridge_conf()
         # Saved before ADD: whatever ADD gets done, DEL can undo it, even from another process.
         _save(self._state(sandbox_id), {"conf": conf})
         path = self.netns_path(sandbox_id)
-        await asyncio.to_thread(_make_netns, path)
-        loopback = {"cniVersion": CNI_VERSION, "name": CNI_NETWORK, "type": "loopback"}
-        await self._cni("ADD", loopback, sandbox_id, str(path), "lo")
+        await asyncio.to_thread(_pin_netns, pid, path)
         result = await self._cni("ADD", conf, sandbox_id, str(path), IFNAME)
         _save(self._state(sandbox_id), {"conf": conf, "result": result})
         att = Attachment.from_result(path, self.config.bridge, result)
@@ -549,7 +541,7 @@ class EgressNetwork:
         saved = _load(state)
         released = True
         if saved is not None:
-            self._used = True
+            self._used.add(str(saved["conf"].get("bridge", self.config.bridge)))
             released = await self._cni_del(sandbox_id, path, saved)
         if path.exists():
             await asyncio.to_thread(_remove_netns, path)
@@ -580,11 +572,15 @@ class EgressNetwork:
         return True
 
     async def aclose(self) -> None:
-        """Remove the bridge and the chains if this process used them and no sandbox is left."""
-        if not self._used or self.ids() or bridge_ports(self.config.bridge):
+        """Remove the bridges and chains this process used once no sandbox is left on them."""
+        if self.ids():
             return
         async with self._lock:
-            await asyncio.to_thread(teardown_host, self.config)
+            for bridge in sorted(self._used):
+                if not bridge_ports(bridge):
+                    with contextlib.suppress(ValueError):  # a name no config could have made
+                        await asyncio.to_thread(teardown_host, EgressConfig(bridge=bridge))
+            self._used.clear()
             self._ready = False
 
     # -- subprocesses ---------------------------------------------------------------------------

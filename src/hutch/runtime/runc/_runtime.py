@@ -3,11 +3,14 @@
 Layout under ``data_dir``::
 
     runc/                 runc's own state (``runc --root``), private to this server
+    sandboxes/<id>/       OCI bundle: config.json, hosts, hostname, resolv.conf,
+                          rootfs/ (overlay of the image's layers plus the writable layer),
+                          exec/ (process specs of runc exec)
+    storage.img           btrfs image holding every sandbox's writable layer (see _storage)
+    storage/<id>/         that sandbox's subvolume, size-limited: upper/, work/
+    bin/                  hutch-init, built from its source (see _spawner)
     netns/<id>            network namespace of an egress sandbox (a bind mount; see _network)
     cni/                  CNI state of egress sandboxes: <id>.json, ipam/
-    sandboxes/<id>/       OCI bundle: config.json, hosts, hostname, resolv.conf, upper/, work/,
-                          rootfs/ (overlay of the image's layers plus upper/),
-                          exec/ (process specs)
 
 Every sandbox lives in cgroup ``/hutch/<id>``; each command in a freezer sub-cgroup of it.
 """
@@ -20,6 +23,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -41,7 +45,8 @@ from hutch.runtime._interface import (
     SandboxSpec,
     SpawnError,
 )
-from hutch.runtime.runc import _cgroups, _network, _spawner, _spec
+from hutch.runtime.runc import _cgroups, _network, _spawner, _spec, _storage, _userns
+from hutch.runtime.runc._overlay import mount_overlay
 
 log = logging.getLogger("hutch.runtime")
 
@@ -51,14 +56,10 @@ PR_SET_CHILD_SUBREAPER = 36
 HOME = "/home/user"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def _mount(source: str, target: str, fstype: str, data: str) -> None:
-    if len(data) >= 4000:
-        raise RuntimeError_("Image has too many layers for one overlay mount")
-    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, data.encode()) != 0:
-        err = ctypes.get_errno()
-        raise RuntimeError_(f"mount {fstype} on {target}: {os.strerror(err)}")
+PUBLIC_ROOT = Path("/run/hutch")  # see RuncRuntime._shared
+GiB = 1 << 30
+DEFAULT_STORAGE_POOL = 256 * GiB  # sparse: takes host disk only as sandboxes write
+DEFAULT_STORAGE_LIMIT = 10 * GiB  # per sandbox, when its template names none
 
 
 def _umount(target: str) -> None:
@@ -263,7 +264,14 @@ def _check_peer_is_root(conn: socket.socket) -> None:
 
 class RuncRuntime(Runtime):
     def __init__(
-        self, data_dir: Path, runc: str = "runc", network: _network.EgressConfig | None = None
+        self,
+        data_dir: Path,
+        runc: str = "runc",
+        *,
+        storage_pool_bytes: int = DEFAULT_STORAGE_POOL,
+        storage_limit_bytes: int = DEFAULT_STORAGE_LIMIT,
+        idmap: _userns.IdMap | None = _userns.IdMap(),
+        network: _network.EgressConfig | None = None,
     ) -> None:
         self.state_root = data_dir / "runc"
         self.bundles = data_dir / "sandboxes"
@@ -274,10 +282,45 @@ class RuncRuntime(Runtime):
         self._init_pids: dict[str, int] = {}
         self._env: dict[str, dict[str, str]] = {}
         self._init_bin = _spawner.build_init(data_dir / "bin")
+        self._public: Path | None = None
+        if idmap is not None:
+            digest = hashlib.sha256(str(data_dir.absolute()).encode()).hexdigest()[:16]
+            self._public = PUBLIC_ROOT / digest
+            self._public.mkdir(mode=0o711, parents=True, exist_ok=True)
+            for d in (PUBLIC_ROOT, self._public):
+                d.chmod(0o711)
+            if self._init_bin is not None:  # bind-mounted by runc from inside the namespace
+                public_init = self._public / self._init_bin.name
+                if not public_init.exists():
+                    shutil.copy2(self._init_bin, public_init)
+                self._init_bin = public_init
         # Control sockets of the inits this server started (adopted sandboxes have none and
         # start commands with runc exec).
         self._spawners: dict[str, _spawner.Spawner] = {}
         self.network = _network.EgressNetwork(data_dir, network)
+        # Sandbox ids 0..65535 are host ids idmap.base..; None: no user namespace.
+        self.idmap = idmap
+        self._userns_fd: int | None = None
+        if idmap is not None:
+            try:
+                self._userns_fd = _userns.namespace_fd(idmap)
+            except _userns.UsernsError as exc:
+                raise RuntimeError_(str(exc)) from exc
+        self.storage = _storage.StoragePool(data_dir, storage_pool_bytes)
+        self.storage_limit_bytes = storage_limit_bytes
+        try:
+            self.storage.open()
+        except _storage.StorageError as exc:
+            raise RuntimeError_(f"cannot set up sandbox storage: {exc}") from exc
+
+    async def aclose(self) -> None:
+        self.storage.close()
+        if self._userns_fd is not None:
+            os.close(self._userns_fd)
+            self._userns_fd = None
+        # The host's egress bridge and firewall go once no sandbox uses them; running sandboxes
+        # (kept across a restart) keep theirs.
+        await self.network.aclose()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -331,13 +374,13 @@ class RuncRuntime(Runtime):
         if bundle.exists() or (self.state_root / spec.id).exists() or self.network.has(spec.id):
             await self.delete(spec.id)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        egress = spec.network == "egress"
         try:
-            net = await self.network.attach(spec.id) if spec.network == "egress" else None
-            await asyncio.to_thread(self._prepare_bundle, spec, bundle, net)
+            await asyncio.to_thread(self._prepare_bundle, spec, bundle, egress)
             try:
+                # Egress: create, plug the sandbox's network in, then start (see _network).
                 rc, out = await self._runc(
-                    "run",
-                    "-d",
+                    *(["create"] if egress else ["run", "-d"]),
                     "--pid-file",
                     str(bundle / "init.pid"),
                     "--bundle",
@@ -350,6 +393,11 @@ class RuncRuntime(Runtime):
                 theirs.close()
             if rc != 0:
                 raise RuntimeError_(f"runc could not start the sandbox: {out}")
+            if egress:
+                await self.network.attach(spec.id, self.init_pid(spec.id))
+                rc, out = await self._runc("start", spec.id)
+                if rc != 0:
+                    raise RuntimeError_(f"runc could not start the sandbox: {out}")
             if self._init_bin is not None:
                 self._spawners[spec.id] = _spawner.Spawner(ours)
             else:
@@ -357,7 +405,9 @@ class RuncRuntime(Runtime):
             pid = self.init_pid(spec.id)
             root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                _fs.makedirs(root, HOME)
+                _fs.makedirs(
+                    root, HOME, uid=self.file_owner(spec.id)[0], gid=self.file_owner(spec.id)[1]
+                )
             finally:
                 os.close(root)
         except BaseException:
@@ -368,34 +418,67 @@ class RuncRuntime(Runtime):
                 await asyncio.shield(self.delete(spec.id))
             raise
 
-    def _prepare_bundle(
-        self, spec: SandboxSpec, bundle: Path, net: _network.Attachment | None
-    ) -> None:
+    def _shared(self, sandbox_id: str) -> Path:
+        """Where the sandbox's root filesystem is mounted and the files bind-mounted into it live.
+
+        runc prepares the root filesystem from inside the sandbox's user namespace, as a host
+        nobody: these paths must be reachable for it, so with a user namespace they are under
+        ``/run/hutch`` (directories 0711) rather than in the data dir (0700). Without one they are
+        the bundle.
+        """
+        if self._public is None:
+            return self._bundle(sandbox_id)
+        self._bundle(sandbox_id)  # validates the id
+        return self._public / sandbox_id
+
+    def _prepare_bundle(self, spec: SandboxSpec, bundle: Path, egress: bool) -> None:
         bundle.mkdir(mode=0o700)
-        for d in ("upper", "work", "rootfs", "exec", "empty"):
+        for d in ("exec", "empty"):
             (bundle / d).mkdir()
-        (bundle / "hostname").write_text(spec.hostname + "\n")
-        (bundle / "hosts").write_text(
+        shared = self._shared(spec.id)
+        if shared != bundle:
+            shared.mkdir(mode=0o711)
+            shared.chmod(0o711)
+        (shared / "rootfs").mkdir()
+        try:
+            layer = self.storage.allocate(spec.id, spec.storage_bytes or self.storage_limit_bytes)
+        except _storage.StorageError as exc:
+            raise RuntimeError_(str(exc)) from exc
+        (layer / "upper").mkdir()
+        if self.idmap is not None:  # sandbox root owns its writable layer's top
+            os.chown(layer / "upper", self.idmap.base, self.idmap.base)
+        (layer / "work").mkdir()
+        (shared / "hostname").write_text(spec.hostname + "\n")
+        (shared / "hosts").write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             f"127.0.1.1\t{spec.hostname}\n"
         )
         # Loopback only: an empty resolver config, so lookups fail fast.
-        (bundle / "resolv.conf").write_text(
-            self.network.resolv_conf() if net else "# no network: this sandbox has loopback only\n"
+        (shared / "resolv.conf").write_text(
+            self.network.resolv_conf()
+            if egress
+            else "# no network: this sandbox has loopback only\n"
         )
+        uid, gid = self.file_owner(spec.id)
+        for name in ("hostname", "hosts", "resolv.conf"):  # the sandbox's root may edit them
+            (shared / name).chmod(0o644)
+            os.chown(shared / name, uid, gid)
+        rootfs = str(shared / "rootfs")
         layers = [str(p) for p in reversed(spec.image.layers)] or [str(bundle / "empty")]
-        _mount(
-            "overlay",
-            str(bundle / "rootfs"),
-            "overlay",
-            f"lowerdir={':'.join(layers)},upperdir={bundle / 'upper'},workdir={bundle / 'work'}",
-        )
+        upper, work = str(layer / "upper"), str(layer / "work")
+        if self._userns_fd is None:
+            mount_overlay(rootfs, layers, upper, work)
+        else:
+            try:
+                with _userns.idmapped_layers(layers, self._userns_fd, bundle / "lower") as shifted:
+                    mount_overlay(rootfs, shifted, upper, work)
+            except _userns.UsernsError as exc:
+                raise RuntimeError_(str(exc)) from exc
         env = self.sandbox_env(spec)
         self._env[spec.id] = env
         (bundle / "env.json").write_text(json.dumps(env))
         init = str(self._init_bin) if self._init_bin else None
-        netns = str(net.netns) if net else None
-        cfg = _spec.config(spec, str(bundle / "rootfs"), str(bundle), env, init, netns)
+        cfg = _spec.config(spec, rootfs, str(shared), env, init, self.idmap)
         (bundle / "config.json").write_text(json.dumps(cfg))
 
     @staticmethod
@@ -472,27 +555,32 @@ class RuncRuntime(Runtime):
         for ctl in CGROUP_ROOT.iterdir():
             _cgroups.remove_tree(ctl / parent.lstrip("/"))
         await self.network.detach(sandbox_id)
-        rootfs = str(bundle / "rootfs")
+        shared = self._shared(sandbox_id)
+        rootfs = str(shared / "rootfs")
         if _is_mounted(rootfs):
             _umount(rootfs)
+        if shared != bundle:
+            await asyncio.to_thread(shutil.rmtree, shared, True)
+        await asyncio.to_thread(self.storage.release, sandbox_id)
         await asyncio.to_thread(shutil.rmtree, bundle, True)
 
     async def list_ids(self) -> set[str]:
         ids = await self._runc_ids()
         ids.update(self.network.ids())
         ids.update(p.name for p in self.bundles.iterdir() if p.is_dir())
+        ids.update(p.name for p in self.storage.root.iterdir() if p.is_dir())
         return ids
-
-    async def aclose(self) -> None:
-        # The host's egress bridge and firewall go once no sandbox uses them; running sandboxes
-        # (kept across a restart) keep theirs.
-        await self.network.aclose()
 
     async def is_running(self, sandbox_id: str) -> bool:
         rc, out = await self._runc("state", sandbox_id)
         if rc != 0:
             return False
         return bool(json.loads(out).get("status") == "running")
+
+    def file_owner(self, sandbox_id: str) -> tuple[int, int]:
+        if self.idmap is None:
+            return 0, 0
+        return self.idmap.base, self.idmap.base
 
     def root_fd(self, sandbox_id: str) -> int:
         pid = self.init_pid(sandbox_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from hutch.runtime._interface import SandboxSpec
+from hutch.runtime.runc import _seccomp
+from hutch.runtime.runc._userns import IdMap
 
 # The sandbox's pid 1, bind-mounted read-only into /dev's tmpfs: hutch-init (see _spawner), or
 # catatonit where hutch-init could not be built.
@@ -83,13 +85,12 @@ def config(
     bundle: str,
     env: dict[str, str],
     init: str | None = None,
-    netns: str | None = None,
+    idmap: IdMap | None = None,
 ) -> dict[str, Any]:
     """Build ``config.json``: own PID/mount/IPC/UTS/network namespaces, limits, hardening.
 
-    ``init`` is the hutch-init binary to run as pid 1; without it, catatonit. ``netns`` is the
-    path of a network namespace prepared for the sandbox (egress); without it runc makes a fresh
-    one with only ``lo``.
+    ``init`` is the hutch-init binary to run as pid 1; without it, catatonit. With ``idmap`` the
+    sandbox also gets a user namespace mapping its ids onto that host range.
     """
     resources: dict[str, Any] = {
         "devices": [{"allow": False, "access": "rwm"}],
@@ -103,6 +104,11 @@ def config(
             "quota": spec.cpu_millis * CPU_PERIOD_US // 1000,
             "period": CPU_PERIOD_US,
         }
+    namespaces = ["pid", "network", "ipc", "uts", "mount"]
+    ids: dict[str, Any] = {}
+    if idmap is not None:
+        namespaces.append("user")
+        ids = {"uidMappings": idmap.oci(), "gidMappings": idmap.oci()}
     init_process = process([INIT_PATH] if init else [INIT_PATH, "-P"], env, "/")
     return {
         "ociVersion": "1.0.2",
@@ -185,13 +191,12 @@ def config(
             },
         ],
         "linux": {
-            "namespaces": [
-                {"type": t, "path": netns} if t == "network" and netns else {"type": t}
-                for t in ("pid", "network", "ipc", "uts", "mount")
-            ],
+            "namespaces": [{"type": t} for t in namespaces],
+            **ids,
             "cgroupsPath": cgroup_parent(spec.id),
             "resources": resources,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
+            "seccomp": _seccomp.profile(),
         },
     }
