@@ -10,7 +10,8 @@ CNI ``loopback`` and ``bridge`` plugins (veth, IPAM, NAT rules, MAC check) and t
 (isolation, a permanent neighbour entry); delete pays for CNI DEL. Percentiles are nearest-rank.
 
 Needs root. Everything lives under a temporary directory in /tmp, removed at the end; the bridge
-and firewall chains go when the server stops. Exit status: 0, or 2 without root.
+and firewall chains go when the server stops, and IPv4 forwarding is put back as it was. Exit
+status: 0, or 2 without root.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from _common import (
 from hutch import SandboxClient
 
 MODES = ("none", "egress")
+FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
 
 
 def main() -> int:
@@ -49,6 +51,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/network.py needs root (runc, network namespaces, iptables)", file=sys.stderr)
         return 2
+    # The bridge plugin turns IPv4 forwarding on; the benchmark puts it back as it found it.
+    forwarding = FORWARDING.read_text()
     tmp = Path(tempfile.mkdtemp(prefix="hutch-bench-net-"))
     data = tmp / "data"
     data.mkdir()
@@ -82,6 +86,7 @@ def main() -> int:
         stop_server(server)
         remove_all_sandboxes(data)
         shutil.rmtree(tmp, ignore_errors=True)
+        FORWARDING.write_text(forwarding)
     summary = {
         mode: {"create": Summary.of(create[mode]), "delete": Summary.of(delete[mode])}
         for mode in MODES
