@@ -114,6 +114,18 @@ class Server:
             return False
 
 
+def data_dir_with_busybox(parent: Path, busybox_tar: Path) -> Path:
+    """A fresh server data dir ``parent/data`` whose image store holds ``local/busybox``."""
+    data = parent / "data"
+    data.mkdir()
+    subprocess.run(
+        [*HUTCH, "image", "import", "local/busybox", str(busybox_tar), "--data-dir", str(data)],
+        check=True,
+        capture_output=True,
+    )
+    return data
+
+
 def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     log = data_dir.parent / f"{data_dir.name}-server.log"
@@ -176,13 +188,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Itera
     """One real server for the session, with ``local/busybox`` imported."""
     if os.geteuid() != 0:
         pytest.skip("needs root (runc, mounts, cgroups); CI runs as root")
-    data = tmp_path_factory.mktemp("hutch") / "data"
-    data.mkdir()
-    subprocess.run(
-        [*HUTCH, "image", "import", "local/busybox", str(busybox_tar), "--data-dir", str(data)],
-        check=True,
-        capture_output=True,
-    )
+    data = data_dir_with_busybox(tmp_path_factory.mktemp("hutch"), busybox_tar)
     srv = start_server(data)
     try:
         yield srv

@@ -1,9 +1,12 @@
-"""The ``hutch`` command: ``hutch serve``, ``hutch image import|pull|list|rm|gc``."""
+"""The ``hutch`` command: ``hutch serve``, ``hutch image import|pull|list|rm|gc``,
+``hutch keys create|list|revoke``, ``hutch workspaces list|quota``."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
@@ -11,6 +14,12 @@ from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime.images import RegistryConfig
 from hutch.runtime.runc._network import DEFAULT_SUBNET, EgressConfig, HostPort
 from hutch.server._config import ServerConfig, default_data_dir
+
+if TYPE_CHECKING:
+    from hutch.server._admin import WorkspaceInfo
+    from hutch.store import Database
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="hutch: a self-hosted sandbox server.", no_args_is_help=True, add_completion=False
@@ -86,6 +95,15 @@ def _size(value: str, option: str) -> int:
         raise typer.BadParameter(str(exc)) from exc
 
 
+def _cpu(value: str, option: str) -> int:
+    from hutch.runtime._resources import QuantityError, parse_cpu
+
+    try:
+        return parse_cpu(value, check_host=False)
+    except QuantityError as exc:
+        raise typer.BadParameter(f"{option}: {exc}") from exc
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
@@ -107,6 +125,15 @@ def serve(
     default_storage: str = typer.Option(
         "10Gi", help="Disk limit of a sandbox whose template sets no storage"
     ),
+    quota_sandboxes: int | None = typer.Option(
+        None, min=0, help="Default quota: most sandboxes a workspace may hold [none]"
+    ),
+    quota_cpu: str | None = typer.Option(
+        None, help='Default quota: most CPU a workspace may use at once, e.g. "8" [none]'
+    ),
+    quota_memory: str | None = typer.Option(
+        None, help='Default quota: most memory a workspace may use at once, e.g. "16Gi" [none]'
+    ),
     default_registry: str = DefaultRegistry,
     registries_conf: Path | None = RegistriesConf,
     registry_auth: Path | None = RegistryAuth,
@@ -114,10 +141,15 @@ def serve(
     pull: bool = typer.Option(
         True, "--pull/--no-pull", help="Pull images missing from the local store"
     ),
+    default_image: str | None = typer.Option(
+        None,
+        envvar="HUTCH_DEFAULT_IMAGE",
+        help="Image of sandboxes created without a template [default: none, such creates fail]",
+    ),
     default_network: str = typer.Option(
         "none",
-        help="Network of templates created without one: none (loopback only) or egress "
-        "(outbound through NAT)",
+        help="Network of templates (and template-less sandboxes) created without one: none "
+        "(loopback only) or egress (outbound through NAT)",
     ),
     egress_subnet: str = typer.Option(
         DEFAULT_SUBNET, help="IPv4 subnet of the egress bridge (must not overlap the host's)"
@@ -144,6 +176,14 @@ def serve(
     if os.geteuid() != 0:
         typer.echo("hutch serve needs root (it runs runc containers)", err=True)
         raise typer.Exit(2)
+    if default_image:
+        from hutch.runtime.images import ImageError, normalize_reference
+
+        try:
+            default_image = normalize_reference(default_image)
+        except ImageError as exc:
+            typer.echo(f"error: --default-image: {exc}", err=True)
+            raise typer.Exit(2) from exc
     if default_network not in NETWORK_MODES:
         typer.echo(f"--default-network {default_network!r}: use none or egress", err=True)
         raise typer.Exit(2)
@@ -166,9 +206,13 @@ def serve(
         max_upload_bytes=max_upload_bytes,
         storage_pool_bytes=_size(storage_pool_size, "--storage-pool-size"),
         default_storage_bytes=_size(default_storage, "--default-storage"),
+        quota_sandboxes=quota_sandboxes,
+        quota_cpu_millis=_cpu(quota_cpu, "--quota-cpu") if quota_cpu else None,
+        quota_memory_bytes=_size(quota_memory, "--quota-memory") if quota_memory else None,
         registry=_registry_config(
             default_registry, registries_conf, registry_auth, insecure_registry, pull
         ),
+        default_image=default_image or None,
         default_network="egress" if default_network == "egress" else "none",
         egress=egress,
     )
@@ -291,3 +335,123 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+keys_app = typer.Typer(help="Manage API keys (each belongs to a workspace).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+ws_app = typer.Typer(help="Manage workspaces and their quotas.", no_args_is_help=True)
+app.add_typer(ws_app, name="workspaces")
+
+
+def _admin(data_dir: Path | None, action: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``action`` on the data dir's database (migrated first); errors exit 1 with a message."""
+    import asyncio
+
+    from hutch.server._admin import AdminError
+    from hutch.store import Database
+
+    async def run() -> T:
+        db = Database.in_dir(data_dir or default_data_dir())
+        try:
+            await db.migrate()
+            return await action(db)
+        finally:
+            await db.aclose()
+
+    try:
+        return asyncio.run(run())
+    except AdminError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@keys_app.command("create")
+def keys_create(
+    workspace: str = typer.Option("default", "--workspace", "-w", help="Workspace of the key"),
+    name: str = typer.Option("", help="A label for the key"),
+    admin: bool = typer.Option(False, "--admin", help="An admin key"),
+    data_dir: Path | None = DataDir,
+) -> None:
+    """Create a key and print it (it is stored hashed: this is the only time it is shown)."""
+    from hutch.server._admin import create_key
+
+    key, key_id = _admin(data_dir, lambda db: create_key(db, workspace, name, admin))
+    typer.echo(key)
+    typer.echo(
+        f"key id {key_id} in workspace {workspace!r}; a running server accepts it within a second",
+        err=True,
+    )
+
+
+@keys_app.command("list")
+def keys_list(
+    workspace: str | None = typer.Option(None, "--workspace", "-w", help="Only this workspace"),
+    data_dir: Path | None = DataDir,
+) -> None:
+    """List keys (ids, never the keys themselves)."""
+    from hutch.server._admin import list_keys
+
+    for k in _admin(data_dir, lambda db: list_keys(db, workspace)):
+        flags = " admin" if k.is_admin else ""
+        typer.echo(f"{k.id}  {k.workspace}  {k.created_at:%Y-%m-%d %H:%M}  {k.name}{flags}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data_dir: Path | None = DataDir) -> None:
+    """Delete a key; a running server refuses it within a second."""
+    from hutch.server._admin import revoke_key
+
+    _admin(data_dir, lambda db: revoke_key(db, key_id))
+    typer.echo(f"revoked {key_id}")
+
+
+def _show(w: WorkspaceInfo) -> str:
+    def limit(v: int | None, fmt: Callable[[int], str]) -> str:
+        return "-" if v is None else fmt(v)
+
+    return (
+        f"{w.name}  sandboxes {w.sandboxes}/{limit(w.max_sandboxes, str)}  "
+        f"cpu {limit(w.max_cpu_millis, lambda m: f'{m / 1000:g}')}  "
+        f"memory {limit(w.max_memory_bytes, lambda b: f'{b // 1024**2}Mi')}"
+    )
+
+
+@ws_app.command("list")
+def workspaces_list(data_dir: Path | None = DataDir) -> None:
+    """Workspaces with their sandbox count and quotas ("-": the server's default)."""
+    from hutch.server._admin import list_workspaces
+
+    for w in _admin(data_dir, list_workspaces):
+        typer.echo(_show(w))
+
+
+@ws_app.command("quota")
+def workspaces_quota(
+    workspace: str,
+    sandboxes: int | None = typer.Option(None, min=0, help="Most sandboxes at once"),
+    cpu: str | None = typer.Option(None, help='Most CPU in use at once, e.g. "4" or "1500m"'),
+    memory: str | None = typer.Option(None, help='Most memory in use at once, e.g. "8Gi"'),
+    clear: bool = typer.Option(False, "--clear", help="Unset every limit first"),
+    data_dir: Path | None = DataDir,
+) -> None:
+    """Set a workspace's quotas (a create past one answers 429 QuotaExceeded)."""
+    from hutch.runtime._resources import QuantityError, parse_cpu, parse_memory
+    from hutch.server._admin import set_quota
+
+    try:
+        cpu_millis = parse_cpu(cpu, check_host=False) if cpu is not None else None
+        memory_bytes = parse_memory(memory, check_host=False) if memory is not None else None
+    except QuantityError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    info = _admin(
+        data_dir,
+        lambda db: set_quota(
+            db,
+            workspace,
+            sandboxes=sandboxes,
+            cpu_millis=cpu_millis,
+            memory_bytes=memory_bytes,
+            clear=clear,
+        ),
+    )
+    typer.echo(_show(info))

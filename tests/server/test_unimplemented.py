@@ -21,8 +21,6 @@ pytestmark = pytest.mark.root
         ("GET", "/snapshots/abc", "Snapshots"),
         ("POST", "/boxes/some-box/snapshot", "Snapshots"),
         ("POST", "/boxes/some-box/service-url", "Service URLs"),
-        ("POST", "/boxes/some-box/start", "Starting and stopping"),
-        ("POST", "/boxes/some-box/stop", "Starting and stopping"),
         ("GET", "/registries", "Registries"),
     ],
 )

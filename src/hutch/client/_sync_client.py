@@ -607,6 +607,40 @@ class SandboxClient:
         )
         return ResourceStatus.from_dict(self._json_object(response))
 
+    def start_sandbox(
+        self, name: str, *, timeout: int = 120, headers: RequestHeaders = None
+    ) -> Sandbox:
+        """Start a stopped sandbox, its files as they were at the stop, and wait until it is
+        ready (spec §8).
+
+        Raises:
+            ResourceNotFoundError: No such sandbox.
+            ResourceCreationError: It failed to start.
+            ResourceTimeoutError: Not ready within ``timeout`` seconds.
+        """
+        self._box_action(name, "start", headers)
+        return self.wait_for_sandbox(name, timeout=timeout, headers=headers)
+
+    def stop_sandbox(self, name: str, *, headers: RequestHeaders = None) -> None:
+        """Stop a sandbox: its commands end and its CPU and memory are freed, but its files are
+        kept for :meth:`start_sandbox` (spec §8).
+
+        Raises:
+            ResourceNotFoundError: No such sandbox.
+        """
+        self._box_action(name, "stop", headers)
+
+    def _box_action(self, name: str, action: str, headers: RequestHeaders) -> None:
+        """``POST /boxes/{name}/{action}`` with ``{}``; 404 means no such sandbox (§8)."""
+        url = f"{self._base_url}/boxes/{name}/{action}"
+        self._call(
+            "POST",
+            url,
+            lambda w: sandbox_error(w, op="get", name=name, url=url),
+            headers=headers,
+            json={},
+        )
+
     def wait_for_sandbox(
         self,
         name: str,
@@ -654,7 +688,8 @@ class Sandbox:
         template_name: The template it was created from.
         dataplane_url: Where its commands and files are served; ``None`` blocks those.
         id: Its unique id, if the server sent one.
-        status: ``"provisioning"``, ``"ready"`` or ``"failed"`` (``None`` if the server sent null).
+        status: ``"provisioning"``, ``"ready"``, ``"stopped"`` or ``"failed"`` (``None`` if the
+            server sent null).
         status_message: Why it failed, if it did.
         created_at: Creation time (ISO 8601).
         updated_at: Last update time (ISO 8601).
@@ -721,6 +756,16 @@ class Sandbox:
             ResourceNotFoundError: It no longer exists.
         """
         self._client.delete_sandbox(self.name, headers=headers)
+
+    def start(self, *, timeout: int = 120, headers: RequestHeaders = None) -> None:
+        """Start it after :meth:`stop` and wait until it is ready (updates this object)."""
+        fresh = self._client.start_sandbox(self.name, timeout=timeout, headers=headers)
+        self.status, self.dataplane_url = fresh.status, fresh.dataplane_url
+
+    def stop(self, *, headers: RequestHeaders = None) -> None:
+        """Stop it, keeping its files (updates this object's status to ``"stopped"``)."""
+        self._client.stop_sandbox(self.name, headers=headers)
+        self.status = "stopped"
 
     def _require_dataplane_url(self) -> str:
         """The data-plane URL, after the client-side checks of spec §3.1."""

@@ -95,6 +95,24 @@ class Runtime(abc.ABC):
         """Stop and remove everything of the sandbox; idempotent."""
 
     @abc.abstractmethod
+    async def stop(self, sandbox_id: str) -> None:
+        """Stop the sandbox: every process in it is killed and its CPU and memory are freed, but
+        its filesystem is kept for :meth:`start`. Idempotent.
+
+        Raises:
+            SandboxNotFound: The runtime holds no such sandbox.
+        """
+
+    @abc.abstractmethod
+    async def start(self, spec: SandboxSpec) -> None:
+        """Start a stopped sandbox again from the same ``spec``, its files as they were at the
+        stop. A no-op when it is running; on failure it is left stopped.
+
+        Raises:
+            SandboxNotFound: The runtime holds no such sandbox (its filesystem is gone).
+        """
+
+    @abc.abstractmethod
     async def list_ids(self) -> set[str]:
         """Ids of all sandboxes this runtime holds."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,11 +61,14 @@ def create_app(config: ServerConfig) -> FastAPI:
         sessions = SessionManager()
         manager = SandboxManager(db, runtime, images, config, sessions)
         await manager.reconcile()
-        svc = Services(config, db, keys, images, runtime, manager, sessions)
+        manager.start_reaper()
+        svc = Services(config, db, keys, images, runtime, manager, sessions, manager.sockets)
         app.state.services = svc
+        key_watch = asyncio.create_task(keys.watch(), name="key-watch")
         try:
             yield
         finally:
+            key_watch.cancel()
             await _ws_exec.close_all(svc)
             await sessions.aclose()
             await manager.aclose()

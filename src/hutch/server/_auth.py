@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import secrets
 import uuid
@@ -14,6 +16,8 @@ from sqlalchemy import func, select
 from hutch.protocol._errors import ErrorType
 from hutch.server._errors import ApiError
 from hutch.store import ApiKey, Database, Workspace
+
+log = logging.getLogger("hutch.server")
 
 DEFAULT_WORKSPACE = "default"
 
@@ -44,6 +48,16 @@ class KeyRing:
         async with self._db.session() as s:
             rows = (await s.execute(select(ApiKey))).scalars().all()
         self._by_hash = {r.key_hash: Principal(r.id, r.workspace_id, r.is_admin) for r in rows}
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Re-read the key table every ``interval`` seconds (``hutch keys`` changes it while the
+        server runs: new keys work, revoked keys stop working, without a restart)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.load()
+            except Exception:  # a locked or busy database: keep the last table, try again
+                log.warning("could not re-read the API keys", exc_info=True)
 
     async def add(
         self,

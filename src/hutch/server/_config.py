@@ -38,10 +38,16 @@ class ServerConfig:
     storage_pool_bytes: int = 256 * 1024**3
     #: Disk limit of a sandbox whose template names no ``storage``.
     default_storage_bytes: int = 10 * 1024**3
+    #: Default quotas of a workspace (None: unlimited); ``hutch workspaces quota`` overrides.
+    quota_sandboxes: int | None = None
+    quota_cpu_millis: int | None = None
+    quota_memory_bytes: int | None = None
     #: Upper bound on ``timeout`` for a blocking create.
     max_create_timeout: int = 3600
     #: Pulling images: default registry, registries.conf (mirrors), credentials.
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    #: Image of sandboxes created without a template or snapshot (spec §9.1); None refuses them.
+    default_image: str | None = None
     #: Network mode of templates created without one (``none``: loopback only).
     default_network: NetworkMode = "none"
     #: How ``egress`` sandboxes are networked: bridge, subnet, DNS, allowed host ports.

@@ -1,8 +1,9 @@
-"""Control plane (spec §2.1–§2.2): templates and sandboxes."""
+"""Control plane (spec §2.1–§2.2, §8, §9.1): templates and sandboxes, their start and stop."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -10,11 +11,21 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from hutch.protocol._errors import ErrorType
-from hutch.runtime._resources import parse_memory
+from hutch.runtime._interface import SandboxNotFound
+from hutch.runtime._resources import parse_cpu, parse_memory
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError, not_found
-from hutch.server._manager import FAILED, PROVISIONING, SandboxManager, generate_name
+from hutch.server._manager import (
+    FAILED,
+    PROVISIONING,
+    READY,
+    STOPPED,
+    SandboxManager,
+    StartFailed,
+    WrongState,
+    generate_name,
+)
 from hutch.server._schemas import (
     SandboxCreate,
     SandboxUpdate,
@@ -29,6 +40,16 @@ router = APIRouter()
 
 TEMPLATE_HINT = "list templates with list_templates() or create it with create_template()"
 SANDBOX_HINT = "list sandboxes with list_sandboxes()"
+#: What to do about a sandbox in each state, for errors of stop and start.
+STATE_HINT = {
+    PROVISIONING: "wait until it is ready (wait_for_sandbox())",
+    READY: "stop it first",
+    STOPPED: "start it first",
+    FAILED: "delete it and create a new one",
+}
+#: Resources of a sandbox made from the default image (the SDKs' template defaults).
+DEFAULT_CPU, DEFAULT_MEMORY = "500m", "512Mi"
+LIFETIMES = ("ttl_seconds", "idle_ttl_seconds", "delete_after_stop_seconds")
 
 
 async def _template(svc: Services, who: Principal, name: str) -> Template:
@@ -185,6 +206,63 @@ def _progress(mgr: SandboxManager, sandbox_id: str) -> str:
     return f": {message}" if message else ""
 
 
+async def _insert_sandbox(
+    svc: Services, who: Principal, body: SandboxCreate, tpl: Template | None, resources: Resources
+) -> Sandbox:
+    """Write the new sandbox's row (status provisioning), generating a name if none was given."""
+    image, cpu, memory = resources
+    for _ in range(5):
+        candidate = svc.manager.new_row(
+            who.workspace_id,
+            body.name or generate_name(),
+            image=image,
+            cpu_millis=cpu,
+            memory_bytes=memory,
+            template=tpl,
+            ttl=body.ttl_seconds,
+            idle_ttl=body.idle_ttl_seconds,
+            delete_after_stop=body.delete_after_stop_seconds,
+            network=tpl.network if tpl else svc.config.default_network,
+        )
+        try:
+            async with svc.db.session() as s, s.begin():
+                s.add(candidate)
+            return candidate
+        except IntegrityError:
+            if body.name:
+                raise ApiError(
+                    ErrorType.ALREADY_EXISTS,
+                    f"Sandbox '{body.name}' already exists; pick another name or delete it first",
+                ) from None
+    # pragma: no cover - five random 8-character collisions in a row
+    raise ApiError(ErrorType.INTERNAL, "Could not generate a unique sandbox name; retry")
+
+
+Resources = tuple[str, int, int]
+
+
+def _resources(svc: Services, body: SandboxCreate, tpl: Template | None) -> Resources:
+    """Image, CPU (millicores) and memory (bytes) of a new sandbox: from its template, else the
+    server's default image (§9.1), with ``vcpus`` / ``mem_bytes`` over either."""
+    if tpl is not None:
+        image, cpu, memory = tpl.image, parse_cpu(tpl.cpu), parse_memory(tpl.memory)
+    elif svc.config.default_image:
+        image = svc.config.default_image
+        cpu, memory = parse_cpu(DEFAULT_CPU), parse_memory(DEFAULT_MEMORY)
+    else:
+        raise ApiError(
+            ErrorType.VALIDATION,
+            "No template_name given and this server has no default image; pass template_name "
+            "(see list_templates()), or start the server with --default-image NAME "
+            "(or HUTCH_DEFAULT_IMAGE)",
+        )
+    if body.vcpus is not None:
+        cpu = body.vcpus * 1000
+    if body.mem_bytes is not None:
+        memory = body.mem_bytes
+    return image, cpu, memory
+
+
 @router.post("/boxes", status_code=201)
 async def create_sandbox(
     body: SandboxCreate,
@@ -192,35 +270,25 @@ async def create_sandbox(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
-    tpl = await _template(svc, who, body.template_name)
+    missing = body.unsupported()
+    if missing:
+        raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
+    tpl = await _template(svc, who, body.template_name) if body.template_name else None
+    image, cpu, memory = _resources(svc, body, tpl)
     mgr: SandboxManager = svc.manager
-    row = None
-    for _ in range(5):
-        candidate = mgr.new_row(
-            who.workspace_id,
-            body.name or generate_name(),
-            tpl,
-            body.ttl_seconds,
-            body.idle_ttl_seconds,
-        )
-        try:
-            async with svc.db.session() as s, s.begin():
-                s.add(candidate)
-            row = candidate
-            break
-        except IntegrityError:
-            if body.name:
-                raise ApiError(
-                    ErrorType.ALREADY_EXISTS,
-                    f"Sandbox '{body.name}' already exists; pick another name or delete it first",
-                ) from None
-    if row is None:  # pragma: no cover - five random 8-character collisions in a row
-        raise ApiError(ErrorType.INTERNAL, "Could not generate a unique sandbox name; retry")
-    storage = parse_memory(tpl.storage, field="storage", check_host=False) if tpl.storage else None
+    async with mgr.quotas.lock(who.workspace_id):
+        await mgr.quotas.check(who.workspace_id, cpu, memory, new=True)
+        row = await _insert_sandbox(svc, who, body, tpl, (image, cpu, memory))
+    storage = body.fs_capacity_bytes or (
+        parse_memory(tpl.storage, field="storage", check_host=False)
+        if tpl is not None and tpl.storage
+        else None
+    )
     mgr.start_provisioning(row, storage_bytes=storage)
+    mgr.kick()
     base = dataplane_base(request)
     if not body.wait_for_ready:
-        return sandbox_json(row, base)
+        return sandbox_json(row, base, mgr.lifetime(row))
     outcome = await mgr.wait(row.id, body.timeout)
     if outcome is None:
         raise ApiError(
@@ -238,7 +306,7 @@ async def create_sandbox(
         )
     async with svc.db.session() as s:  # the provisioning task recorded status and updated_at
         fresh = await s.get(Sandbox, row.id)
-    return sandbox_json(fresh or row, base)
+    return sandbox_json(fresh or row, base, mgr.lifetime(fresh or row))
 
 
 @router.get("/boxes")
@@ -246,7 +314,8 @@ async def list_sandboxes(
     request: Request, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> dict[str, Any]:
     base = dataplane_base(request)
-    return {"sandboxes": [sandbox_json(r, base) for r in await workspace_sandboxes(svc, who)]}
+    rows = await workspace_sandboxes(svc, who)
+    return {"sandboxes": [sandbox_json(r, base, svc.manager.lifetime(r)) for r in rows]}
 
 
 @router.get("/boxes/{name}")
@@ -256,7 +325,8 @@ async def get_sandbox(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
-    return sandbox_json(await _sandbox(svc, who, name), dataplane_base(request))
+    row = await _sandbox(svc, who, name)
+    return sandbox_json(row, dataplane_base(request), svc.manager.lifetime(row))
 
 
 @router.get("/boxes/{name}/status")
@@ -276,6 +346,11 @@ async def update_sandbox(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
+    """Rename, or change lifetimes (``0`` removes one; a TTL counts from creation, an idle TTL
+    from the last activity, so a new value may expire the sandbox at once)."""
+    missing = body.unsupported()
+    if missing:
+        raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
     row = await _sandbox(svc, who, name)
     fields = body.model_dump(exclude_unset=True)
     try:
@@ -285,7 +360,7 @@ async def update_sandbox(
                 raise not_found("Sandbox", name, SANDBOX_HINT)
             if fields.get("name") is not None:
                 fresh.name = fields["name"]
-            for key in ("ttl_seconds", "idle_ttl_seconds"):
+            for key in LIFETIMES:
                 if key in fields:
                     setattr(fresh, key, fields[key] or None)
             fresh.updated_at = utcnow()
@@ -294,7 +369,55 @@ async def update_sandbox(
         raise ApiError(
             ErrorType.NAME_CONFLICT, f"Sandbox name '{body.name}' already in use"
         ) from None
-    return sandbox_json(row, dataplane_base(request))
+    svc.manager.kick()
+    return sandbox_json(row, dataplane_base(request), svc.manager.lifetime(row))
+
+
+async def _lifecycle(
+    op: Callable[[str], Awaitable[Sandbox]],
+    name: str,
+    request: Request,
+    svc: Services,
+    who: Principal,
+) -> dict[str, Any]:
+    """Apply the manager's ``stop`` or ``start`` to a sandbox and answer it, or the error."""
+    row = await _sandbox(svc, who, name)
+    try:
+        row = await op(row.id)
+    except WrongState as exc:
+        raise ApiError(ErrorType.NOT_READY, f"{exc}: {STATE_HINT[exc.current]}") from exc
+    except StartFailed as exc:
+        raise ApiError(exc.error, str(exc)) from exc
+    except SandboxNotFound:
+        raise not_found("Sandbox", name, SANDBOX_HINT) from None
+    return sandbox_json(row, dataplane_base(request), svc.manager.lifetime(row))
+
+
+@router.post("/boxes/{name}/stop")
+async def stop_sandbox(
+    name: str,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """Stop it (§8): its commands end, its CPU and memory are freed, its files are kept."""
+    return await _lifecycle(svc.manager.stop, name, request, svc, who)
+
+
+@router.post("/boxes/{name}/start")
+async def start_sandbox(
+    name: str,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """Start a stopped sandbox (§8) with its files as they were; ready when this answers."""
+    row = await _sandbox(svc, who, name)
+    quotas = svc.manager.quotas
+    if row.status == STOPPED:  # its CPU and memory count again
+        async with quotas.lock(who.workspace_id):
+            await quotas.check(who.workspace_id, row.cpu_millis, row.memory_bytes, new=False)
+    return await _lifecycle(svc.manager.start, name, request, svc, who)
 
 
 @router.delete("/boxes/{name}", status_code=204)

@@ -24,7 +24,7 @@ from hutch.server._auth import Principal
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._exec import run_to_completion
-from hutch.server._manager import READY
+from hutch.server._manager import READY, STOPPED
 from hutch.store import Sandbox
 
 router = APIRouter()
@@ -68,6 +68,12 @@ async def ready_sandbox(svc: Services, who: Principal, sandbox_id: str) -> Sandb
     if row is None:
         raise ApiError(
             ErrorType.NOT_FOUND, f"Sandbox '{sandbox_id}' not found; it may have been deleted"
+        )
+    if row.status == STOPPED:
+        raise ApiError(
+            ErrorType.NOT_READY,
+            f"Sandbox '{row.name}' is stopped; start it first "
+            f"(start_sandbox('{row.name}') or sb.start())",
         )
     if row.status != READY:
         raise ApiError(
@@ -135,17 +141,16 @@ async def execute(
 ) -> dict[str, Any]:
     row = await ready_sandbox(svc, who, sandbox_id)
     shell, cwd = resolve_command(svc, row, body.shell, body.cwd)
-    await svc.manager.touch(row.id)
-    try:
-        proc = await svc.runtime.exec(
-            row.id, ExecSpec(argv=[shell, "-c", body.command], env=body.env or {}, cwd=cwd)
+    async with svc.manager.active(row.id):  # a running command keeps the idle TTL off
+        try:
+            proc = await svc.runtime.exec(
+                row.id, ExecSpec(argv=[shell, "-c", body.command], env=body.env or {}, cwd=cwd)
+            )
+        except SandboxNotFound as exc:
+            raise ApiError(ErrorType.NOT_READY, f"Sandbox '{row.name}' is not running") from exc
+        result = await run_to_completion(
+            proc, timeout=body.timeout or None, max_bytes=svc.config.max_exec_output_bytes
         )
-    except SandboxNotFound as exc:
-        raise ApiError(ErrorType.NOT_READY, f"Sandbox '{row.name}' is not running") from exc
-    result = await run_to_completion(
-        proc, timeout=body.timeout or None, max_bytes=svc.config.max_exec_output_bytes
-    )
-    await svc.manager.touch(row.id)
     return {"stdout": result.stdout, "stderr": result.stderr, "exit_code": result.exit_code}
 
 

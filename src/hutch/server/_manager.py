@@ -3,6 +3,11 @@
 Provisioning runs in a task owned by the manager (not by the request), so a client that goes away
 never leaves a half-created sandbox; every exit path either reaches ``ready`` or removes what was
 made.
+
+The reaper, a task owned by the manager too, applies the lifetimes of :mod:`._lifetimes`: it
+sleeps until the next deadline (or until :meth:`SandboxManager.kick` says a deadline changed),
+deletes or stops what is due, and runs at once on start, so deadlines that passed while the
+server was down are met right away.
 """
 
 from __future__ import annotations
@@ -15,23 +20,33 @@ import secrets
 import string
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
+from starlette.websockets import WebSocket
 
 from hutch.protocol._errors import ErrorType
-from hutch.runtime._interface import Runtime, SandboxSpec
-from hutch.runtime._resources import parse_cpu, parse_memory
-from hutch.runtime.images import ImageError, ImagePuller, ImageStore
+from hutch.runtime._interface import Runtime, RuntimeError_, SandboxNotFound, SandboxSpec
+from hutch.runtime.images import Image, ImageError, ImagePuller, ImageStore
 from hutch.server._config import ServerConfig
+from hutch.server._lifetimes import Action, Deadline, Lifetime, next_deadline
+from hutch.server._quota import Limits, Quotas
 from hutch.server._registry_auth import TemplateCredentials
 from hutch.sessions import SessionManager
 from hutch.store import Database, Sandbox, Template, utcnow
 
 log = logging.getLogger("hutch.server")
 
-PROVISIONING, READY, FAILED = "provisioning", "ready", "failed"
+PROVISIONING, READY, FAILED, STOPPED = "provisioning", "ready", "failed", "stopped"
+#: Seconds between writes of a sandbox's activity to the store (the hot path stays cheap).
 TOUCH_INTERVAL = 5.0
+#: Seconds between the reaper's looks at a sandbox with an idle TTL while it is busy, so the end
+#: of its activity is known to within this much.
+BUSY_POLL = 1.0
+#: Seconds before the reaper retries after a failure; the longest it ever sleeps.
+REAPER_RETRY, REAPER_MAX_SLEEP = 5.0, 60.0
 _ALNUM = string.ascii_lowercase + string.digits
 
 
@@ -44,6 +59,22 @@ class Outcome:
     status: str
     error: ErrorType | None = None
     message: str | None = None
+
+
+class WrongState(Exception):
+    """A lifecycle operation was asked of a sandbox in a state that does not allow it."""
+
+    def __init__(self, name: str, current: str, expected: str) -> None:
+        super().__init__(f"Sandbox '{name}' is {current}; this needs it {expected}")
+        self.current, self.expected = current, expected
+
+
+class StartFailed(Exception):
+    """A stopped sandbox could not be started; ``error`` says why (it is still stopped)."""
+
+    def __init__(self, error: ErrorType, message: str) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class SandboxManager:
@@ -65,9 +96,22 @@ class SandboxManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._touched: dict[str, float] = {}
         self.pulls = ImagePuller(images, config.registry)
+        self.quotas = Quotas(
+            db, Limits(config.quota_sandboxes, config.quota_cpu_millis, config.quota_memory_bytes)
+        )
         self.registry_auth = TemplateCredentials(config.data_dir / "registry-auth")
         #: Image pull progress of sandboxes still provisioning (their status message).
         self.progress: dict[str, str] = {}
+        #: Latest activity per sandbox (the store's copy lags by up to TOUCH_INTERVAL).
+        self._active: dict[str, datetime] = {}
+        #: Blocking data-plane calls in flight per sandbox (see :meth:`active`).
+        self._in_flight: dict[str, int] = {}
+        #: Sandboxes the reaper last saw busy.
+        self._was_busy: set[str] = set()
+        #: Open data-plane WebSockets (exec and tunnel), shared with the request handlers.
+        self.sockets: set[WebSocket] = set()
+        self._wake = asyncio.Event()
+        self._reaper: asyncio.Task[None] | None = None
 
     def lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -88,6 +132,9 @@ class SandboxManager:
                     "delete it and create a new one",
                 )
                 await self.runtime.delete(r.id)
+            elif r.status == STOPPED and await self.runtime.is_running(r.id):
+                # A stop interrupted by the restart (or a start that did not finish): finish it.
+                await self.runtime.stop(r.id)
             elif r.status == PROVISIONING:
                 # A create interrupted by the restart: remove what it made, record the failure.
                 await self.runtime.delete(r.id)
@@ -103,6 +150,8 @@ class SandboxManager:
 
     async def aclose(self) -> None:
         tasks = list(self._tasks.values())
+        if self._reaper is not None:
+            tasks.append(self._reaper)
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -149,18 +198,8 @@ class SandboxManager:
                     return
                 finally:
                     self.progress.pop(row.id, None)
-                spec = SandboxSpec(
-                    id=row.id,
-                    hostname=row.name,
-                    image=image,
-                    cpu_millis=row.cpu_millis,
-                    memory_bytes=row.memory_bytes,
-                    storage_bytes=storage_bytes,
-                    pids_limit=self.config.pids_limit,
-                    network="egress" if row.network == "egress" else "none",
-                )
                 try:
-                    await self.runtime.create(spec)
+                    await self.runtime.create(self._spec(row, image, storage_bytes))
                 except Exception as exc:
                     log.exception("sandbox %s failed to start", row.name)
                     outcome = Outcome(
@@ -176,6 +215,7 @@ class SandboxManager:
             if not fut.done():
                 fut.set_result(outcome)
             self._done.pop(row.id, None)
+            self.kick()  # its idle TTL starts counting now
 
     async def wait(self, sandbox_id: str, timeout: float) -> Outcome | None:
         """The provisioning outcome, or None if it is not known within ``timeout`` seconds."""
@@ -192,33 +232,53 @@ class SandboxManager:
             return None
 
     async def _set_status(self, sandbox_id: str, status: str, message: str | None) -> None:
-        async with self.db.session() as s, s.begin():
-            await s.execute(
-                update(Sandbox)
-                .where(Sandbox.id == sandbox_id)
-                .values(status=status, status_message=message, updated_at=utcnow())
-            )
-
-    # -- create / delete -----------------------------------------------------------------------
+        await self._update(sandbox_id, status=status, status_message=message)
 
     @staticmethod
     def new_row(
-        workspace_id: str, name: str, tpl: Template, ttl: int | None, idle_ttl: int | None
+        workspace_id: str,
+        name: str,
+        *,
+        image: str,
+        cpu_millis: int,
+        memory_bytes: int,
+        template: Template | None,
+        ttl: int | None,
+        idle_ttl: int | None,
+        delete_after_stop: int | None,
+        network: str = "none",
     ) -> Sandbox:
+        """A record for a new sandbox (``0`` TTLs mean none)."""
         return Sandbox(
             id=uuid.uuid4().hex,
             workspace_id=workspace_id,
             name=name,
-            template_id=tpl.id,
-            template_name=tpl.name,
-            image=tpl.image,
-            cpu_millis=parse_cpu(tpl.cpu),
-            memory_bytes=parse_memory(tpl.memory),
-            network=tpl.network,
+            template_id=template.id if template else None,
+            template_name=template.name if template else None,
+            image=image,
+            cpu_millis=cpu_millis,
+            memory_bytes=memory_bytes,
+            network=network,
             status=PROVISIONING,
             ttl_seconds=ttl or None,
             idle_ttl_seconds=idle_ttl or None,
+            delete_after_stop_seconds=delete_after_stop or None,
         )
+
+    def _spec(self, row: Sandbox, image: Image, storage_bytes: int | None = None) -> SandboxSpec:
+        """``storage_bytes`` matters only at creation: the writable layer keeps its limit."""
+        return SandboxSpec(
+            id=row.id,
+            hostname=row.name,
+            image=image,
+            cpu_millis=row.cpu_millis,
+            memory_bytes=row.memory_bytes,
+            storage_bytes=storage_bytes,
+            pids_limit=self.config.pids_limit,
+            network="egress" if row.network == "egress" else "none",
+        )
+
+    # -- delete / stop / start -------------------------------------------------------------------
 
     async def destroy(self, sandbox_id: str) -> None:
         """Remove the container and the record (provisioning in flight is cancelled first)."""
@@ -232,20 +292,236 @@ class SandboxManager:
             await self.runtime.delete(sandbox_id)
             async with self.db.session() as s, s.begin():
                 await s.execute(delete(Sandbox).where(Sandbox.id == sandbox_id))
-        self._locks.pop(sandbox_id, None)
-        self._touched.pop(sandbox_id, None)
+        for table in (self._locks, self._touched, self._active, self._in_flight):
+            table.pop(sandbox_id, None)
+        self._was_busy.discard(sandbox_id)
 
-    async def touch(self, sandbox_id: str) -> None:
-        """Record activity (commands, file I/O) for the idle TTL.
+    async def stop(self, sandbox_id: str) -> Sandbox:
+        """Stop a ready sandbox (its commands are killed, its files kept); returns its record.
 
-        Written through to the store at most every ``TOUCH_INTERVAL`` seconds per sandbox, so the
-        hot exec path does not pay a database commit per call.
+        Stopping a stopped sandbox changes nothing. Raises :class:`WrongState` in any other
+        state, :class:`SandboxNotFound` if its record is gone.
         """
+        async with self.lock(sandbox_id):
+            row = await self._row(sandbox_id)
+            if row.status == STOPPED:
+                return row
+            if row.status != READY:
+                raise WrongState(row.name, row.status, "ready")
+            await self.sessions.close_owner(sandbox_id)
+            try:
+                await self.runtime.stop(sandbox_id)
+            except SandboxNotFound:
+                message = "Its files are gone from the host; delete it and create a new one"
+                await self._set_status(sandbox_id, FAILED, message)
+                raise WrongState(row.name, FAILED, "ready") from None
+            now = utcnow()
+            await self._update(
+                sandbox_id, status=STOPPED, status_message=None, stopped_at=now, last_active_at=now
+            )
+            self._active[sandbox_id] = now
+            self._was_busy.discard(sandbox_id)
+            row = await self._row(sandbox_id)
+        self.kick()
+        return row
+
+    async def start(self, sandbox_id: str) -> Sandbox:
+        """Start a stopped sandbox with its files as they were; returns its record.
+
+        Starting a ready sandbox changes nothing. Raises :class:`WrongState` in any other
+        state, :class:`StartFailed` when it cannot start (it stays stopped).
+        """
+        async with self.lock(sandbox_id):
+            row = await self._row(sandbox_id)
+            if row.status == READY:
+                return row
+            if row.status != STOPPED:
+                raise WrongState(row.name, row.status, "stopped")
+            try:
+                image = await asyncio.to_thread(self.images.get, row.image)
+            except ImageError as exc:
+                raise StartFailed(
+                    ErrorType.IMAGE_PULL, f"Image '{row.image}' is not available: {exc}"
+                ) from exc
+            try:
+                await self.runtime.start(self._spec(row, image))
+            except SandboxNotFound:
+                message = "Its files are gone from the host; delete it and create a new one"
+                await self._set_status(sandbox_id, FAILED, message)
+                raise StartFailed(ErrorType.SANDBOX_CONFIG, message) from None
+            except RuntimeError_ as exc:
+                log.warning("sandbox %s failed to start: %s", row.name, exc)
+                raise StartFailed(
+                    ErrorType.SANDBOX_CONFIG, f"Sandbox '{row.name}' failed to start: {exc}"
+                ) from exc
+            now = utcnow()
+            # Starting is activity: the idle TTL counts from here.
+            await self._update(
+                sandbox_id, status=READY, status_message=None, stopped_at=None, last_active_at=now
+            )
+            self._active[sandbox_id] = now
+            row = await self._row(sandbox_id)
+        self.kick()
+        return row
+
+    async def _row(self, sandbox_id: str) -> Sandbox:
+        async with self.db.session() as s:
+            row = await s.get(Sandbox, sandbox_id)
+        if row is None:
+            raise SandboxNotFound(f"sandbox {sandbox_id} was deleted")
+        return row
+
+    async def _update(self, sandbox_id: str, **values: object) -> None:
+        async with self.db.session() as s, s.begin():
+            await s.execute(
+                update(Sandbox)
+                .where(Sandbox.id == sandbox_id)
+                .values(updated_at=utcnow(), **values)
+            )
+
+    # -- activity ------------------------------------------------------------------------------
+
+    async def touch(self, sandbox_id: str, *, force: bool = False) -> None:
+        """Record activity (commands, file I/O, tunnels) for the idle TTL.
+
+        Written through to the store at most every ``TOUCH_INTERVAL`` seconds per sandbox
+        (unless ``force``), so the hot exec path does not pay a database commit per call.
+        """
+        self._active[sandbox_id] = when = utcnow()
         now = time.monotonic()
-        if now - self._touched.get(sandbox_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+        if not force and now - self._touched.get(sandbox_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
             return
         self._touched[sandbox_id] = now
         async with self.db.session() as s, s.begin():
             await s.execute(
-                update(Sandbox).where(Sandbox.id == sandbox_id).values(last_active_at=utcnow())
+                update(Sandbox).where(Sandbox.id == sandbox_id).values(last_active_at=when)
             )
+
+    @contextlib.asynccontextmanager
+    async def active(self, sandbox_id: str) -> AsyncIterator[None]:
+        """Marks the sandbox busy while a blocking data-plane call (``/execute``) runs."""
+        await self.touch(sandbox_id)
+        self._in_flight[sandbox_id] = self._in_flight.get(sandbox_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._in_flight.get(sandbox_id, 1) - 1
+            if left > 0:
+                self._in_flight[sandbox_id] = left
+            else:
+                self._in_flight.pop(sandbox_id, None)
+            await self.touch(sandbox_id)
+
+    def busy(self, sandbox_id: str) -> bool:
+        """A command runs or has a client attached, a tunnel is open, or ``/execute`` runs."""
+        if self._in_flight.get(sandbox_id):
+            return True
+        if any(s.running or s.subscribers for s in self.sessions.list(sandbox_id)):
+            return True
+        return any(ws.path_params.get("sandbox_id") == sandbox_id for ws in self.sockets)
+
+    def last_active(self, row: Sandbox) -> datetime:
+        """The latest activity known for the sandbox (this process's, or the store's)."""
+        mine = self._active.get(row.id)
+        return row.last_active_at if mine is None else max(mine, row.last_active_at)
+
+    def lifetime(self, row: Sandbox) -> Lifetime:
+        return Lifetime(
+            created_at=row.created_at,
+            last_active_at=self.last_active(row),
+            ttl_seconds=row.ttl_seconds,
+            idle_ttl_seconds=row.idle_ttl_seconds,
+            delete_after_stop_seconds=row.delete_after_stop_seconds,
+            ready=row.status == READY,
+            provisioning=row.status == PROVISIONING,
+            stopped_at=row.stopped_at if row.status == STOPPED else None,
+            idle_stops=row.template_id is None,
+        )
+
+    # -- reaper --------------------------------------------------------------------------------
+
+    def start_reaper(self) -> None:
+        """Start the reaper task (it runs a first pass at once)."""
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_forever(), name="reaper")
+
+    def kick(self) -> None:
+        """A deadline may have changed (create, update, stop, start): look again now."""
+        self._wake.set()
+
+    async def _reap_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                wait = await self.reap_once()
+            except Exception:
+                log.exception("the sandbox reaper failed; retrying in %.0fs", REAPER_RETRY)
+                wait = REAPER_RETRY
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
+
+    async def reap_once(self) -> float:
+        """Delete or stop every sandbox whose deadline passed; seconds until the next one."""
+        async with self.db.session() as s:
+            rows = (
+                (
+                    await s.execute(
+                        select(Sandbox).where(
+                            or_(
+                                Sandbox.ttl_seconds.is_not(None),
+                                Sandbox.idle_ttl_seconds.is_not(None),
+                                Sandbox.delete_after_stop_seconds.is_not(None),
+                            )
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        wake = REAPER_MAX_SLEEP
+        for row in rows:
+            if row.idle_ttl_seconds and row.status == READY:  # others are idle by definition
+                if self.busy(row.id):
+                    self._was_busy.add(row.id)
+                    await self.touch(row.id)
+                    wake = min(wake, BUSY_POLL)
+                elif row.id in self._was_busy:
+                    # Its activity ended within the last BUSY_POLL seconds: store when.
+                    self._was_busy.discard(row.id)
+                    await self.touch(row.id, force=True)
+            deadline = next_deadline(self.lifetime(row))
+            if deadline is None:
+                continue
+            left = (deadline.at - utcnow()).total_seconds()
+            if left > 0:
+                wake = min(wake, left)
+                continue
+            try:
+                await self._expire(row, deadline)
+            except Exception:
+                log.exception("could not %s expired sandbox %s", deadline.action, row.name)
+                wake = min(wake, REAPER_RETRY)
+        return wake
+
+    async def _expire(self, row: Sandbox, deadline: Deadline) -> None:
+        # Look again: a PATCH or some activity may have moved the deadline meanwhile.
+        try:
+            row = await self._row(row.id)
+        except SandboxNotFound:
+            return
+        due = next_deadline(self.lifetime(row))
+        if due is None or due.at > utcnow():
+            return
+        deadline = due
+        log.info(
+            "%s sandbox %s: its %s=%s passed",
+            "deleting" if deadline.action == Action.DELETE else "stopping",
+            row.name,
+            deadline.reason,
+            getattr(row, deadline.reason),
+        )
+        if deadline.action == Action.DELETE:
+            await self.destroy(row.id)
+            return
+        with contextlib.suppress(WrongState, SandboxNotFound):  # deleted or stopped meanwhile
+            await self.stop(row.id)

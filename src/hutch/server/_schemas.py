@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
 from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime._resources import QuantityError, parse_cpu, parse_memory
 from hutch.runtime.images import Credentials, ImageError, normalize_reference
+from hutch.server._lifetimes import Lifetime, expires_at
 from hutch.store import Sandbox, Template
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -127,31 +128,127 @@ class TemplateUpdate(_Body):
 
 
 Seconds = Annotated[StrictInt, Field(ge=0, le=10 * 365 * 86400)]
+Positive = Annotated[StrictInt, Field(ge=1)]
+
+
+def _unsupported(body: BaseModel, fields: dict[str, str]) -> str | None:
+    """The first field of ``fields`` (name → feature) the body sets, as a message."""
+    for field_name, feature in fields.items():
+        if getattr(body, field_name) is not None:
+            return (
+                f"{feature} ({field_name}) is not supported by this hutch server yet; "
+                f"leave {field_name} out"
+            )
+    return None
 
 
 class SandboxCreate(_Body):
-    template_name: StrictStr
+    """Template era (§2.2), 0.7.33 (§8) and newest (§9.1) fields alike.
+
+    With neither ``template_name`` nor a snapshot, the server's default image is used (§9.1).
+    Fields of features hutch does not have are accepted here and refused by
+    :meth:`unsupported` with a message naming the feature (501), not as unknown fields.
+    """
+
+    template_name: StrictStr | None = None
     name: StrictStr | None = None
     wait_for_ready: StrictBool = True
     timeout: Annotated[StrictInt, Field(ge=0, le=3600)] = 30
     ttl_seconds: Seconds | None = None
     idle_ttl_seconds: Seconds | None = None
+    delete_after_stop_seconds: Seconds | None = None
+    vcpus: Positive | None = None
+    mem_bytes: Positive | None = None
+    #: Accepted and not enforced, as a template's ``storage``.
+    fs_capacity_bytes: Positive | None = None
+    persistent: StrictBool | None = None
+    preserve_memory_on_stop: StrictBool | None = None
+    restore_memory: StrictBool | None = None
+    snapshot_id: StrictStr | None = None
+    snapshot: StrictStr | None = None
+    snapshot_name: StrictStr | None = None
+    labels: dict[StrictStr, StrictStr] | None = None
+    tag_value_ids: list[StrictStr] | None = None
+    mount_config: dict[str, Any] | None = None
+    proxy_config: dict[str, Any] | None = None
+    run_config: dict[str, Any] | None = None
+    access_delegation: dict[str, Any] | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         return None if v is None or v == "" else check_name(v)
 
+    @field_validator("vcpus")
+    @classmethod
+    def _vcpus(cls, v: int | None) -> int | None:
+        if v is not None:
+            try:
+                parse_cpu(str(v))
+            except QuantityError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("mem_bytes")
+    @classmethod
+    def _mem_bytes(cls, v: int | None) -> int | None:
+        if v is not None:
+            try:
+                parse_memory(str(v), field="mem_bytes")
+            except QuantityError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    def unsupported(self) -> str | None:
+        """Why hutch cannot honour this request (a missing feature), or None."""
+        if self.persistent is False:
+            return (
+                "Non-persistent sandboxes (persistent=false) are not supported by this hutch "
+                "server yet: a stopped sandbox always keeps its files; leave persistent out"
+            )
+        if self.preserve_memory_on_stop or self.restore_memory:
+            return (
+                "Memory snapshots (preserve_memory_on_stop, restore_memory) are not supported by "
+                "this hutch server yet; a start always boots afresh"
+            )
+        return _unsupported(
+            self,
+            {
+                "snapshot_id": "Creating sandboxes from snapshots",
+                "snapshot": "Creating sandboxes from snapshots",
+                "snapshot_name": "Creating sandboxes from snapshots",
+                "labels": "Sandbox labels",
+                "tag_value_ids": "Tags",
+                "mount_config": "Mounts",
+                "proxy_config": "Egress proxy configuration (sandboxes have loopback only)",
+                "run_config": "Run configuration",
+                "access_delegation": "Access delegation",
+            },
+        )
+
 
 class SandboxUpdate(_Body):
     name: StrictStr | None = None
     ttl_seconds: Seconds | None = None
     idle_ttl_seconds: Seconds | None = None
+    delete_after_stop_seconds: Seconds | None = None
+    proxy_config: dict[str, Any] | None = None
+    run_config: dict[str, Any] | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         return None if v is None else check_name(v)
+
+    def unsupported(self) -> str | None:
+        """Why hutch cannot honour this update (a missing feature), or None."""
+        return _unsupported(
+            self,
+            {
+                "proxy_config": "Egress proxy configuration (sandboxes have loopback only)",
+                "run_config": "Run configuration",
+            },
+        )
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -174,16 +271,9 @@ def template_json(t: Template) -> dict[str, Any]:
     }
 
 
-def expires_at(s: Sandbox) -> datetime | None:
-    deadlines = []
-    if s.ttl_seconds:
-        deadlines.append(s.created_at + timedelta(seconds=s.ttl_seconds))
-    if s.idle_ttl_seconds:
-        deadlines.append(s.last_active_at + timedelta(seconds=s.idle_ttl_seconds))
-    return min(deadlines) if deadlines else None
-
-
-def sandbox_json(s: Sandbox, dataplane_base: str) -> dict[str, Any]:
+def sandbox_json(s: Sandbox, dataplane_base: str, life: Lifetime) -> dict[str, Any]:
+    """A sandbox as every SDK generation reads it (a superset of §7, §8 and §9.1);
+    ``life`` gives ``expires_at`` (see :mod:`hutch.server._lifetimes`)."""
     return {
         "id": s.id,
         "name": s.name,
@@ -196,5 +286,7 @@ def sandbox_json(s: Sandbox, dataplane_base: str) -> dict[str, Any]:
         "updated_at": iso(s.updated_at),
         "ttl_seconds": s.ttl_seconds,
         "idle_ttl_seconds": s.idle_ttl_seconds,
-        "expires_at": iso(expires_at(s)),
+        "delete_after_stop_seconds": s.delete_after_stop_seconds,
+        "stopped_at": iso(s.stopped_at),
+        "expires_at": iso(expires_at(life)),
     }

@@ -186,7 +186,7 @@ def _command_json(c: CommandSession) -> dict[str, Any]:
 
 def _sandbox_item(svc: Services, row: Sandbox, base: str) -> dict[str, Any]:
     """The control plane's sandbox JSON plus what the UI shows: resources, running commands."""
-    item = sandbox_json(row, base)
+    item = sandbox_json(row, base, svc.manager.lifetime(row))
     item["resources"] = {"cpu": _cpu(row.cpu_millis), "memory": _memory(row.memory_bytes)}
     item["running_commands"] = sum(1 for c in svc.sessions.list(row.id) if c.running)
     return item

@@ -25,8 +25,6 @@ _FEATURES: list[tuple[str, str, list[str]]] = [
     ("/snapshots-by-name/{name}", "Snapshots", ["GET"]),
     ("/boxes/{name}/snapshot", "Snapshots", ["POST"]),
     ("/boxes/{name}/service-url", "Service URLs", ["POST"]),
-    ("/boxes/{name}/start", "Starting and stopping sandboxes", ["POST"]),
-    ("/boxes/{name}/stop", "Starting and stopping sandboxes", ["POST"]),
     ("/registries", "Registries", ["GET", "POST"]),
 ]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import event, inspect, select, text
 from sqlalchemy.ext.asyncio import (
@@ -22,31 +21,40 @@ from sqlalchemy.ext.asyncio import (
 
 from hutch.store._models import Base, SchemaVersion
 
+Step = Callable[[AsyncConnection], Awaitable[None]]
+
 
 async def _v1_initial(conn: AsyncConnection) -> None:
     await conn.run_sync(Base.metadata.create_all)
 
 
-async def _add_network_columns(conn: AsyncConnection) -> None:
-    """``network`` of templates and sandboxes; rows made before it were loopback-only.
+def _add_columns(table: str, columns: dict[str, str]) -> Step:
+    """A step adding ``columns`` (name → SQL type) that ``table`` lacks.
 
-    Self-contained and idempotent (a database made by ``_v1_initial`` from the current models
-    already has the columns), so its place in the list can change when migrations are merged.
+    A database made by :func:`_v1_initial` after the column joined the models has it already.
     """
 
-    def existing(sync_conn: Any, table: str) -> set[str]:
-        return {c["name"] for c in inspect(sync_conn).get_columns(table)}
+    async def step(conn: AsyncConnection) -> None:
+        have = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns(table)})
+        for name, sql_type in columns.items():
+            if name not in have:
+                await conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
 
-    for table in ("templates", "sandboxes"):
-        if "network" not in await conn.run_sync(existing, table):
-            await conn.execute(
-                text(f"ALTER TABLE {table} ADD COLUMN network VARCHAR(16) NOT NULL DEFAULT 'none'")
-            )
+    return step
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
+MIGRATIONS: list[Step] = [
     _v1_initial,
-    _add_network_columns,
+    # Start/stop and stop-anchored deletion.
+    _add_columns("sandboxes", {"stopped_at": "TIMESTAMP", "delete_after_stop_seconds": "INTEGER"}),
+    # Workspace quotas.
+    _add_columns(
+        "workspaces",
+        {"max_sandboxes": "INTEGER", "max_cpu_millis": "INTEGER", "max_memory_bytes": "INTEGER"},
+    ),
+    # Network mode; rows made before it were loopback-only.
+    _add_columns("templates", {"network": "VARCHAR(16) NOT NULL DEFAULT 'none'"}),
+    _add_columns("sandboxes", {"network": "VARCHAR(16) NOT NULL DEFAULT 'none'"}),
 ]
 
 

@@ -26,6 +26,10 @@ class Workspace(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Quotas (None: the server's default; see hutch.server._quota).
+    max_sandboxes: Mapped[int | None] = mapped_column(nullable=True)
+    max_cpu_millis: Mapped[int | None] = mapped_column(nullable=True)
+    max_memory_bytes: Mapped[int | None] = mapped_column(nullable=True)
 
 
 class ApiKey(Base):
@@ -74,3 +78,6 @@ class Sandbox(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_active_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: When it was stopped (status ``stopped``); None while it runs.
+    stopped_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    delete_after_stop_seconds: Mapped[int | None] = mapped_column(nullable=True)

@@ -519,6 +519,29 @@ async def test_delete_removes_veth_netns_address_and_nat(
         assert sandbox_id not in await rt.list_ids()
 
 
+async def test_stop_releases_the_network_and_start_plugs_it_in_again(
+    rt: RuncRuntime, images: dict[str, Image], outside: Outside
+) -> None:
+    """A stopped egress sandbox has no veth, namespace or address; started again it has eth0
+    and reaches the outside."""
+    sandbox_id = uuid.uuid4().hex
+    spec = SandboxSpec(
+        id=sandbox_id, hostname="net-stop", image=images["busybox"], network="egress"
+    )
+    await rt.create(spec)
+    att = attachment(rt, sandbox_id)
+    ipam = rt.network.ipam_dir / "hutch" / str(att.address.ip)
+    await rt.stop(sandbox_id)
+    assert not Path(f"/sys/class/net/{att.host_veth}").exists()
+    assert not att.netns.exists() and not ipam.exists() and not rt.network.has(sandbox_id)
+    await rt.start(spec)
+    assert await run(rt, sandbox_id, "ls /sys/class/net") == (0, "eth0\nlo\n")
+    probe = f"nc -w 5 {OUTSIDE_PEER} {OUTSIDE_PORT} </dev/null"
+    assert await run(rt, sandbox_id, probe) == (0, f"peer {OUTSIDE_HOST}\n")
+    await rt.delete(sandbox_id)
+    assert not rt.network.has(sandbox_id)
+
+
 async def test_concurrent_creates_get_distinct_addresses(
     rt: RuncRuntime, images: dict[str, Image], outside: Outside
 ) -> None:

@@ -38,6 +38,7 @@ from typing import BinaryIO
 from hutch.runtime import _fs, _netns
 from hutch.runtime._interface import (
     ExecSpec,
+    NetworkMode,
     Process,
     Runtime,
     RuntimeError_,
@@ -373,19 +374,39 @@ class RuncRuntime(Runtime):
         bundle = self._bundle(spec.id)
         if bundle.exists() or (self.state_root / spec.id).exists() or self.network.has(spec.id):
             await self.delete(spec.id)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        egress = spec.network == "egress"
         try:
-            await asyncio.to_thread(self._prepare_bundle, spec, bundle, egress)
+            await asyncio.to_thread(self._prepare_bundle, spec, bundle)
+            await self._run_container(spec.id, bundle, spec.network)
+            pid = self.init_pid(spec.id)
+            root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                # Egress: create, plug the sandbox's network in, then start (see _network).
+                uid, gid = self.file_owner(spec.id)
+                _fs.makedirs(root, HOME, uid=uid, gid=gid)
+            finally:
+                os.close(root)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.delete(spec.id))
+            raise
+
+    async def _run_container(self, sandbox_id: str, bundle: Path, network: NetworkMode) -> None:
+        """``runc run -d``; the init gets one end of a fresh control socket as its stdin.
+
+        Egress: ``runc create``, plug the sandbox's own network namespace in, ``runc start``
+        (see _network: the namespace must be the one runc makes, owned by the sandbox's user
+        namespace). The caller removes what a failure leaves.
+        """
+        egress = network == "egress"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            try:
                 rc, out = await self._runc(
                     *(["create"] if egress else ["run", "-d"]),
                     "--pid-file",
                     str(bundle / "init.pid"),
                     "--bundle",
                     str(bundle),
-                    spec.id,
+                    sandbox_id,
                     log=bundle / "runc.log",
                     stdin=theirs.fileno(),
                 )
@@ -394,29 +415,20 @@ class RuncRuntime(Runtime):
             if rc != 0:
                 raise RuntimeError_(f"runc could not start the sandbox: {out}")
             if egress:
-                await self.network.attach(spec.id, self.init_pid(spec.id))
-                rc, out = await self._runc("start", spec.id)
+                await self.network.attach(sandbox_id, self.init_pid(sandbox_id))
+                rc, out = await self._runc("start", sandbox_id)
                 if rc != 0:
                     raise RuntimeError_(f"runc could not start the sandbox: {out}")
-            if self._init_bin is not None:
-                self._spawners[spec.id] = _spawner.Spawner(ours)
-            else:
-                ours.close()
-            pid = self.init_pid(spec.id)
-            root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                _fs.makedirs(
-                    root, HOME, uid=self.file_owner(spec.id)[0], gid=self.file_owner(spec.id)[1]
-                )
-            finally:
-                os.close(root)
         except BaseException:
-            theirs.close()
-            if spec.id not in self._spawners:
-                ours.close()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.delete(spec.id))
+            ours.close()
             raise
+        if self._init_bin is None:
+            ours.close()
+            return
+        old = self._spawners.pop(sandbox_id, None)
+        if old is not None:
+            old.close()
+        self._spawners[sandbox_id] = _spawner.Spawner(ours)
 
     def _shared(self, sandbox_id: str) -> Path:
         """Where the sandbox's root filesystem is mounted and the files bind-mounted into it live.
@@ -431,7 +443,7 @@ class RuncRuntime(Runtime):
         self._bundle(sandbox_id)  # validates the id
         return self._public / sandbox_id
 
-    def _prepare_bundle(self, spec: SandboxSpec, bundle: Path, egress: bool) -> None:
+    def _prepare_bundle(self, spec: SandboxSpec, bundle: Path) -> None:
         bundle.mkdir(mode=0o700)
         for d in ("exec", "empty"):
             (bundle / d).mkdir()
@@ -456,13 +468,19 @@ class RuncRuntime(Runtime):
         # Loopback only: an empty resolver config, so lookups fail fast.
         (shared / "resolv.conf").write_text(
             self.network.resolv_conf()
-            if egress
+            if spec.network == "egress"
             else "# no network: this sandbox has loopback only\n"
         )
         uid, gid = self.file_owner(spec.id)
         for name in ("hostname", "hosts", "resolv.conf"):  # the sandbox's root may edit them
             (shared / name).chmod(0o644)
             os.chown(shared / name, uid, gid)
+        self._mount_rootfs(spec, bundle)
+
+    def _mount_rootfs(self, spec: SandboxSpec, bundle: Path) -> None:
+        """Overlay the image's layers under the sandbox's writable layer; write env and config."""
+        shared = self._shared(spec.id)
+        layer = self.storage.path(spec.id)
         rootfs = str(shared / "rootfs")
         layers = [str(p) for p in reversed(spec.image.layers)] or [str(bundle / "empty")]
         upper, work = str(layer / "upper"), str(layer / "work")
@@ -477,9 +495,11 @@ class RuncRuntime(Runtime):
         env = self.sandbox_env(spec)
         self._env[spec.id] = env
         (bundle / "env.json").write_text(json.dumps(env))
+        (bundle / "env.json").chmod(0o600)
         init = str(self._init_bin) if self._init_bin else None
         cfg = _spec.config(spec, rootfs, str(shared), env, init, self.idmap)
         (bundle / "config.json").write_text(json.dumps(cfg))
+        (bundle / "config.json").chmod(0o600)
 
     @staticmethod
     def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
@@ -533,6 +553,15 @@ class RuncRuntime(Runtime):
 
     async def delete(self, sandbox_id: str) -> None:
         bundle = self._bundle(sandbox_id)
+        await self._stop_container(sandbox_id, bundle)
+        shared = self._shared(sandbox_id)
+        if shared != bundle:
+            await asyncio.to_thread(shutil.rmtree, shared, True)
+        await asyncio.to_thread(self.storage.release, sandbox_id)
+        await asyncio.to_thread(shutil.rmtree, bundle, True)
+
+    async def _stop_container(self, sandbox_id: str, bundle: Path) -> None:
+        """Kill every process, remove the container and its cgroups, unmount the root."""
         spawner = self._spawners.pop(sandbox_id, None)
         if spawner is not None:
             spawner.close()
@@ -554,15 +583,37 @@ class RuncRuntime(Runtime):
             await self._runc("delete", "--force", sandbox_id)
         for ctl in CGROUP_ROOT.iterdir():
             _cgroups.remove_tree(ctl / parent.lstrip("/"))
+        # A stopped sandbox holds no address; starting it plugs it in again.
         await self.network.detach(sandbox_id)
-        shared = self._shared(sandbox_id)
-        rootfs = str(shared / "rootfs")
+        rootfs = str(self._shared(sandbox_id) / "rootfs")
         if _is_mounted(rootfs):
             _umount(rootfs)
-        if shared != bundle:
-            await asyncio.to_thread(shutil.rmtree, shared, True)
-        await asyncio.to_thread(self.storage.release, sandbox_id)
-        await asyncio.to_thread(shutil.rmtree, bundle, True)
+
+    async def stop(self, sandbox_id: str) -> None:
+        bundle = self._bundle(sandbox_id)
+        if not (self.storage.path(sandbox_id) / "upper").is_dir():
+            raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
+        await self._stop_container(sandbox_id, bundle)
+        # Only the filesystem (the writable layer) and the bundle's fixed files stay.
+        (bundle / "init.pid").unlink(missing_ok=True)
+        for leftover in (bundle / "exec").glob("*"):
+            leftover.unlink(missing_ok=True)
+
+    async def start(self, spec: SandboxSpec) -> None:
+        bundle = self._bundle(spec.id)
+        if not (self.storage.path(spec.id) / "upper").is_dir():
+            raise SandboxNotFound(f"sandbox {spec.id} does not exist")
+        if await self.is_running(spec.id):
+            return
+        await self.stop(spec.id)  # whatever a stop interrupted by a crash left
+        try:
+            await asyncio.to_thread(self._mount_rootfs, spec, bundle)
+            await self._run_container(spec.id, bundle, spec.network)
+            self.init_pid(spec.id)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.stop(spec.id))
+            raise
 
     async def list_ids(self) -> set[str]:
         ids = await self._runc_ids()
