@@ -7,6 +7,8 @@ CACHE ?= /var/cache/hutch
 export HUTCH_CACHE_DIR := $(CACHE)
 DEB_PACKAGES := runc skopeo catatonit mmdebstrap busybox-static python3-venv gcc libc6-dev btrfs-progs \
 	docker-registry apache2-utils chromium
+# Egress networking: the CNI plugins, and the tools hutch and its tests drive the host with.
+DEB_PACKAGES += containernetworking-plugins iptables iproute2 nftables
 PYTEST_ARGS ?=
 
 .PHONY: demo test check deps system-deps venv ui images gen bench clean
@@ -68,6 +70,7 @@ bench: deps
 	-$(PY) bench/lifecycle.py
 	-$(PY) bench/exec.py
 	-$(PY) bench/tunnel.py
+	-$(PY) bench/network.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info test-output ui/node_modules $(UI_STATIC)

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
+from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime.images import RegistryConfig
+from hutch.runtime.runc._network import DEFAULT_SUBNET, EgressConfig, HostPort
 from hutch.server._config import ServerConfig, default_data_dir
 
 if TYPE_CHECKING:
@@ -144,6 +146,27 @@ def serve(
         envvar="HUTCH_DEFAULT_IMAGE",
         help="Image of sandboxes created without a template [default: none, such creates fail]",
     ),
+    default_network: str = typer.Option(
+        "none",
+        help="Network of templates (and template-less sandboxes) created without one: none "
+        "(loopback only) or egress (outbound through NAT)",
+    ),
+    egress_subnet: str = typer.Option(
+        DEFAULT_SUBNET, help="IPv4 subnet of the egress bridge (must not overlap the host's)"
+    ),
+    egress_bridge: str = typer.Option(
+        "hutch0", help="Host bridge of egress sandboxes (one per server)"
+    ),
+    dns: list[str] = typer.Option(
+        [],
+        "--dns",
+        help="Nameserver for egress sandboxes (repeatable) [default: the host's, unless loopback]",
+    ),
+    allow_host_port: list[str] = typer.Option(
+        [],
+        "--allow-host-port",
+        help="A host port egress sandboxes may reach: PORT, PORT/tcp or PORT/udp (repeatable)",
+    ),
 ) -> None:
     """Run the API server."""
     import uvicorn
@@ -161,6 +184,19 @@ def serve(
         except ImageError as exc:
             typer.echo(f"error: --default-image: {exc}", err=True)
             raise typer.Exit(2) from exc
+    if default_network not in NETWORK_MODES:
+        typer.echo(f"--default-network {default_network!r}: use none or egress", err=True)
+        raise typer.Exit(2)
+    try:
+        egress = EgressConfig(
+            bridge=egress_bridge,
+            subnet=egress_subnet,
+            dns=tuple(dns),
+            allow_host_ports=tuple(HostPort.parse(p) for p in allow_host_port),
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     config = ServerConfig(
         data_dir=data_dir or default_data_dir(),
         host=host,
@@ -177,6 +213,8 @@ def serve(
             default_registry, registries_conf, registry_auth, insecure_registry, pull
         ),
         default_image=default_image or None,
+        default_network="egress" if default_network == "egress" else "none",
+        egress=egress,
     )
     uvicorn.run(
         create_app(config),

@@ -11,6 +11,7 @@ import asyncio
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from hutch.runtime.images._types import Image
 
@@ -27,6 +28,12 @@ class SpawnError(RuntimeError_):
     """A process could not be started inside a sandbox."""
 
 
+#: ``none``: loopback only. ``egress``: an address on a host bridge, out through NAT; no route to
+#: other sandboxes or to the host's own services.
+NetworkMode = Literal["none", "egress"]
+NETWORK_MODES: tuple[NetworkMode, ...] = ("none", "egress")
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """What a sandbox is made of. ``id`` is the runtime's key (stable across renames)."""
@@ -40,6 +47,7 @@ class SandboxSpec:
     storage_bytes: int | None = None
     pids_limit: int = 1024
     env: Mapping[str, str] = field(default_factory=dict)
+    network: NetworkMode = "none"
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             config.data_dir,
             storage_pool_bytes=config.storage_pool_bytes,
             storage_limit_bytes=config.default_storage_bytes,
+            network=config.egress,
         )
         sessions = SessionManager()
         manager = SandboxManager(db, runtime, images, config, sessions)

@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hutch.runtime._interface import NetworkMode
 from hutch.runtime.images import RegistryConfig
+from hutch.runtime.runc._network import EgressConfig
 
 
 def default_data_dir() -> Path:
@@ -46,3 +48,7 @@ class ServerConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     #: Image of sandboxes created without a template or snapshot (spec §9.1); None refuses them.
     default_image: str | None = None
+    #: Network mode of templates created without one (``none``: loopback only).
+    default_network: NetworkMode = "none"
+    #: How ``egress`` sandboxes are networked: bridge, subnet, DNS, allowed host ports.
+    egress: EgressConfig = field(default_factory=EgressConfig)

@@ -112,6 +112,7 @@ async def create_template(
         cpu=body.resources.cpu,
         memory=body.resources.memory,
         storage=body.resources.storage,
+        network=body.network or svc.config.default_network,
     )
     try:
         async with svc.db.session() as s, s.begin():
@@ -221,6 +222,7 @@ async def _insert_sandbox(
             ttl=body.ttl_seconds,
             idle_ttl=body.idle_ttl_seconds,
             delete_after_stop=body.delete_after_stop_seconds,
+            network=tpl.network if tpl else svc.config.default_network,
         )
         try:
             async with svc.db.session() as s, s.begin():

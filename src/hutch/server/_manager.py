@@ -246,6 +246,7 @@ class SandboxManager:
         ttl: int | None,
         idle_ttl: int | None,
         delete_after_stop: int | None,
+        network: str = "none",
     ) -> Sandbox:
         """A record for a new sandbox (``0`` TTLs mean none)."""
         return Sandbox(
@@ -257,6 +258,7 @@ class SandboxManager:
             image=image,
             cpu_millis=cpu_millis,
             memory_bytes=memory_bytes,
+            network=network,
             status=PROVISIONING,
             ttl_seconds=ttl or None,
             idle_ttl_seconds=idle_ttl or None,
@@ -273,6 +275,7 @@ class SandboxManager:
             memory_bytes=row.memory_bytes,
             storage_bytes=storage_bytes,
             pids_limit=self.config.pids_limit,
+            network="egress" if row.network == "egress" else "none",
         )
 
     # -- delete / stop / start -------------------------------------------------------------------

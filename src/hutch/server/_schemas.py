@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime._resources import QuantityError, parse_cpu, parse_memory
 from hutch.runtime.images import Credentials, ImageError, normalize_reference
 from hutch.server._lifetimes import Lifetime, expires_at
@@ -82,6 +83,8 @@ class TemplateCreate(_Body):
     image: StrictStr
     resources: ResourcesIn = Field(default_factory=ResourcesIn)
     volume_mounts: list[VolumeMountIn] = Field(default_factory=list)
+    #: hutch extension: ``none`` or ``egress``; absent: the server's ``--default-network``.
+    network: StrictStr | None = None
     # hutch extension: credentials for pulling ``image`` (kept by the server, never returned).
     registry_username: StrictStr | None = None
     registry_password: StrictStr | None = Field(default=None, repr=False)
@@ -98,6 +101,16 @@ class TemplateCreate(_Body):
         if self.registry_username is None or self.registry_password is None:
             return None
         return Credentials(self.registry_username, self.registry_password)
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, v: str | None) -> str | None:
+        if v is not None and v not in NETWORK_MODES:
+            raise ValueError(
+                f"{v!r} is not a network mode: use 'none' (loopback only) or 'egress' "
+                "(outbound connections through NAT; no other sandboxes, no host services)"
+            )
+        return v
 
     @field_validator("image")
     @classmethod
@@ -252,6 +265,7 @@ def template_json(t: Template) -> dict[str, Any]:
         "image": t.image,
         "resources": resources,
         "volume_mounts": [],
+        "network": t.network,
         "created_at": iso(t.created_at),
         "updated_at": iso(t.updated_at),
     }

@@ -52,6 +52,9 @@ MIGRATIONS: list[Step] = [
         "workspaces",
         {"max_sandboxes": "INTEGER", "max_cpu_millis": "INTEGER", "max_memory_bytes": "INTEGER"},
     ),
+    # Network mode; rows made before it were loopback-only.
+    _add_columns("templates", {"network": "VARCHAR(16) NOT NULL DEFAULT 'none'"}),
+    _add_columns("sandboxes", {"network": "VARCHAR(16) NOT NULL DEFAULT 'none'"}),
 ]
 
 

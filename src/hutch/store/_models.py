@@ -52,6 +52,8 @@ class Template(Base):
     cpu: Mapped[str] = mapped_column(String(32))
     memory: Mapped[str] = mapped_column(String(32))
     storage: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: ``none`` or ``egress`` (hutch extension); fixed when the template is made.
+    network: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -67,6 +69,8 @@ class Sandbox(Base):
     image: Mapped[str] = mapped_column(Text)
     cpu_millis: Mapped[int | None] = mapped_column(nullable=True)
     memory_bytes: Mapped[int | None] = mapped_column(nullable=True)
+    #: The template's network mode when the sandbox was made.
+    network: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     status: Mapped[str] = mapped_column(String(32))
     status_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     ttl_seconds: Mapped[int | None] = mapped_column(nullable=True)

@@ -9,6 +9,8 @@ Layout under ``data_dir``::
     storage.img           btrfs image holding every sandbox's writable layer (see _storage)
     storage/<id>/         that sandbox's subvolume, size-limited: upper/, work/
     bin/                  hutch-init, built from its source (see _spawner)
+    netns/<id>            network namespace of an egress sandbox (a bind mount; see _network)
+    cni/                  CNI state of egress sandboxes: <id>.json, ipam/
 
 Every sandbox lives in cgroup ``/hutch/<id>``; each command in a freezer sub-cgroup of it.
 """
@@ -36,6 +38,7 @@ from typing import BinaryIO
 from hutch.runtime import _fs, _netns
 from hutch.runtime._interface import (
     ExecSpec,
+    NetworkMode,
     Process,
     Runtime,
     RuntimeError_,
@@ -43,7 +46,7 @@ from hutch.runtime._interface import (
     SandboxSpec,
     SpawnError,
 )
-from hutch.runtime.runc import _cgroups, _spawner, _spec, _storage, _userns
+from hutch.runtime.runc import _cgroups, _network, _spawner, _spec, _storage, _userns
 from hutch.runtime.runc._overlay import mount_overlay
 
 log = logging.getLogger("hutch.runtime")
@@ -269,6 +272,7 @@ class RuncRuntime(Runtime):
         storage_pool_bytes: int = DEFAULT_STORAGE_POOL,
         storage_limit_bytes: int = DEFAULT_STORAGE_LIMIT,
         idmap: _userns.IdMap | None = _userns.IdMap(),
+        network: _network.EgressConfig | None = None,
     ) -> None:
         self.state_root = data_dir / "runc"
         self.bundles = data_dir / "sandboxes"
@@ -294,6 +298,7 @@ class RuncRuntime(Runtime):
         # Control sockets of the inits this server started (adopted sandboxes have none and
         # start commands with runc exec).
         self._spawners: dict[str, _spawner.Spawner] = {}
+        self.network = _network.EgressNetwork(data_dir, network)
         # Sandbox ids 0..65535 are host ids idmap.base..; None: no user namespace.
         self.idmap = idmap
         self._userns_fd: int | None = None
@@ -314,6 +319,9 @@ class RuncRuntime(Runtime):
         if self._userns_fd is not None:
             os.close(self._userns_fd)
             self._userns_fd = None
+        # The host's egress bridge and firewall go once no sandbox uses them; running sandboxes
+        # (kept across a restart) keep theirs.
+        await self.network.aclose()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -364,11 +372,11 @@ class RuncRuntime(Runtime):
 
     async def create(self, spec: SandboxSpec) -> None:
         bundle = self._bundle(spec.id)
-        if bundle.exists() or (self.state_root / spec.id).exists():
+        if bundle.exists() or (self.state_root / spec.id).exists() or self.network.has(spec.id):
             await self.delete(spec.id)
         try:
             await asyncio.to_thread(self._prepare_bundle, spec, bundle)
-            await self._run_container(spec.id, bundle)
+            await self._run_container(spec.id, bundle, spec.network)
             pid = self.init_pid(spec.id)
             root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -381,14 +389,19 @@ class RuncRuntime(Runtime):
                 await asyncio.shield(self.delete(spec.id))
             raise
 
-    async def _run_container(self, sandbox_id: str, bundle: Path) -> None:
-        """``runc run -d``; the init gets one end of a fresh control socket as its stdin."""
+    async def _run_container(self, sandbox_id: str, bundle: Path, network: NetworkMode) -> None:
+        """``runc run -d``; the init gets one end of a fresh control socket as its stdin.
+
+        Egress: ``runc create``, plug the sandbox's own network namespace in, ``runc start``
+        (see _network: the namespace must be the one runc makes, owned by the sandbox's user
+        namespace). The caller removes what a failure leaves.
+        """
+        egress = network == "egress"
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             try:
                 rc, out = await self._runc(
-                    "run",
-                    "-d",
+                    *(["create"] if egress else ["run", "-d"]),
                     "--pid-file",
                     str(bundle / "init.pid"),
                     "--bundle",
@@ -401,6 +414,11 @@ class RuncRuntime(Runtime):
                 theirs.close()
             if rc != 0:
                 raise RuntimeError_(f"runc could not start the sandbox: {out}")
+            if egress:
+                await self.network.attach(sandbox_id, self.init_pid(sandbox_id))
+                rc, out = await self._runc("start", sandbox_id)
+                if rc != 0:
+                    raise RuntimeError_(f"runc could not start the sandbox: {out}")
         except BaseException:
             ours.close()
             raise
@@ -447,8 +465,12 @@ class RuncRuntime(Runtime):
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             f"127.0.1.1\t{spec.hostname}\n"
         )
-        # Loopback-only network for now: an empty resolver config, so lookups fail fast.
-        (shared / "resolv.conf").write_text("# no network: this sandbox has loopback only\n")
+        # Loopback only: an empty resolver config, so lookups fail fast.
+        (shared / "resolv.conf").write_text(
+            self.network.resolv_conf()
+            if spec.network == "egress"
+            else "# no network: this sandbox has loopback only\n"
+        )
         uid, gid = self.file_owner(spec.id)
         for name in ("hostname", "hosts", "resolv.conf"):  # the sandbox's root may edit them
             (shared / name).chmod(0o644)
@@ -561,6 +583,8 @@ class RuncRuntime(Runtime):
             await self._runc("delete", "--force", sandbox_id)
         for ctl in CGROUP_ROOT.iterdir():
             _cgroups.remove_tree(ctl / parent.lstrip("/"))
+        # A stopped sandbox holds no address; starting it plugs it in again.
+        await self.network.detach(sandbox_id)
         rootfs = str(self._shared(sandbox_id) / "rootfs")
         if _is_mounted(rootfs):
             _umount(rootfs)
@@ -584,7 +608,7 @@ class RuncRuntime(Runtime):
         await self.stop(spec.id)  # whatever a stop interrupted by a crash left
         try:
             await asyncio.to_thread(self._mount_rootfs, spec, bundle)
-            await self._run_container(spec.id, bundle)
+            await self._run_container(spec.id, bundle, spec.network)
             self.init_pid(spec.id)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -593,6 +617,7 @@ class RuncRuntime(Runtime):
 
     async def list_ids(self) -> set[str]:
         ids = await self._runc_ids()
+        ids.update(self.network.ids())
         ids.update(p.name for p in self.bundles.iterdir() if p.is_dir())
         ids.update(p.name for p in self.storage.root.iterdir() if p.is_dir())
         return ids
