@@ -137,6 +137,16 @@ def test_sandboxes_follow_their_template(net_server: Server) -> None:
     assert _interfaces(net_server, str(plain["name"])) == "lo\n"
 
 
+def test_sdk_create_template_takes_the_network(net_server: Server) -> None:
+    """The hutch SDK's ``create_template(network=...)`` sets the mode and reads it back."""
+    name = f"net-{uuid.uuid4().hex[:8]}"
+    with net_server.client() as client:
+        tpl = client.create_template(name, "local/busybox", network="egress")
+        assert tpl.network == "egress"
+        assert client.get_template(name).network == "egress"
+    assert _interfaces(net_server, name) == "eth0\nlo\n"
+
+
 def test_default_network_flag(tmp_path: Path, busybox_tar: Path, own_bridge: str) -> None:
     """``--default-network egress``: templates made without ``network`` are egress, and their
     sandboxes get an interface; an explicit "none" still wins."""

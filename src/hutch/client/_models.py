@@ -81,6 +81,8 @@ class SandboxTemplate:
     id: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    #: hutch's network mode (``"none"`` or ``"egress"``); None from servers without one.
+    network: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SandboxTemplate:
@@ -105,6 +107,7 @@ class SandboxTemplate:
             id=data.get("id"),
             created_at=data.get("created_at"),
             updated_at=data.get("updated_at"),
+            network=data.get("network"),
         )
 
 

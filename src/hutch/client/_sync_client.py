@@ -343,9 +343,13 @@ class SandboxClient:
         memory: str = "512Mi",
         storage: str | None = None,
         volume_mounts: Sequence[VolumeMountSpec] | None = None,
+        network: str | None = None,
         headers: RequestHeaders = None,
     ) -> SandboxTemplate:
         """Create a template: the image and limits sandboxes are made from.
+
+        ``network`` (a hutch extension) is ``"none"`` (loopback only) or ``"egress"`` (outbound
+        access through NAT); the server's default when left out.
 
         Raises:
             ValidationError: The server rejected a value.
@@ -355,6 +359,8 @@ class SandboxClient:
         if storage:
             resources["storage"] = storage
         payload: dict[str, Any] = {"name": name, "image": image, "resources": resources}
+        if network is not None:
+            payload["network"] = network
         if volume_mounts:
             payload["volume_mounts"] = [
                 {"volume_name": vm.volume_name, "mount_path": vm.mount_path} for vm in volume_mounts

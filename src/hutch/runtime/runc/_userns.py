@@ -21,6 +21,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,14 +74,17 @@ def namespace_fd(idmap: IdMap) -> int:
     try:
         own = os.readlink("/proc/self/ns/user")
         path = f"/proc/{helper.pid}/ns/user"
-        for _ in range(1000):  # until the helper has unshared
+        deadline = time.monotonic() + 10
+        while True:  # until the helper has unshared (a busy host can take a while)
             with contextlib.suppress(FileNotFoundError):
                 if os.readlink(path) != own:
                     break
             if helper.poll() is not None:
                 err = helper.stderr.read().decode() if helper.stderr else ""
                 raise UsernsError(f"cannot create a user namespace: {err.strip()}")
-            os.sched_yield()
+            if time.monotonic() > deadline:
+                raise UsernsError("the helper did not enter a new user namespace within 10 s")
+            time.sleep(0.001)
         line = f"0 {idmap.base} {idmap.size}\n"
         for kind in ("uid_map", "gid_map"):
             with open(f"/proc/{helper.pid}/{kind}", "w") as f:
