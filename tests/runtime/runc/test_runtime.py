@@ -290,3 +290,17 @@ async def test_missing_sandbox(runtime: RuncRuntime) -> None:
         await runtime.exec(uuid.uuid4().hex, ExecSpec(argv=["/bin/true"]))
     with pytest.raises(SandboxNotFound):
         runtime.root_fd(uuid.uuid4().hex)
+
+
+async def test_close_leaves_nothing_on_the_host(data: Path, image: Image) -> None:
+    """Once its last sandbox is gone, closing the runtime unmounts the storage pool and removes
+    its directory under /run/hutch."""
+    rt = RuncRuntime(data)
+    spec = make_spec(image)
+    await rt.create(spec)
+    public = rt._shared(spec.id).parent
+    await rt.delete(spec.id)
+    await rt.aclose()
+    assert not public.exists()
+    with open("/proc/self/mountinfo") as f:
+        assert str(data) not in f.read()

@@ -319,6 +319,11 @@ class RuncRuntime(Runtime):
         if self._userns_fd is not None:
             os.close(self._userns_fd)
             self._userns_fd = None
+        if self._public is not None and self._public.is_dir():
+            with os.scandir(self._public) as entries:
+                in_use = any(e.is_dir(follow_symlinks=False) for e in entries)
+            if not in_use:  # only the init's copy is left: nothing of a sandbox
+                await asyncio.to_thread(shutil.rmtree, self._public, True)
         # The host's egress bridge and firewall go once no sandbox uses them; running sandboxes
         # (kept across a restart) keep theirs.
         await self.network.aclose()
