@@ -302,5 +302,4 @@ async def test_close_leaves_nothing_on_the_host(data: Path, image: Image) -> Non
     await rt.delete(spec.id)
     await rt.aclose()
     assert not public.exists()
-    with open("/proc/self/mountinfo") as f:
-        assert str(data) not in f.read()
+    assert str(data) not in Path("/proc/self/mountinfo").read_text()
