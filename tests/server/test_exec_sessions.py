@@ -149,6 +149,21 @@ def test_pty_handle_takes_input(sandbox: Sandbox) -> None:
     assert "typed\r\n" in result.stdout.removesuffix("got:typed\r\n")  # the terminal's echo
 
 
+def test_pty_handle_resizes_its_terminal(sandbox: Sandbox) -> None:
+    """handle.resize() reaches the PTY: stty size follows; bad sizes are refused locally."""
+    handle = sandbox.run("stty size; read x; stty size", pty=True, timeout=30, wait=False)
+    seen = ""
+    for chunk in handle:  # the first size is printed before the resize is sent
+        seen += chunk.data
+        if "24 80\r\n" in seen:
+            break
+    handle.resize(50, 132)
+    handle.send_input("go\n")
+    assert "50 132\r\n" in handle.result.stdout
+    with pytest.raises(ValueError, match="rows"):
+        handle.resize(0, 80)
+
+
 # -- several clients, offsets --------------------------------------------------------------------
 
 SEQ = "".join(f"{i}\n" for i in range(1, 200_001))

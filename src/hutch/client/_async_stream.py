@@ -40,6 +40,7 @@ from hutch.protocol._exec import (
     OffsetTracker,
     Output,
     Reconnect,
+    Resize,
     ServerMessage,
     Started,
     encode_client_message,
@@ -461,6 +462,16 @@ class AsyncCommandHandle:
             SandboxConnectionError: The connection is down; it may not have arrived.
         """
         await self._send(CloseStdin(), "close stdin")
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the size of the command's PTY (a hutch extension; only for ``pty=True``).
+
+        Raises:
+            ValueError: ``rows`` or ``cols`` is not between 1 and 65535.
+            SandboxOperationError: The command has exited, failed or was killed.
+            SandboxConnectionError: The connection is down; it may not have arrived.
+        """
+        await self._send(Resize(rows, cols), "resize")  # Resize() checks the bounds
 
     async def kill(self) -> None:
         """SIGKILL the command's whole process group, then drop the connection (spec §4.4).

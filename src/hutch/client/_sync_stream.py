@@ -41,6 +41,7 @@ from hutch.protocol._exec import (
     OffsetTracker,
     Output,
     Reconnect,
+    Resize,
     ServerMessage,
     Started,
     encode_client_message,
@@ -462,6 +463,20 @@ class CommandHandle:
             SandboxConnectionError: The connection is down; it may not have arrived.
         """
         self._send(CloseStdin(), "close stdin")
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the size of the command's PTY (a hutch extension; only for ``pty=True``).
+
+        Raises:
+            ValueError: ``rows`` or ``cols`` is not between 1 and 65535.
+            SandboxOperationError: The command has exited, failed or was killed.
+            SandboxConnectionError: The connection is down; it may not have arrived.
+        """
+        try:
+            msg = Resize(rows, cols)
+        except ExecProtocolError as exc:
+            raise ValueError(str(exc)) from exc
+        self._send(msg, "resize")
 
     def kill(self) -> None:
         """SIGKILL the command's whole process group, then drop the connection (spec §4.4).
