@@ -472,11 +472,7 @@ class CommandHandle:
             SandboxOperationError: The command has exited, failed or was killed.
             SandboxConnectionError: The connection is down; it may not have arrived.
         """
-        try:
-            msg = Resize(rows, cols)
-        except ExecProtocolError as exc:
-            raise ValueError(str(exc)) from exc
-        self._send(msg, "resize")
+        self._send(Resize(rows, cols), "resize")  # Resize() checks the bounds
 
     def kill(self) -> None:
         """SIGKILL the command's whole process group, then drop the connection (spec §4.4).
