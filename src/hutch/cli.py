@@ -26,6 +26,10 @@ app = typer.Typer(
 )
 image_app = typer.Typer(help="Manage the local image store.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+keys_app = typer.Typer(help="Manage API keys (each belongs to a workspace).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+ws_app = typer.Typer(help="Manage workspaces and their quotas.", no_args_is_help=True)
+app.add_typer(ws_app, name="workspaces")
 
 DataDir = typer.Option(
     None,
@@ -329,20 +333,6 @@ def image_gc(data_dir: Path | None = DataDir) -> None:
     typer.echo(f"freed {result.freed_layers} layers ({result.freed_bytes // 1024} KiB){kept}")
 
 
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
-
-
-keys_app = typer.Typer(help="Manage API keys (each belongs to a workspace).", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-ws_app = typer.Typer(help="Manage workspaces and their quotas.", no_args_is_help=True)
-app.add_typer(ws_app, name="workspaces")
-
-
 def _admin(data_dir: Path | None, action: Callable[[Database], Awaitable[T]]) -> T:
     """Run ``action`` on the data dir's database (migrated first); errors exit 1 with a message."""
     import asyncio
@@ -455,3 +445,11 @@ def workspaces_quota(
         ),
     )
     typer.echo(_show(info))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
