@@ -1,0 +1,197 @@
+"""Processes of sandbox commands: followed through a freezer cgroup, reaped by the server.
+
+A command started by ``runc exec --detach`` is re-parented to the server (a child subreaper) and
+reaped with ``waitid(P_PIDFD)``; one started by the sandbox's init (see :mod:`_spawner`) gets its
+exit status from the init. Either way kill is the command cgroup's freeze-and-SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import functools
+import logging
+import os
+import socket
+import struct
+import termios
+from pathlib import Path
+from typing import BinaryIO
+
+from hutch.runtime._interface import Process, SpawnError
+from hutch.runtime.runc import _cgroups, _spawner
+
+log = logging.getLogger("hutch.runtime")
+
+
+def _same(protocol: asyncio.StreamReaderProtocol) -> asyncio.StreamReaderProtocol:
+    return protocol
+
+
+class RuncProcess(Process):
+    """A command in its own freezer cgroup; its exit code is 128+N when killed by signal N."""
+
+    def __init__(self, cgroup: Path, spec_file: Path | None, pid_file: Path | None) -> None:
+        self._cgroup = cgroup
+        self._spec_file = spec_file
+        self._pid_file = pid_file
+        self.pid = 0
+
+    async def kill(self) -> None:
+        await _cgroups.kill_all(self._cgroup)
+
+    def members(self) -> list[int]:
+        return _cgroups.pids(self._cgroup)
+
+    def _cleanup(self) -> None:
+        for f in (self._spec_file, self._pid_file):
+            if f is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+        # Background children of a finished command may still be running; their cgroup stays
+        # until they exit or the sandbox is deleted.
+        with contextlib.suppress(OSError):
+            _cgroups.remove_if_empty(self._cgroup)
+
+
+class DetachedProcess(RuncProcess):
+    """A command started with ``runc exec --detach``, reaped by this (subreaper) process.
+
+    A non-detached ``runc exec`` relays the command's stdio through pipes of its own and exits
+    only at EOF, i.e. when the *last* process holding them exits: ``sleep 300 &`` would keep a
+    finished command running. Detached, the command writes straight into our pipes, runc exits
+    at once, the command is re-parented to us (we are a child subreaper) and its exit status
+    comes from ``waitid(P_PIDFD)``.
+    """
+
+    def __init__(self, cgroup: Path, spec_file: Path | None, pid_file: Path | None) -> None:
+        super().__init__(cgroup, spec_file, pid_file)
+        self._transports: list[asyncio.BaseTransport] = []
+        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def _connect(self, out: BinaryIO, err: BinaryIO, in_: BinaryIO) -> None:
+        loop = asyncio.get_running_loop()
+        readers = []
+        for pipe in (out, err):
+            reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_read_pipe(functools.partial(_same, protocol), pipe)
+            self._transports.append(transport)
+            readers.append(reader)
+        self.stdout, self.stderr = readers
+        proto = asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop))
+        wtransport, _ = await loop.connect_write_pipe(functools.partial(_same, proto), in_)
+        self._transports.append(wtransport)
+        self.stdin = asyncio.StreamWriter(wtransport, proto, None, loop)
+
+    def _adopt(self, runc_code: int) -> None:
+        """After ``runc exec -d`` exited: follow the command, or record why it never ran."""
+        if runc_code != 0:
+            self._exit.set_result(runc_code)  # runc's message is on the command's stderr
+            return
+        assert self._pid_file is not None
+        try:
+            self.pid = int(self._pid_file.read_text())
+            pidfd = os.pidfd_open(self.pid)
+        except (OSError, ValueError) as exc:
+            log.warning("lost track of a command started by runc: %s", exc)
+            self._exit.set_result(255)
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, self._reap, pidfd)
+
+    def _reap(self, pidfd: int) -> None:
+        try:
+            res = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            log.warning("command %d was not re-parented to the server; exit code lost", self.pid)
+            res = None
+        else:
+            if res is None:
+                return  # not exited yet (spurious wake-up)
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        if res is None:
+            code = 255
+        elif res.si_code == os.CLD_EXITED:
+            code = res.si_status
+        else:
+            code = 128 + res.si_status
+        if not self._exit.done():
+            self._exit.set_result(code)
+
+    def _exited(self, status: int) -> None:
+        """A wait status reported by the sandbox's init (-1: the init went away)."""
+        if status < 0:
+            # The sandbox is going: make sure nothing of the command outlives the report.
+            task = asyncio.get_running_loop().create_task(self.kill())
+            task.add_done_callback(lambda _t: self._set_exit(137))
+            return
+        self._set_exit(_spawner.exit_code(status))
+
+    def _set_exit(self, code: int) -> None:
+        if not self._exit.done():
+            self._exit.set_result(code)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    async def close(self) -> None:
+        if not self._exit.done():
+            await self.kill()
+            await self.wait()
+        for transport in self._transports:
+            transport.close()
+        self._cleanup()
+
+
+class _EioIsEof(asyncio.StreamReaderProtocol):
+    """A PTY master reads EIO once the last slave fd closes: that is the end of output."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:
+            exc = None
+        super().connection_lost(exc)
+
+
+class PtyProcess(DetachedProcess):
+    """A command on a pseudo-terminal whose master runc handed us over the console socket."""
+
+    def __init__(self, cgroup: Path, spec_file: Path | None, pid_file: Path | None) -> None:
+        super().__init__(cgroup, spec_file, pid_file)
+        self._master = -1
+
+    async def _connect_pty(self, master: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._master = os.dup(master)  # kept for TIOCSWINSZ; the transports own the others
+        reader = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        protocol = _EioIsEof(reader)
+        rfile = os.fdopen(master, "rb", 0)
+        transport, _ = await loop.connect_read_pipe(functools.partial(_same, protocol), rfile)
+        self._transports.append(transport)
+        wfile = os.fdopen(os.dup(master), "wb", 0)
+        proto = asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop))
+        wtransport, _ = await loop.connect_write_pipe(functools.partial(_same, proto), wfile)
+        self._transports.append(wtransport)
+        self.stdout, self.stderr = reader, None
+        self.stdin = asyncio.StreamWriter(wtransport, proto, None, loop)
+
+    def resize(self, rows: int, cols: int) -> None:
+        if self._master >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(self._master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    async def close(self) -> None:
+        await super().close()
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
+
+
+def check_peer_is_root(conn: socket.socket) -> None:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    if uid != 0:
+        raise SpawnError("console socket peer is not root; refusing its terminal")
