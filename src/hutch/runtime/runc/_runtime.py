@@ -3,14 +3,18 @@
 Layout under ``data_dir``::
 
     runc/                 runc's own state (``runc --root``), private to this server
-    sandboxes/<id>/       OCI bundle: config.json, hosts, hostname, resolv.conf,
-                          rootfs/ (overlay of the image's layers plus the writable layer),
-                          exec/ (process specs of runc exec)
+    sandboxes/<id>/       OCI bundle: config.json, env.json, init.pid, exec/ (process specs of
+                          runc exec), lower/ (idmapped layers, only while mounting)
     storage.img           btrfs image holding every sandbox's writable layer (see _storage)
     storage/<id>/         that sandbox's subvolume, size-limited: upper/, work/
     bin/                  hutch-init, built from its source (see _spawner)
     netns/<id>            network namespace of an egress sandbox (a bind mount; see _network)
     cni/                  CNI state of egress sandboxes: <id>.json, ipam/
+
+And outside it, reachable from inside a sandbox's user namespace (see ``RuncRuntime._shared``)::
+
+    /run/hutch/<data-dir hash>/<id>/   rootfs/ (the overlay), hosts, hostname, resolv.conf
+    /run/hutch/<data-dir hash>/hutch-init-<hash>
 
 Every sandbox lives in cgroup ``/hutch/<id>``; each command in a freezer sub-cgroup of it.
 """
