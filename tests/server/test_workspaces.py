@@ -123,6 +123,15 @@ def test_quotas_trip_at_the_configured_numbers(server: Server, other: Tenant) ->
 
         out = cli(server, "workspaces", "list").stdout
         assert f"{other.workspace}  sandboxes 3/10  cpu 4  memory 256Mi" in out
+
+        # A stopped sandbox holds no CPU; starting it again must fit.
+        c.stop_sandbox(created[0].name)
+        cli(server, "workspaces", "quota", other.workspace, "--cpu", "1")
+        with pytest.raises(QuotaExceededError) as exc:
+            c.start_sandbox(created[0].name)
+        assert exc.value.quota_type == "cpu", exc.value
+        cli(server, "workspaces", "quota", other.workspace, "--cpu", "2")
+        c.start_sandbox(created[0].name)
     finally:
         for sb in created:
             c.delete_sandbox(sb.name)
