@@ -55,6 +55,97 @@ def _check_command_id(value: str, what: str = "command_id") -> None:
     )
 
 
+# -- Run configuration ---------------------------------------------------------------------------
+
+#: ``name``, ``uid``, ``name:group`` or ``uid:gid`` (as ``docker run -u``).
+_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31})?")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """User, working directory and environment of commands (the 0.13+ ``run_config``).
+
+    Layers stack as ``docker run -u/-w/-e`` over an image: the image's own ``USER``/``WORKDIR``/
+    ``ENV``, then a snapshot's, a sandbox's, one command's. ``user`` and ``work_dir`` replace the
+    layer below; ``env_vars`` merge into it key by key. ``None`` leaves the layer below as is.
+    """
+
+    user: str | None = None
+    work_dir: str | None = None
+    env_vars: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.user is not None:
+            _check(
+                _USER.fullmatch(self.user) is not None,
+                f"run_config.user must be a name, uid, name:group or uid:gid, got {self.user!r}",
+            )
+        if self.work_dir is not None:
+            _check_no_nul(self.work_dir, "run_config.work_dir")
+            _check(
+                self.work_dir.startswith("/"),
+                f"run_config.work_dir must be an absolute path, got {self.work_dir!r}",
+            )
+        for key, value in (self.env_vars or {}).items():
+            _check(
+                bool(key) and "=" not in key and "\x00" not in key,
+                f"run_config.env_vars name {key!r} must be non-empty, without '=' or NUL",
+            )
+            _check_no_nul(value, f"run_config.env_vars value of {key!r}")
+
+    def over(self, below: RunConfig | None) -> RunConfig:
+        """This layer applied over ``below``."""
+        if below is None:
+            return self
+        env = {**(below.env_vars or {}), **(self.env_vars or {})}
+        return RunConfig(
+            user=self.user if self.user is not None else below.user,
+            work_dir=self.work_dir if self.work_dir is not None else below.work_dir,
+            env_vars=env or None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.user is not None:
+            out["user"] = self.user
+        if self.work_dir is not None:
+            out["work_dir"] = self.work_dir
+        if self.env_vars is not None:
+            out["env_vars"] = dict(self.env_vars)
+        return out
+
+    @classmethod
+    def from_json(cls, value: Any, what: str = "run_config") -> RunConfig | None:
+        """Parse a ``run_config`` object (None or ``{}``: no layer).
+
+        Raises:
+            ExecProtocolError: Not an object, an unknown key, or a bad value.
+        """
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ExecProtocolError(f"{what} must be an object")
+        unknown = set(value) - {"user", "work_dir", "env_vars"}
+        if unknown:
+            raise ExecProtocolError(
+                f"{what}: unknown field {sorted(unknown)[0]!r}; it takes user, work_dir, env_vars"
+            )
+        for key in ("user", "work_dir"):
+            if value.get(key) is not None and not isinstance(value[key], str):
+                raise ExecProtocolError(f"{what}.{key} must be a string")
+        env = value.get("env_vars")
+        if env is not None and (
+            not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values())
+        ):
+            raise ExecProtocolError(f"{what}.env_vars must be an object of string values")
+        if not any(value.get(k) is not None for k in ("user", "work_dir", "env_vars")):
+            return None
+        try:
+            return cls(user=value.get("user"), work_dir=value.get("work_dir"), env_vars=env)
+        except ExecProtocolError as exc:
+            raise ExecProtocolError(str(exc).replace("run_config", what, 1)) from None
+
+
 # -- Client → server ---------------------------------------------------------------------------
 
 
@@ -81,6 +172,9 @@ class Execute:
     close_stdin: bool = False
     cols: int | None = None
     rows: int | None = None
+    #: The 0.13+ per-command layer over the sandbox's run configuration; with it, ``env`` and
+    #: ``cwd`` are not sent (the SDK refuses both together).
+    run_config: RunConfig | None = None
 
     def __post_init__(self) -> None:
         _check_no_nul(self.command, "command")
@@ -317,6 +411,7 @@ def _parse_execute(f: _Fields) -> Execute:
     close_stdin = f.flag("close_stdin", False)
     cols = f.optional_int("cols")
     rows = f.optional_int("rows")
+    run_config = f.build(lambda: RunConfig.from_json(f.obj.get("run_config")))
     return f.build(
         lambda: Execute(
             command=command,
@@ -332,6 +427,7 @@ def _parse_execute(f: _Fields) -> Execute:
             close_stdin=close_stdin,
             cols=cols,
             rows=rows,
+            run_config=run_config,
         )
     )
 
@@ -417,6 +513,8 @@ def encode_client_message(msg: ClientMessage) -> str:
             obj["cols"] = msg.cols
         if msg.rows is not None:
             obj["rows"] = msg.rows
+        if msg.run_config is not None:
+            obj["run_config"] = msg.run_config.to_json()
     elif isinstance(msg, Reconnect):
         obj = {
             "type": "reconnect",

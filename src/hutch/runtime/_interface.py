@@ -59,6 +59,10 @@ class ExecSpec:
     #: Initial terminal size when ``pty`` is set.
     rows: int = 24
     cols: int = 80
+    #: Who the command runs as inside the sandbox: ``name``, ``uid``, ``name:group`` or
+    #: ``uid:gid``, resolved against the sandbox's own ``/etc/passwd`` and ``/etc/group``;
+    #: None: root (uid 0, gid 0).
+    user: str | None = None
 
 
 class Process(abc.ABC):

@@ -11,11 +11,23 @@ from fastapi import FastAPI
 
 from hutch.runtime.images import ImageStore
 from hutch.runtime.runc import RuncRuntime
-from hutch.server import _control, _dataplane, _errors, _tunnel, _ui, _unimplemented, _ws_exec
+from hutch.server import (
+    _control,
+    _dataplane,
+    _errors,
+    _files,
+    _service,
+    _sse_exec,
+    _tunnel,
+    _ui,
+    _unimplemented,
+    _ws_exec,
+)
 from hutch.server._auth import KeyRing
 from hutch.server._config import ServerConfig
 from hutch.server._deps import Services
 from hutch.server._manager import SandboxManager
+from hutch.server._tokens import TokenSigner
 from hutch.sessions import SessionManager
 from hutch.store import Database
 
@@ -62,7 +74,17 @@ def create_app(config: ServerConfig) -> FastAPI:
         manager = SandboxManager(db, runtime, images, config, sessions)
         await manager.reconcile()
         manager.start_reaper()
-        svc = Services(config, db, keys, images, runtime, manager, sessions, manager.sockets)
+        svc = Services(
+            config,
+            db,
+            keys,
+            images,
+            runtime,
+            manager,
+            sessions,
+            manager.sockets,
+            tokens=TokenSigner.in_dir(config.data_dir),
+        )
         app.state.services = svc
         key_watch = asyncio.create_task(keys.watch(), name="key-watch")
         try:
@@ -79,8 +101,12 @@ def create_app(config: ServerConfig) -> FastAPI:
     _errors.install(app)
     for prefix in CONTROL_PREFIXES:
         app.include_router(_control.router, prefix=prefix)
+        for extra in (_files, _service, _sse_exec):
+            app.include_router(extra.control_router, prefix=prefix)
         app.include_router(_unimplemented.router, prefix=prefix)
     app.include_router(_dataplane.router)
+    for extra in (_files, _service, _sse_exec):
+        app.include_router(extra.router)
     app.include_router(_ws_exec.router)
     app.include_router(_tunnel.router)
     _ui.install(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 from fastapi import Request, WebSocket
@@ -12,6 +13,7 @@ from hutch.runtime.images import ImageStore
 from hutch.server._auth import KeyRing, Principal
 from hutch.server._config import ServerConfig
 from hutch.server._manager import SandboxManager
+from hutch.server._tokens import TokenSigner
 from hutch.server._websession import COOKIE, SAFE_METHODS, WebSessions, cookie_principal
 from hutch.sessions import SessionManager
 from hutch.store import Database
@@ -30,6 +32,8 @@ class Services:
     sockets: set[WebSocket] = field(default_factory=set)
     #: The web UI's sign-in sessions (cookie tokens).
     web_sessions: WebSessions = field(default_factory=WebSessions)
+    #: Signs service-URL and download-URL tokens (key kept in the data dir).
+    tokens: TokenSigner = field(default_factory=lambda: TokenSigner(secrets.token_bytes(32)))
 
 
 def services(request: Request) -> Services:

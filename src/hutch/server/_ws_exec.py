@@ -21,8 +21,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from hutch.protocol import _exec as proto
 from hutch.protocol._errors import ErrorType
-from hutch.runtime._interface import ExecSpec, Process, SandboxNotFound, SpawnError
-from hutch.server._dataplane import ready_sandbox, resolve_command
+from hutch.server._commands import CommandRequest, start_command
+from hutch.server._dataplane import ready_sandbox
 from hutch.server._deps import Services, authenticate
 from hutch.server._errors import ApiError
 from hutch.sessions import (
@@ -30,7 +30,6 @@ from hutch.sessions import (
     CommandSession,
     SessionError,
     SessionExpired,
-    SessionOptions,
     SlowConsumer,
     Subscription,
 )
@@ -45,11 +44,6 @@ router = APIRouter()
 #: The client sends its first message right after the upgrade; don't hold a socket forever.
 FIRST_MESSAGE_TIMEOUT = 30.0
 CLOSE_NORMAL, CLOSE_POLICY, CLOSE_RESTART, CLOSE_TRY_LATER = 1000, 1008, 1012, 1013
-
-
-def _limit(value: int) -> float | None:
-    """Wire convention → Python: -1 (and, for timeouts, 0) mean no limit."""
-    return None if value < 0 else float(value)
 
 
 async def _send(ws: WebSocket, msg: proto.ServerMessage) -> None:
@@ -101,43 +95,31 @@ async def _serve(ws: WebSocket, svc: Services, row: Sandbox) -> None:
     sessions = svc.sessions
     if isinstance(first, proto.Execute):
         try:
-            shell, cwd = resolve_command(svc, row, first.shell, first.cwd)
+            session, created = await start_command(
+                svc,
+                row,
+                CommandRequest(
+                    command=first.command,
+                    shell=first.shell,
+                    env=first.env,
+                    cwd=first.cwd,
+                    run_config=first.run_config,
+                    pty=first.pty,
+                    rows=first.rows or 24,
+                    cols=first.cols or 80,
+                    timeout=first.timeout_seconds,
+                    idle_timeout=first.idle_timeout_seconds,
+                    ttl=first.ttl_seconds,
+                    kill_on_disconnect=first.kill_on_disconnect,
+                    command_id=first.command_id,
+                ),
+            )
         except ApiError as exc:
             await _fail(ws, exc.wire.error or ErrorType.COMMAND_ERROR, exc.wire.message)
-            return
-        spec = ExecSpec(
-            argv=[shell, "-c", first.command],
-            env=first.env or {},
-            cwd=cwd,
-            pty=first.pty,
-            rows=first.rows or 24,
-            cols=first.cols or 80,
-        )
-        options = SessionOptions(
-            timeout=_limit(first.timeout_seconds) if first.timeout_seconds else None,
-            idle_timeout=_limit(first.idle_timeout_seconds),
-            ttl=_limit(first.ttl_seconds),
-            kill_on_disconnect=first.kill_on_disconnect,
-            pty=first.pty,
-        )
-
-        async def spawn() -> Process:
-            return await svc.runtime.exec(row.id, spec)
-
-        try:
-            session, created = await sessions.start(
-                row.id, spawn, options, command_id=first.command_id
-            )
-        except SessionExpired:
-            await _fail(ws, ErrorType.SESSION_EXPIRED, f"Session expired: {first.command_id}")
-            return
-        except (SpawnError, SandboxNotFound, SessionError, ValueError) as exc:
-            await _fail(ws, ErrorType.COMMAND_ERROR, f"Command could not start: {exc}")
             return
         if created and first.close_stdin and not first.pty:
             await session.close_stdin()
         offsets = (0, 0)
-        await svc.manager.touch(row.id)
     elif isinstance(first, proto.Reconnect):
         try:
             session = sessions.get(row.id, first.command_id)

@@ -28,6 +28,10 @@ async def _v1_initial(conn: AsyncConnection) -> None:
     await conn.run_sync(Base.metadata.create_all)
 
 
+async def _create_missing_tables(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda c: Base.metadata.create_all(c, checkfirst=True))
+
+
 def _add_columns(table: str, columns: dict[str, str]) -> Step:
     """A step adding ``columns`` (name → SQL type) that ``table`` lacks.
 
@@ -55,6 +59,17 @@ MIGRATIONS: list[Step] = [
     # Network mode; rows made before it were loopback-only.
     _add_columns("templates", {"network": "VARCHAR(16) NOT NULL DEFAULT 'none'"}),
     _add_columns("sandboxes", {"network": "VARCHAR(16) NOT NULL DEFAULT 'none'"}),
+    # Snapshots, tags, registries (new tables), and what sandboxes keep of them.
+    _create_missing_tables,
+    _add_columns(
+        "sandboxes",
+        {
+            "snapshot_id": "VARCHAR(64)",
+            "run_config": "TEXT",
+            "labels": "TEXT",
+            "fs_capacity_bytes": "BIGINT",
+        },
+    ),
 ]
 
 
