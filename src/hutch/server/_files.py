@@ -1,4 +1,6 @@
-"""File helpers of the 0.13+ SDKs: HEAD and ranged GET of /download, POST /glob and /grep, and signed download URLs (POST /boxes/{name}/download-url)."""
+"""File helpers of the 0.13+ SDKs: HEAD and ranged GET of /download, POST /glob and /grep, and
+signed download URLs (POST /boxes/{name}/download-url).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Service URLs (spec §2.3): signed, expiring access to a port inside a sandbox, over HTTP and WebSocket, for programs (a token header) and for browsers (a cookie)."""
+"""Service URLs (spec §2.3): signed, expiring access to a port inside a sandbox, over HTTP and
+WebSocket, for programs (a token header) and for browsers (a cookie).
+"""
 
 from __future__ import annotations
 

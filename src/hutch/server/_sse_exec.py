@@ -1,4 +1,7 @@
-"""Command sessions over Server-Sent Events (0.13+ with LANGSMITH_EXPERIMENTAL_FEATURES=sandbox_sse_exec): /execute/stream/start and /execute/stream/resume."""
+"""Command sessions over Server-Sent Events (0.13+ with
+LANGSMITH_EXPERIMENTAL_FEATURES=sandbox_sse_exec): /execute/stream/start and
+/execute/stream/resume.
+"""
 
 from __future__ import annotations
 
