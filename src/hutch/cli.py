@@ -150,6 +150,24 @@ def serve(
         envvar="HUTCH_DEFAULT_IMAGE",
         help="Image of sandboxes created without a template [default: none, such creates fail]",
     ),
+    default_idle_ttl: int = typer.Option(
+        600,
+        min=0,
+        help="Idle seconds after which a sandbox created without a template is stopped, when "
+        "its create names no idle_ttl_seconds (0: never)",
+    ),
+    default_delete_after_stop: int = typer.Option(
+        0,
+        min=0,
+        help="Seconds after a stop at which a sandbox created without a template is deleted, "
+        "when its create names no delete_after_stop_seconds (0: never)",
+    ),
+    ttl_granularity: int = typer.Option(
+        60,
+        min=1,
+        help="Lifetimes of sandboxes created without a template must be multiples of this "
+        "many seconds (1: any)",
+    ),
     default_network: str = typer.Option(
         "none",
         help="Network of templates (and template-less sandboxes) created without one: none "
@@ -217,6 +235,9 @@ def serve(
             default_registry, registries_conf, registry_auth, insecure_registry, pull
         ),
         default_image=default_image or None,
+        default_idle_ttl=default_idle_ttl,
+        default_delete_after_stop=default_delete_after_stop,
+        ttl_granularity=ttl_granularity,
         default_network="egress" if default_network == "egress" else "none",
         egress=egress,
     )

@@ -1,8 +1,8 @@
 """Sandbox lifetimes against a real server, with TTLs of seconds (the SDKs insist on multiples of
-60; the server does not): the reaper deletes at the deadline, activity holds off the idle TTL,
-PATCH moves deadlines, a deadline passed while the server was down is met when it starts, and a
-sandbox created without a template is stopped when idle, then deleted after
-``delete_after_stop_seconds``."""
+60, and so does the server unless started with ``--ttl-granularity 1``, as here): the reaper
+deletes at the deadline, activity holds off the idle TTL, PATCH moves deadlines, a deadline
+passed while the server was down is met when it starts, and a sandbox created without a template
+is stopped when idle, then deleted after ``delete_after_stop_seconds``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.root
 BOXES = "/v2/sandboxes/boxes"
 #: Slack on top of a deadline before a sandbox must be gone (reaper wake-up, delete, polling).
 SLACK = 3 * TIME_SCALE
+ARGS = ("--default-image", "local/busybox", "--ttl-granularity", "1")
 
 
 class Restartable:
@@ -37,11 +38,11 @@ class Restartable:
 
     def __init__(self, data: Path) -> None:
         self.data = data
-        self.srv = start_server(data, "--default-image", "local/busybox")
+        self.srv = start_server(data, *ARGS)
 
     def restart(self) -> None:
         stop_server(self.srv)
-        self.srv = start_server(self.data, "--default-image", "local/busybox")
+        self.srv = start_server(self.data, *ARGS)
 
     def http(self) -> httpx.Client:
         return self.srv.http()
@@ -161,7 +162,7 @@ def test_deadline_passed_while_down_is_met_at_start(box: Restartable) -> None:
         long = create(http, ttl_seconds=3600)
     stop_server(box.srv)
     time.sleep(3.5)
-    box.srv = start_server(box.data, "--default-image", "local/busybox")
+    box.srv = start_server(box.data, *ARGS)
     started = time.monotonic()
     with box.http() as http:
         assert wait_until(lambda: not exists(http, short["name"]), SLACK, interval=0.05)
@@ -210,13 +211,12 @@ def test_default_image_and_newer_create_fields(box: Restartable) -> None:
         r = http.post(BOXES, json={"vcpus": 4096})
         assert r.status_code == 422 and "cpu" in r.json()["detail"]["message"]
         for field, value, feature in [
-            ("snapshot_id", "abc", "snapshots"),
-            ("snapshot", "base:latest", "snapshots"),
             ("proxy_config", {"access_control": {"allow_list": ["*"]}}, "proxy"),
             ("mount_config", {}, "Mounts"),
             ("persistent", False, "Non-persistent"),
             ("preserve_memory_on_stop", True, "Memory snapshots"),
-            ("labels", {"a": "b"}, "labels"),
+            ("tag_value_ids", ["t"], "Governed tags"),
+            ("access_delegation", {"mode": "EXPLICIT"}, "Access delegation"),
         ]:
             r = http.post(BOXES, json={field: value})
             assert r.status_code == 501, (field, r.text)

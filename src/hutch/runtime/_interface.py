@@ -48,6 +48,9 @@ class SandboxSpec:
     pids_limit: int = 1024
     env: Mapping[str, str] = field(default_factory=dict)
     network: NetworkMode = "none"
+    #: A captured snapshot (:meth:`Runtime.capture`) whose files the new sandbox starts with, as a
+    #: copy-on-write clone; None: the image's files only. Used by :meth:`Runtime.create` only.
+    snapshot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,26 @@ class Runtime(abc.ABC):
         Raises:
             SandboxNotFound: The runtime holds no such sandbox (its filesystem is gone).
         """
+
+    @abc.abstractmethod
+    async def capture(self, sandbox_id: str, snapshot_id: str) -> None:
+        """Keep the sandbox's files as they are now (its writable layer over the image; not
+        tmpfs mounts, not processes) under ``snapshot_id``, for :attr:`SandboxSpec.snapshot`.
+
+        Immutable once made; running or stopped sandboxes alike.
+
+        Raises:
+            SandboxNotFound: The runtime holds no such sandbox.
+            RuntimeError_: The files could not be captured.
+        """
+
+    @abc.abstractmethod
+    async def snapshot_usage(self, snapshot_id: str) -> int:
+        """Bytes of disk a captured snapshot's own files take (not the image's)."""
+
+    @abc.abstractmethod
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a captured snapshot; idempotent. Sandboxes created from it are not affected."""
 
     @abc.abstractmethod
     async def list_ids(self) -> set[str]:

@@ -17,6 +17,7 @@ from hutch.server import (
     _errors,
     _files,
     _service,
+    _snapshots,
     _sse_exec,
     _tunnel,
     _ui,
@@ -101,6 +102,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     _errors.install(app)
     for prefix in CONTROL_PREFIXES:
         app.include_router(_control.router, prefix=prefix)
+        app.include_router(_snapshots.router, prefix=prefix)
         for extra in (_files, _service, _sse_exec):
             app.include_router(extra.control_router, prefix=prefix)
         app.include_router(_unimplemented.router, prefix=prefix)

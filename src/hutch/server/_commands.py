@@ -7,19 +7,28 @@ A command runs as ``<shell> -c <command>`` with the sandbox's run configuration 
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 
 from hutch.protocol._errors import ErrorType
-from hutch.protocol._exec import ExecProtocolError, RunConfig
+from hutch.protocol._exec import RunConfig
+from hutch.runtime import _fs
 from hutch.runtime._interface import ExecSpec, Process, SandboxNotFound, SpawnError
-from hutch.server._dataplane import resolve_command
 from hutch.server._deps import Services
 from hutch.server._errors import ApiError
+from hutch.server._snapshot_store import effective_run_config
 from hutch.sessions import CommandSession, SessionError, SessionExpired, SessionOptions
 from hutch.store import Sandbox
 
-__all__ = ["CommandRequest", "limit", "sandbox_run_config", "start_command"]
+__all__ = [
+    "CommandRequest",
+    "exec_spec",
+    "limit",
+    "resolve_command",
+    "sandbox_run_config",
+    "start_command",
+]
+HOME = "/home/user"
 
 
 def limit(value: int) -> float | None:
@@ -47,12 +56,47 @@ class CommandRequest:
 
 def sandbox_run_config(row: Sandbox) -> RunConfig | None:
     """The run configuration a sandbox's commands start from (its snapshot's and its own)."""
-    if not row.run_config:
-        return None
+    return effective_run_config(row.run_config)
+
+
+def resolve_command(svc: Services, row: Sandbox, shell: str, cwd: str | None) -> tuple[str, str]:
+    """Check a command's shell and working directory inside the sandbox.
+
+    Returns the shell to use (``/bin/bash`` falls back to ``/bin/sh`` when the image has no bash,
+    spec §10.7) and the absolute cwd (default: the sandbox home).
+    """
+    root = sandbox_root(svc, row)
     try:
-        return RunConfig.from_json(json.loads(row.run_config))
-    except (ValueError, ExecProtocolError):  # validated on the way in; never fail a command
-        return None
+        if not _fs.exists(root, shell):
+            if shell != "/bin/bash" or not _fs.exists(root, "/bin/sh"):
+                raise ApiError(
+                    ErrorType.COMMAND_ERROR,
+                    f"Shell '{shell}' not found in sandbox '{row.name}'; "
+                    "pass shell='/bin/sh' or use an image that has it",
+                )
+            shell = "/bin/sh"
+        try:
+            where = _fs.normalize(cwd or HOME, HOME)
+        except _fs.SandboxPathError as exc:
+            raise ApiError(ErrorType.COMMAND_ERROR, str(exc)) from exc
+        if not _fs.exists(root, where):
+            raise ApiError(
+                ErrorType.COMMAND_ERROR,
+                f"Working directory '{where}' does not exist in sandbox '{row.name}'",
+            )
+    finally:
+        os.close(root)
+    return shell, where
+
+
+def sandbox_root(svc: Services, row: Sandbox) -> int:
+    try:
+        return svc.runtime.root_fd(row.id)
+    except SandboxNotFound as exc:
+        raise ApiError(
+            ErrorType.NOT_READY,
+            f"Sandbox '{row.name}' is not running; delete it and create a new one",
+        ) from exc
 
 
 def exec_spec(svc: Services, row: Sandbox, req: CommandRequest) -> ExecSpec:

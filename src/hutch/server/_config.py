@@ -48,6 +48,18 @@ class ServerConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     #: Image of sandboxes created without a template or snapshot (spec §9.1); None refuses them.
     default_image: str | None = None
+    #: Seconds of idleness before a template-less sandbox is stopped, when its create names
+    #: none (0: never; spec §9.1 says the hosted service uses 600).
+    default_idle_ttl: int = 600
+    #: Seconds after a stop before a template-less sandbox is deleted, when its create names none
+    #: (0: never).
+    default_delete_after_stop: int = 0
+    #: Lifetimes of template-less sandboxes must be multiples of this many seconds (§9.1 SDKs
+    #: validate multiples of 60 client-side; 1 turns the check off, for tests at seconds scale).
+    ttl_granularity: int = 60
+    #: Longest a ``POST /snapshots`` waits for the build to finish before answering ``building``
+    #: (clients poll either way; answering ``ready`` saves them a poll interval).
+    snapshot_wait_seconds: float = 5.0
     #: Network mode of templates created without one (``none``: loopback only).
     default_network: NetworkMode = "none"
     #: How ``egress`` sandboxes are networked: bridge, subnet, DNS, allowed host ports.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -11,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from hutch.protocol._errors import ErrorType
+from hutch.protocol._exec import ExecProtocolError, RunConfig
 from hutch.runtime._interface import SandboxNotFound
 from hutch.runtime._resources import parse_cpu, parse_memory
 from hutch.server._auth import Principal
@@ -34,7 +37,14 @@ from hutch.server._schemas import (
     sandbox_json,
     template_json,
 )
-from hutch.store import Sandbox, Template, utcnow
+from hutch.server._snapshot_store import READY as SNAPSHOT_READY
+from hutch.server._snapshot_store import (
+    SnapshotError,
+    dump_layers,
+    load_layers,
+    load_run_config,
+)
+from hutch.store import Sandbox, Snapshot, Template, utcnow
 
 router = APIRouter()
 
@@ -66,7 +76,7 @@ async def _template(svc: Services, who: Principal, name: str) -> Template:
     return row
 
 
-async def _sandbox(svc: Services, who: Principal, name: str) -> Sandbox:
+async def sandbox_by_name(svc: Services, who: Principal, name: str) -> Sandbox:
     async with svc.db.session() as s:
         row = (
             await s.execute(
@@ -78,6 +88,9 @@ async def _sandbox(svc: Services, who: Principal, name: str) -> Sandbox:
     if row is None:
         raise not_found("Sandbox", name, SANDBOX_HINT)
     return row
+
+
+_sandbox = sandbox_by_name
 
 
 async def workspace_sandboxes(svc: Services, who: Principal) -> list[Sandbox]:
@@ -201,16 +214,49 @@ async def delete_template(
 # -- sandboxes ---------------------------------------------------------------------------------
 
 
+def check_granularity(svc: Services, value: int | None, field: str) -> None:
+    """Lifetimes of snapshot-era sandboxes are whole minutes (the SDKs say so; the server
+    checks too). ``hutch serve --ttl-granularity`` sets the unit (tests use seconds)."""
+    unit = svc.config.ttl_granularity
+    if value and unit > 1 and value % unit:
+        raise ApiError(
+            ErrorType.VALIDATION,
+            f"Invalid request: field '{field}': {value} is not a multiple of {unit} seconds; "
+            f"round it to {max(unit, value - value % unit)}",
+        )
+
+
 def _progress(mgr: SandboxManager, sandbox_id: str) -> str:
     message = mgr.progress.get(sandbox_id)
     return f": {message}" if message else ""
 
 
 async def _insert_sandbox(
-    svc: Services, who: Principal, body: SandboxCreate, tpl: Template | None, resources: Resources
+    svc: Services,
+    who: Principal,
+    body: SandboxCreate,
+    origin: Origin,
+    resources: Resources,
 ) -> Sandbox:
     """Write the new sandbox's row (status provisioning), generating a name if none was given."""
     image, cpu, memory = resources
+    tpl, snap = origin.template, origin.snapshot
+    idle_ttl: int | None
+    delete_after_stop: int | None
+    if tpl is None:  # the snapshot era (§9.1): server defaults for lifetimes left out
+        idle_ttl = (
+            body.idle_ttl_seconds
+            if body.idle_ttl_seconds is not None
+            else svc.config.default_idle_ttl
+        )
+        delete_after_stop = (
+            body.delete_after_stop_seconds
+            if body.delete_after_stop_seconds is not None
+            else svc.config.default_delete_after_stop
+        )
+    else:
+        idle_ttl, delete_after_stop = body.idle_ttl_seconds, body.delete_after_stop_seconds
+    network = tpl.network if tpl else snap.network if snap else svc.config.default_network
     for _ in range(5):
         candidate = svc.manager.new_row(
             who.workspace_id,
@@ -220,10 +266,14 @@ async def _insert_sandbox(
             memory_bytes=memory,
             template=tpl,
             ttl=body.ttl_seconds,
-            idle_ttl=body.idle_ttl_seconds,
-            delete_after_stop=body.delete_after_stop_seconds,
-            network=tpl.network if tpl else svc.config.default_network,
+            idle_ttl=idle_ttl,
+            delete_after_stop=delete_after_stop,
+            network=network,
         )
+        candidate.snapshot_id = snap.id if snap else None
+        candidate.run_config = dump_layers(origin.run_config, body_run_config(body))
+        candidate.labels = json.dumps(body.labels) if body.labels else None
+        candidate.fs_capacity_bytes = origin.storage
         try:
             async with svc.db.session() as s, s.begin():
                 s.add(candidate)
@@ -241,11 +291,81 @@ async def _insert_sandbox(
 Resources = tuple[str, int, int]
 
 
-def _resources(svc: Services, body: SandboxCreate, tpl: Template | None) -> Resources:
-    """Image, CPU (millicores) and memory (bytes) of a new sandbox: from its template, else the
-    server's default image (§9.1), with ``vcpus`` / ``mem_bytes`` over either."""
+def parse_run_config(value: dict[str, Any] | None, what: str = "run_config") -> RunConfig | None:
+    """A ``run_config`` of a request, or the 422 envelope saying what is wrong with it."""
+    try:
+        return RunConfig.from_json(value, what)
+    except ExecProtocolError as exc:
+        raise ApiError(ErrorType.VALIDATION, f"Invalid request: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What a new sandbox is made from: a template, a snapshot, or neither (the default image)."""
+
+    template: Template | None = None
+    snapshot: Snapshot | None = None
+    #: The snapshot's run configuration layer.
+    run_config: RunConfig | None = None
+    #: Disk limit of its writable layer (None: the server's default).
+    storage: int | None = None
+
+
+def body_run_config(body: SandboxCreate) -> RunConfig | None:
+    return parse_run_config(body.run_config)
+
+
+async def _origin(svc: Services, who: Principal, body: SandboxCreate) -> Origin:
+    refs = [r for r in (body.snapshot_id, body.snapshot, body.snapshot_name) if r]
+    if len(set(refs)) > 1:
+        raise ApiError(
+            ErrorType.VALIDATION,
+            "Invalid request: give at most one of snapshot_id, snapshot and snapshot_name",
+        )
+    if refs and body.template_name:
+        raise ApiError(
+            ErrorType.VALIDATION,
+            "Invalid request: give template_name or a snapshot, not both",
+        )
+    if body.template_name:
+        tpl = await _template(svc, who, body.template_name)
+        storage = body.fs_capacity_bytes or (
+            parse_memory(tpl.storage, field="storage", check_host=False) if tpl.storage else None
+        )
+        return Origin(template=tpl, storage=storage)
+    if not refs:
+        return Origin(storage=body.fs_capacity_bytes)
+    try:
+        snap = await svc.manager.snapshots.get(who.workspace_id, refs[0])
+    except SnapshotError as exc:
+        raise ApiError(exc.error, str(exc)) from None
+    if snap.status != SNAPSHOT_READY:
+        raise ApiError(
+            ErrorType.NOT_READY,
+            f"Snapshot '{refs[0]}' is {snap.status}"
+            + (f" ({snap.status_message})" if snap.status_message else "")
+            + (
+                "; wait for it with wait_for_snapshot()"
+                if snap.status == "building"
+                else "; delete it and build it again"
+            ),
+        )
+    return Origin(
+        snapshot=snap,
+        run_config=load_run_config(snap.run_config),
+        storage=body.fs_capacity_bytes or snap.fs_capacity_bytes or None,
+    )
+
+
+def _resources(svc: Services, body: SandboxCreate, origin: Origin) -> Resources:
+    """Image, CPU (millicores) and memory (bytes) of a new sandbox: from its template, its
+    snapshot, else the server's default image (§9.1), with ``vcpus`` / ``mem_bytes`` over any."""
+    tpl = origin.template
     if tpl is not None:
         image, cpu, memory = tpl.image, parse_cpu(tpl.cpu), parse_memory(tpl.memory)
+    elif origin.snapshot is not None:
+        image = origin.snapshot.image
+        cpu, memory = parse_cpu(DEFAULT_CPU), parse_memory(DEFAULT_MEMORY)
     elif svc.config.default_image:
         image = svc.config.default_image
         cpu, memory = parse_cpu(DEFAULT_CPU), parse_memory(DEFAULT_MEMORY)
@@ -273,18 +393,22 @@ async def create_sandbox(
     missing = body.unsupported()
     if missing:
         raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
-    tpl = await _template(svc, who, body.template_name) if body.template_name else None
-    image, cpu, memory = _resources(svc, body, tpl)
+    origin = await _origin(svc, who, body)
+    if origin.template is None:
+        check_granularity(svc, body.idle_ttl_seconds, "idle_ttl_seconds")
+        check_granularity(svc, body.delete_after_stop_seconds, "delete_after_stop_seconds")
+    image, cpu, memory = _resources(svc, body, origin)
     mgr: SandboxManager = svc.manager
     async with mgr.quotas.lock(who.workspace_id):
         await mgr.quotas.check(who.workspace_id, cpu, memory, new=True)
-        row = await _insert_sandbox(svc, who, body, tpl, (image, cpu, memory))
-    storage = body.fs_capacity_bytes or (
-        parse_memory(tpl.storage, field="storage", check_host=False)
-        if tpl is not None and tpl.storage
-        else None
+        row = await _insert_sandbox(svc, who, body, origin, (image, cpu, memory))
+    snap = origin.snapshot
+    mgr.start_provisioning(
+        row,
+        storage_bytes=origin.storage,
+        snapshot=snap.id if snap is not None and snap.has_layer else None,
+        credentials=mgr.snapshots.credentials.get(uuid.UUID(snap.id).hex) if snap else None,
     )
-    mgr.start_provisioning(row, storage_bytes=storage)
     mgr.kick()
     base = dataplane_base(request)
     if not body.wait_for_ready:
@@ -353,6 +477,9 @@ async def update_sandbox(
         raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
     row = await _sandbox(svc, who, name)
     fields = body.model_dump(exclude_unset=True)
+    if row.template_id is None:
+        check_granularity(svc, fields.get("idle_ttl_seconds"), "idle_ttl_seconds")
+        check_granularity(svc, fields.get("delete_after_stop_seconds"), "delete_after_stop_seconds")
     try:
         async with svc.db.session() as s, s.begin():
             fresh = await s.get(Sandbox, row.id)
@@ -363,6 +490,9 @@ async def update_sandbox(
             for key in LIFETIMES:
                 if key in fields:
                     setattr(fresh, key, fields[key] or None)
+            if "run_config" in fields:  # replaces the sandbox's own layer
+                base, _own = load_layers(fresh.run_config)
+                fresh.run_config = dump_layers(base, parse_run_config(fields["run_config"]))
             fresh.updated_at = utcnow()
             row = fresh
     except IntegrityError:

@@ -19,8 +19,9 @@ from sqlalchemy import select
 
 from hutch.protocol._errors import ErrorType
 from hutch.runtime import _fs
-from hutch.runtime._interface import ExecSpec, SandboxNotFound
+from hutch.runtime._interface import SandboxNotFound
 from hutch.server._auth import Principal
+from hutch.server._commands import CommandRequest, exec_spec, sandbox_root
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._exec import run_to_completion
@@ -84,44 +85,7 @@ async def ready_sandbox(svc: Services, who: Principal, sandbox_id: str) -> Sandb
     return row
 
 
-def _root_fd(svc: Services, row: Sandbox) -> int:
-    try:
-        return svc.runtime.root_fd(row.id)
-    except SandboxNotFound as exc:
-        raise ApiError(
-            ErrorType.NOT_READY,
-            f"Sandbox '{row.name}' is not running; delete it and create a new one",
-        ) from exc
-
-
-def resolve_command(svc: Services, row: Sandbox, shell: str, cwd: str | None) -> tuple[str, str]:
-    """Check a command's shell and working directory inside the sandbox.
-
-    Returns the shell to use (``/bin/bash`` falls back to ``/bin/sh`` when the image has no bash,
-    spec §10.7) and the absolute cwd (default: the sandbox home).
-    """
-    root = _root_fd(svc, row)
-    try:
-        if not _fs.exists(root, shell):
-            if shell != "/bin/bash" or not _fs.exists(root, "/bin/sh"):
-                raise ApiError(
-                    ErrorType.COMMAND_ERROR,
-                    f"Shell '{shell}' not found in sandbox '{row.name}'; "
-                    "pass shell='/bin/sh' or use an image that has it",
-                )
-            shell = "/bin/sh"
-        try:
-            where = _fs.normalize(cwd or HOME, HOME)
-        except _fs.SandboxPathError as exc:
-            raise ApiError(ErrorType.COMMAND_ERROR, str(exc)) from exc
-        if not _fs.exists(root, where):
-            raise ApiError(
-                ErrorType.COMMAND_ERROR,
-                f"Working directory '{where}' does not exist in sandbox '{row.name}'",
-            )
-    finally:
-        os.close(root)
-    return shell, where
+_root_fd = sandbox_root
 
 
 def _path_error(exc: _fs.SandboxPathError, row: Sandbox, op: ErrorType) -> ApiError:
@@ -140,12 +104,12 @@ async def execute(
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
     row = await ready_sandbox(svc, who, sandbox_id)
-    shell, cwd = resolve_command(svc, row, body.shell, body.cwd)
+    spec = exec_spec(
+        svc, row, CommandRequest(command=body.command, shell=body.shell, env=body.env, cwd=body.cwd)
+    )
     async with svc.manager.active(row.id):  # a running command keeps the idle TTL off
         try:
-            proc = await svc.runtime.exec(
-                row.id, ExecSpec(argv=[shell, "-c", body.command], env=body.env or {}, cwd=cwd)
-            )
+            proc = await svc.runtime.exec(row.id, spec)
         except SandboxNotFound as exc:
             raise ApiError(ErrorType.NOT_READY, f"Sandbox '{row.name}' is not running") from exc
         result = await run_to_completion(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets
@@ -29,11 +30,12 @@ from starlette.websockets import WebSocket
 
 from hutch.protocol._errors import ErrorType
 from hutch.runtime._interface import Runtime, RuntimeError_, SandboxNotFound, SandboxSpec
-from hutch.runtime.images import Image, ImageError, ImagePuller, ImageStore
+from hutch.runtime.images import Credentials, Image, ImageError, ImagePuller, ImageStore
 from hutch.server._config import ServerConfig
 from hutch.server._lifetimes import Action, Deadline, Lifetime, next_deadline
 from hutch.server._quota import Limits, Quotas
 from hutch.server._registry_auth import TemplateCredentials
+from hutch.server._snapshot_store import Snapshots
 from hutch.sessions import SessionManager
 from hutch.store import Database, Sandbox, Template, utcnow
 
@@ -100,6 +102,14 @@ class SandboxManager:
             db, Limits(config.quota_sandboxes, config.quota_cpu_millis, config.quota_memory_bytes)
         )
         self.registry_auth = TemplateCredentials(config.data_dir / "registry-auth")
+        self.snapshots = Snapshots(
+            db,
+            runtime,
+            images,
+            self.pulls,
+            TemplateCredentials(config.data_dir / "snapshot-auth"),
+            TemplateCredentials(config.data_dir / "registries"),
+        )
         #: Image pull progress of sandboxes still provisioning (their status message).
         self.progress: dict[str, str] = {}
         #: Latest activity per sandbox (the store's copy lags by up to TOUCH_INTERVAL).
@@ -157,19 +167,27 @@ class SandboxManager:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await self.snapshots.aclose()
         await self.pulls.aclose()
 
     # -- provisioning --------------------------------------------------------------------------
 
     def start_provisioning(
-        self, row: Sandbox, *, storage_bytes: int | None = None
+        self,
+        row: Sandbox,
+        *,
+        storage_bytes: int | None = None,
+        snapshot: str | None = None,
+        credentials: Credentials | None = None,
     ) -> asyncio.Future[Outcome]:
         """Create the sandbox's container in the background; ``storage_bytes`` limits its disk
-        (None: the server's default)."""
+        (None: the server's default); ``snapshot`` is a captured snapshot whose files it starts
+        with; ``credentials`` pull its image (else its template's, if any)."""
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._done[row.id] = fut
         task = asyncio.create_task(
-            self._provision(row, fut, storage_bytes), name=f"provision-{row.name}"
+            self._provision(row, fut, storage_bytes, snapshot, credentials),
+            name=f"provision-{row.name}",
         )
         self._tasks[row.id] = task
         sandbox_id = row.id
@@ -182,7 +200,12 @@ class SandboxManager:
         return fut
 
     async def _provision(
-        self, row: Sandbox, fut: asyncio.Future[Outcome], storage_bytes: int | None
+        self,
+        row: Sandbox,
+        fut: asyncio.Future[Outcome],
+        storage_bytes: int | None,
+        snapshot: str | None,
+        credentials: Credentials | None,
     ) -> None:
         outcome = Outcome(FAILED, ErrorType.INTERNAL, "provisioning did not finish")
         try:
@@ -190,7 +213,7 @@ class SandboxManager:
                 try:
                     image = await self.pulls.resolve(
                         row.image,
-                        credentials=self.registry_auth.get(row.template_id),
+                        credentials=credentials or self.registry_auth.get(row.template_id),
                         progress=functools.partial(self.progress.__setitem__, row.id),
                     )
                 except ImageError as exc:
@@ -199,7 +222,11 @@ class SandboxManager:
                 finally:
                     self.progress.pop(row.id, None)
                 try:
-                    await self.runtime.create(self._spec(row, image, storage_bytes))
+                    await self.runtime.create(
+                        dataclasses.replace(
+                            self._spec(row, image, storage_bytes), snapshot=snapshot
+                        )
+                    )
                 except Exception as exc:
                     log.exception("sandbox %s failed to start", row.name)
                     outcome = Outcome(

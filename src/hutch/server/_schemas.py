@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Annotated, Any
@@ -21,6 +22,7 @@ from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime._resources import QuantityError, parse_cpu, parse_memory
 from hutch.runtime.images import Credentials, ImageError, normalize_reference
 from hutch.server._lifetimes import Lifetime, expires_at
+from hutch.server._snapshot_store import effective_run_config
 from hutch.store import Sandbox, Template
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -167,7 +169,7 @@ class SandboxCreate(_Body):
     snapshot_id: StrictStr | None = None
     snapshot: StrictStr | None = None
     snapshot_name: StrictStr | None = None
-    labels: dict[StrictStr, StrictStr] | None = None
+    labels: Annotated[dict[StrictStr, StrictStr], Field(max_length=64)] | None = None
     tag_value_ids: list[StrictStr] | None = None
     mount_config: dict[str, Any] | None = None
     proxy_config: dict[str, Any] | None = None
@@ -178,6 +180,16 @@ class SandboxCreate(_Body):
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         return None if v is None or v == "" else check_name(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for key, value in (v or {}).items():
+            if not key or len(key) > 63 or len(value) > 256:
+                raise ValueError(
+                    f"label {key[:70]!r}: keys are 1-63 characters, values at most 256"
+                )
+        return v
 
     @field_validator("vcpus")
     @classmethod
@@ -214,14 +226,9 @@ class SandboxCreate(_Body):
         return _unsupported(
             self,
             {
-                "snapshot_id": "Creating sandboxes from snapshots",
-                "snapshot": "Creating sandboxes from snapshots",
-                "snapshot_name": "Creating sandboxes from snapshots",
-                "labels": "Sandbox labels",
-                "tag_value_ids": "Tags",
+                "tag_value_ids": "Governed tags",
                 "mount_config": "Mounts",
                 "proxy_config": "Egress proxy configuration (sandboxes have loopback only)",
-                "run_config": "Run configuration",
                 "access_delegation": "Access delegation",
             },
         )
@@ -246,7 +253,6 @@ class SandboxUpdate(_Body):
             self,
             {
                 "proxy_config": "Egress proxy configuration (sandboxes have loopback only)",
-                "run_config": "Run configuration",
             },
         )
 
@@ -274,6 +280,7 @@ def template_json(t: Template) -> dict[str, Any]:
 def sandbox_json(s: Sandbox, dataplane_base: str, life: Lifetime) -> dict[str, Any]:
     """A sandbox as every SDK generation reads it (a superset of §7, §8 and §9.1);
     ``life`` gives ``expires_at`` (see :mod:`hutch.server._lifetimes`)."""
+    rc = effective_run_config(s.run_config)
     return {
         "id": s.id,
         "name": s.name,
@@ -289,4 +296,12 @@ def sandbox_json(s: Sandbox, dataplane_base: str, life: Lifetime) -> dict[str, A
         "delete_after_stop_seconds": s.delete_after_stop_seconds,
         "stopped_at": iso(s.stopped_at),
         "expires_at": iso(expires_at(life)),
+        "snapshot_id": s.snapshot_id,
+        "vcpus": s.cpu_millis // 1000 if s.cpu_millis and s.cpu_millis % 1000 == 0 else None,
+        "mem_bytes": s.memory_bytes,
+        "fs_capacity_bytes": s.fs_capacity_bytes,
+        "run_config": rc.to_json() if rc is not None else None,
+        "labels": json.loads(s.labels) if s.labels else {},
+        "persistent": True,
+        "preserve_memory_on_stop": False,
     }

@@ -20,10 +20,6 @@ _FEATURES: list[tuple[str, str, list[str]]] = [
     ("/volumes/{name}", "Volumes", ["GET", "PATCH", "DELETE"]),
     ("/pools", "Pools", ["GET", "POST"]),
     ("/pools/{name}", "Pools", ["GET", "PATCH", "DELETE"]),
-    ("/snapshots", "Snapshots", ["GET", "POST"]),
-    ("/snapshots/{snapshot_id}", "Snapshots", ["GET", "DELETE"]),
-    ("/snapshots-by-name/{name}", "Snapshots", ["GET"]),
-    ("/boxes/{name}/snapshot", "Snapshots", ["POST"]),
     ("/boxes/{name}/service-url", "Service URLs", ["POST"]),
     ("/registries", "Registries", ["GET", "POST"]),
 ]

@@ -290,14 +290,18 @@ class RuncRuntime(Runtime):
             shared.mkdir(mode=0o711)
             shared.chmod(0o711)
         (shared / "rootfs").mkdir()
+        limit = spec.storage_bytes or self.storage_limit_bytes
         try:
-            layer = self.storage.allocate(spec.id, spec.storage_bytes or self.storage_limit_bytes)
+            if spec.snapshot is not None:  # its files: a copy-on-write clone, nothing copied
+                self.storage.clone(spec.snapshot, spec.id, limit)
+            else:
+                layer = self.storage.allocate(spec.id, limit)
+                (layer / "upper").mkdir()
+                if self.idmap is not None:  # sandbox root owns its writable layer's top
+                    os.chown(layer / "upper", self.idmap.base, self.idmap.base)
+                (layer / "work").mkdir()
         except _storage.StorageError as exc:
             raise RuntimeError_(str(exc)) from exc
-        (layer / "upper").mkdir()
-        if self.idmap is not None:  # sandbox root owns its writable layer's top
-            os.chown(layer / "upper", self.idmap.base, self.idmap.base)
-        (layer / "work").mkdir()
         (shared / "hostname").write_text(spec.hostname + "\n")
         (shared / "hosts").write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -453,11 +457,32 @@ class RuncRuntime(Runtime):
                 await asyncio.shield(self.stop(spec.id))
             raise
 
+    async def capture(self, sandbox_id: str, snapshot_id: str) -> None:
+        self._bundle(sandbox_id)  # validates the id
+        if not (self.storage.path(sandbox_id) / "upper").is_dir():
+            raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
+        try:
+            await asyncio.to_thread(self.storage.capture, sandbox_id, snapshot_id)
+        except _storage.StorageError as exc:
+            raise RuntimeError_(str(exc)) from exc
+
+    async def snapshot_usage(self, snapshot_id: str) -> int:
+        return await asyncio.to_thread(
+            _storage.disk_usage, self.storage.snapshots / snapshot_id / "upper"
+        )
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        try:
+            await asyncio.to_thread(self.storage.drop_snapshot, snapshot_id)
+        except _storage.StorageError as exc:
+            raise RuntimeError_(str(exc)) from exc
+
     async def list_ids(self) -> set[str]:
         ids = await self._runc_ids()
         ids.update(self.network.ids())
         ids.update(p.name for p in self.bundles.iterdir() if p.is_dir())
-        ids.update(p.name for p in self.storage.root.iterdir() if p.is_dir())
+        # Captured snapshots live in the pool's ".snapshots": no sandbox id starts with a dot.
+        ids.update(p.name for p in self.storage.root.iterdir() if p.is_dir() and p.name[0] != ".")
         return ids
 
     async def is_running(self, sandbox_id: str) -> bool:

@@ -34,6 +34,12 @@ BTRFS_IOC_SNAP_DESTROY = 0x5000940F  # _IOW(0x94, 15, struct btrfs_ioctl_vol_arg
 BTRFS_IOC_QGROUP_LIMIT = 0x8030942B  # _IOR(0x94, 43, struct btrfs_ioctl_qgroup_limit_args)
 BTRFS_QGROUP_LIMIT_MAX_RFER = 1
 BTRFS_QGROUP_LIMIT_MAX_EXCL = 2
+# struct btrfs_ioctl_vol_args_v2: __s64 fd; __u64 transid, flags; __u64 unused[4]; char name[4040]
+BTRFS_IOC_SNAP_CREATE_V2 = 0x50009417  # _IOW(0x94, 23, struct btrfs_ioctl_vol_args_v2)
+BTRFS_SUBVOL_RDONLY = 1 << 1
+_VOL_ARGS_V2_HEAD = struct.Struct("=qQQ4Q")
+#: Where captured snapshots live in the pool: a plain directory whose name no sandbox id can have.
+SNAPSHOTS = ".snapshots"
 
 
 class StorageError(Exception):
@@ -47,6 +53,62 @@ def _vol_args(name: str) -> bytearray:
     buf = bytearray(_VOL_ARGS)
     buf[8 : 8 + len(raw)] = raw
     return buf
+
+
+def _vol_args_v2(source_fd: int, name: str, flags: int) -> bytearray:
+    raw = name.encode()
+    if not raw or b"/" in raw or raw.startswith(b".") or len(raw) >= 4040:
+        raise StorageError(f"bad subvolume name {name!r}")
+    buf = bytearray(_VOL_ARGS)
+    _VOL_ARGS_V2_HEAD.pack_into(buf, 0, source_fd, 0, flags, 0, 0, 0, 0)
+    buf[_VOL_ARGS_V2_HEAD.size : _VOL_ARGS_V2_HEAD.size + len(raw)] = raw
+    return buf
+
+
+def _snapshot(source: Path, parent: Path, name: str, *, readonly: bool) -> None:
+    """A copy-on-write snapshot of subvolume ``source`` as ``parent/name`` (no data is copied)."""
+    src = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        dst = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            flags = BTRFS_SUBVOL_RDONLY if readonly else 0
+            fcntl.ioctl(dst, BTRFS_IOC_SNAP_CREATE_V2, _vol_args_v2(src, name, flags))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _destroy(parent: Path, name: str) -> None:
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        fcntl.ioctl(fd, BTRFS_IOC_SNAP_DESTROY, _vol_args(name))
+    finally:
+        os.close(fd)
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes of disk the files under ``path`` take (st_blocks; hard links counted once; symlinks
+    never followed)."""
+    total, seen = 0, set()
+    stack = [str(path)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+    return total
 
 
 def _is_mounted(target: Path) -> bool:
@@ -84,7 +146,7 @@ class StoragePool:
         if not _is_mounted(self.root):
             return
         with os.scandir(self.root) as entries:
-            if any(e.is_dir(follow_symlinks=False) for e in entries):
+            if any(e.is_dir(follow_symlinks=False) and e.name != SNAPSHOTS for e in entries):
                 return  # sandboxes left: they survive a server restart and need their layers
         if _libc.umount2(str(self.root).encode(), MNT_DETACH) != 0:
             log.warning("could not unmount %s: %s", self.root, os.strerror(ctypes.get_errno()))
@@ -141,3 +203,52 @@ class StoragePool:
 
     def path(self, sandbox_id: str) -> Path:
         return self.root / sandbox_id
+
+    # -- captured snapshots ----------------------------------------------------------------------
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / SNAPSHOTS
+
+    def capture(self, sandbox_id: str, snapshot_id: str) -> Path:
+        """Freeze the sandbox's writable layer as a read-only snapshot (copy-on-write: it takes
+        milliseconds whatever the size, and later writes of the sandbox do not show in it)."""
+        source = self.path(sandbox_id)
+        if not (source / "upper").is_dir():
+            raise StorageError(f"sandbox {sandbox_id} has no writable layer")
+        self.snapshots.mkdir(mode=0o700, exist_ok=True)
+        try:
+            _snapshot(source, self.snapshots, snapshot_id, readonly=True)
+        except OSError as exc:
+            raise StorageError(f"cannot capture the sandbox's files: {exc}") from exc
+        return self.snapshots / snapshot_id
+
+    def clone(self, snapshot_id: str, sandbox_id: str, limit_bytes: int) -> Path:
+        """A writable copy-on-write clone of a captured snapshot as the sandbox's subvolume,
+        limited to ``limit_bytes`` (the snapshot's own files count toward it)."""
+        source = self.snapshots / snapshot_id
+        if not (source / "upper").is_dir():
+            raise StorageError(f"snapshot {snapshot_id} has no files on this server")
+        try:
+            _snapshot(source, self.root, sandbox_id, readonly=False)
+        except OSError as exc:
+            raise StorageError(f"cannot create the sandbox's storage: {exc}") from exc
+        path = self.path(sandbox_id)
+        try:
+            self.set_limit(path, limit_bytes)
+            # overlayfs' work directory must be empty and is never part of what was captured.
+            shutil.rmtree(path / "work", ignore_errors=True)
+            (path / "work").mkdir()
+        except BaseException:
+            self.release(sandbox_id)
+            raise
+        return path
+
+    def drop_snapshot(self, snapshot_id: str) -> None:
+        """Delete a captured snapshot (idempotent); sandboxes cloned from it keep their files."""
+        if not (self.snapshots / snapshot_id).exists():
+            return
+        try:
+            _destroy(self.snapshots, snapshot_id)
+        except OSError as exc:
+            raise StorageError(f"cannot delete snapshot {snapshot_id}: {exc}") from exc
