@@ -224,8 +224,8 @@ def test_stop_and_start(got: Got) -> None:
 
 @parametrize()
 def test_unimplemented_features_name_themselves(got: Got) -> None:
-    """Service URLs, volumes, pools and snapshots answer 501 naming the feature: a
-    SandboxClientError, never a ResourceNotFoundError (§2.3–§2.5, §8)."""
+    """Service URLs, volumes and pools answer 501 naming the feature: a SandboxClientError,
+    never a ResourceNotFoundError (§2.3–§2.5)."""
     u = got["unimplemented"]
     features = {"service_url": "Service URLs"}
     if got.sdk.templates:
@@ -235,8 +235,6 @@ def test_unimplemented_features_name_themselves(got: Got) -> None:
             "create_pool": "Pools",
             "list_pools": "Pools",
         }
-    if got.sdk.start_stop:
-        features |= {"list_snapshots": "Snapshots", "from_snapshot": "Creating sandboxes from"}
     assert set(u) == set(features)
     for key, feature in features.items():
         assert error(u[key], "SandboxClientError")["str"].startswith(feature), u[key]

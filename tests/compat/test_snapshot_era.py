@@ -1,0 +1,177 @@
+"""The snapshot-era ``langsmith`` SDKs work against a hutch server unchanged: the newest of each
+release line from 0.7.38 to 0.15.x (and 0.7.33, the first with snapshots) build a snapshot from an
+image, boot from it, run and stream, write and read, capture and boot from the capture, stop and
+start, look snapshots up by id, name and tag, get the error types their README names, and delete
+a snapshot in use without breaking its sandboxes. The newest SDK also waits for an idle stop.
+
+``snapshot_flow.py`` runs once per SDK in that SDK's own virtualenv; each test asserts one step
+for every SDK, and its id names the SDK (``test_capture_and_boot[langsmith-0.9.8]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.compat._venvs import NEWEST_015, langsmith_python
+from tests.conftest import Server
+
+pytestmark = pytest.mark.root
+HERE = Path(__file__).parent
+IMAGE = "local/busybox"
+#: The newest release of each line on PyPI when the suite was last updated.
+LINES = [
+    "0.7.33",
+    "0.7.38",
+    "0.8.18",
+    "0.9.8",
+    "0.10.18",
+    "0.11.2",
+    "0.12.6",
+    "0.13.0",
+    "0.14.17",
+    NEWEST_015,
+]
+PARAMS = [pytest.param(v, id=f"langsmith-{v}") for v in LINES]
+
+
+def _run(server: Server, version: str) -> dict[str, Any]:
+    args = {
+        "url": server.url,
+        "key": server.key,
+        "prefix": "snap" + version.replace(".", ""),
+        "image": IMAGE,
+        "idle": version == NEWEST_015,
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANGSMITH_")}
+    proc = subprocess.run(
+        [
+            str(langsmith_python(version, websockets=True)),
+            str(HERE / "snapshot_flow.py"),
+            json.dumps(args),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert data["sdk"] == version, data["sdk"]
+    return data
+
+
+@pytest.fixture(scope="session")
+def flows(compat_server: Server) -> Iterator[Callable[[str], dict[str, Any]]]:
+    cache: dict[str, dict[str, Any]] = {}
+
+    def get(version: str) -> dict[str, Any]:
+        if version not in cache:
+            cache[version] = _run(compat_server, version)
+        return cache[version]
+
+    yield get
+
+
+def step(data: dict[str, Any], name: str) -> Any:
+    assert name in data, f"the flow did not run {name!r}"
+    value = data[name]
+    assert not (isinstance(value, dict) and "unexpected" in value), value["unexpected"]
+    return value
+
+
+@pytest.mark.parametrize("version", PARAMS)
+def test_build_from_image(flows: Callable[[str], dict[str, Any]], version: str) -> None:
+    """create_snapshot from an image returns it ready, with digest, capacity and (where the SDK
+    sends them) its tag and run_config."""
+    b = step(flows(version), "build")
+    assert b["status"] == "ready" and b["image_digest"].startswith("sha256:")
+    assert b["fs_capacity_bytes"] == 1 << 30 and b["source_sandbox_id"] is None
+    if "tag" in b["kw"]:
+        assert b["tags"] == ["v1"]
+    if "run_config" in b["kw"]:
+        assert b["run_config"] == {"env_vars": {"SNAP": "yes"}, "work_dir": "/tmp"}
+
+
+@pytest.mark.parametrize("version", PARAMS)
+def test_boot_run_stream_files(flows: Callable[[str], dict[str, Any]], version: str) -> None:
+    """A sandbox from the snapshot runs commands (with the snapshot's run_config where sent),
+    streams output, writes and reads files, and reconnects to a command by id."""
+    data = flows(version)
+    r = step(data, "boot_and_run")
+    with_rc = "run_config" in step(data, "build")["kw"]
+    assert r["stdout"] == ("hi\nyes\n/tmp\n" if with_rc else "hi\nunset\n/home/user\n")
+    assert r["exit_code"] == 0 and r["streamed"] == "1\n2\n3\n" and r["streamed_exit"] == 0
+    assert r["read"] == "captured\n" and r["reconnected"] == ["later\n", 3]
+
+
+@pytest.mark.parametrize("version", PARAMS)
+def test_per_command_run_config(flows: Callable[[str], dict[str, Any]], version: str) -> None:
+    """SDKs that send run_config with a command (0.13+) get its env_vars and work_dir."""
+    got = step(flows(version), "per_command_run_config")
+    assert got in ("n/a", "c\n/\n")
+    if tuple(map(int, version.split("."))) >= (0, 13):
+        assert got == "c\n/\n"
+
+
+@pytest.mark.parametrize("version", PARAMS)
+def test_capture_and_boot(flows: Callable[[str], dict[str, Any]], version: str) -> None:
+    """capture_snapshot keeps the sandbox's files (not later writes); a sandbox booted from it by
+    name reads them."""
+    c = step(flows(version), "capture_and_boot")
+    assert c["status"] == "ready" and c["source_is_sb"] and c["seconds"] < 10
+    assert c["child_reads"] == "captured\n" and c["parent_reads"] == "after\n"
+
+
+@pytest.mark.parametrize("version", PARAMS)
+def test_stop_start_keeps_files(flows: Callable[[str], dict[str, Any]], version: str) -> None:
+    """stop then start: status stopped, then ready, files kept."""
+    s = step(flows(version), "stop_start")
+    assert (s["stopped"], s["after"], s["read"]) == ("stopped", "ready", "captured\n")
+
+
+@pytest.mark.parametrize("version", PARAMS)
+def test_lookups(flows: Callable[[str], dict[str, Any]], version: str) -> None:
+    """get_snapshot, list_snapshots (name_contains where the SDK has it), list_snapshot_tags and
+    name:tag references (0.12+)."""
+    prefix = "snap" + version.replace(".", "")
+    lk = step(flows(version), "lookups")
+    assert lk["get"] == f"{prefix}-base" and lk["listed"]
+    if "filtered" in lk:
+        assert lk["filtered"] == [f"{prefix}-base", f"{prefix}-cap"]
+    if "tags" in lk:
+        assert lk["tags"] == [["v1", True]] and lk["by_ref"]
+
+
+@pytest.mark.parametrize("version", PARAMS)
+def test_error_types(flows: Callable[[str], dict[str, Any]], version: str) -> None:
+    """An unknown snapshot on create and on get, and capturing an unknown sandbox, raise the
+    SDK's not-found errors."""
+    e = step(flows(version), "errors")
+    assert e["get_unknown"]["type"] == "ResourceNotFoundError"
+    assert e["get_unknown"]["resource_type"] == "snapshot"
+    assert e["capture_unknown_sandbox"]["type"] == "ResourceNotFoundError"
+    unknown = e["unknown_snapshot"]
+    assert unknown is not None and "not found" in unknown["str"]
+
+
+@pytest.mark.parametrize("version", PARAMS)
+def test_delete_in_use(flows: Callable[[str], dict[str, Any]], version: str) -> None:
+    """Deleting a snapshot a sandbox booted from leaves the sandbox's files; the snapshot is
+    gone."""
+    d = step(flows(version), "delete_in_use")
+    assert d["child_still_reads"] == "captured\n"
+    assert d["get_after"]["type"] == "ResourceNotFoundError"
+    assert step(flows(version), "cleanup") is True
+
+
+def test_idle_stop_of_the_newest_sdk(flows: Callable[[str], dict[str, Any]]) -> None:
+    """A sandbox of the newest SDK with idle_ttl_seconds=60 is stopped (not deleted) once idle."""
+    idle = step(flows(NEWEST_015), "idle_stop")
+    assert idle == {"status": "stopped", "idle_ttl_seconds": 60}
