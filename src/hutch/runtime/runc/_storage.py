@@ -40,6 +40,8 @@ BTRFS_SUBVOL_RDONLY = 1 << 1
 _VOL_ARGS_V2_HEAD = struct.Struct("=qQQ4Q")
 #: Where captured snapshots live in the pool: a plain directory whose name no sandbox id can have.
 SNAPSHOTS = ".snapshots"
+#: One ready writable clone per captured snapshot, taken by the next sandbox booted from it.
+SPARES = ".spares"
 
 
 class StorageError(Exception):
@@ -146,7 +148,7 @@ class StoragePool:
         if not _is_mounted(self.root):
             return
         with os.scandir(self.root) as entries:
-            if any(e.is_dir(follow_symlinks=False) and e.name != SNAPSHOTS for e in entries):
+            if any(e.is_dir(follow_symlinks=False) and e.name[0] != "." for e in entries):
                 return  # sandboxes left: they survive a server restart and need their layers
         if _libc.umount2(str(self.root).encode(), MNT_DETACH) != 0:
             log.warning("could not unmount %s: %s", self.root, os.strerror(ctypes.get_errno()))
@@ -225,30 +227,52 @@ class StoragePool:
 
     def clone(self, snapshot_id: str, sandbox_id: str, limit_bytes: int) -> Path:
         """A writable copy-on-write clone of a captured snapshot as the sandbox's subvolume,
-        limited to ``limit_bytes`` (the snapshot's own files count toward it)."""
-        source = self.snapshots / snapshot_id
-        if not (source / "upper").is_dir():
-            raise StorageError(f"snapshot {snapshot_id} has no files on this server")
-        try:
-            _snapshot(source, self.root, sandbox_id, readonly=False)
-        except OSError as exc:
-            raise StorageError(f"cannot create the sandbox's storage: {exc}") from exc
+        limited to ``limit_bytes`` (the snapshot's own files count toward it).
+
+        Taking the snapshot's spare clone is a rename; without one, a btrfs snapshot is made
+        here, which waits for a transaction commit (a few milliseconds to tens under load).
+        """
         path = self.path(sandbox_id)
         try:
+            os.rename(self.root / SPARES / snapshot_id, path)
+        except FileNotFoundError:
+            self._clone_into(snapshot_id, self.root, sandbox_id)
+        except OSError as exc:
+            raise StorageError(f"cannot create the sandbox's storage: {exc}") from exc
+        try:
             self.set_limit(path, limit_bytes)
-            # overlayfs' work directory must be empty and is never part of what was captured.
-            shutil.rmtree(path / "work", ignore_errors=True)
-            (path / "work").mkdir()
         except BaseException:
             self.release(sandbox_id)
             raise
         return path
 
-    def drop_snapshot(self, snapshot_id: str) -> None:
-        """Delete a captured snapshot (idempotent); sandboxes cloned from it keep their files."""
-        if not (self.snapshots / snapshot_id).exists():
-            return
+    def _clone_into(self, snapshot_id: str, parent: Path, name: str) -> None:
+        source = self.snapshots / snapshot_id
+        if not (source / "upper").is_dir():
+            raise StorageError(f"snapshot {snapshot_id} has no files on this server")
         try:
-            _destroy(self.snapshots, snapshot_id)
+            _snapshot(source, parent, name, readonly=False)
+        except OSError as exc:
+            raise StorageError(f"cannot create the sandbox's storage: {exc}") from exc
+        # overlayfs' work directory must be empty and is never part of what was captured.
+        shutil.rmtree(parent / name / "work", ignore_errors=True)
+        (parent / name / "work").mkdir()
+
+    def prepare_spare(self, snapshot_id: str) -> None:
+        """Make the snapshot's spare clone unless it has one (or is gone)."""
+        spares = self.root / SPARES
+        if (spares / snapshot_id).exists() or not (self.snapshots / snapshot_id).is_dir():
+            return
+        spares.mkdir(mode=0o700, exist_ok=True)
+        self._clone_into(snapshot_id, spares, snapshot_id)
+
+    def drop_snapshot(self, snapshot_id: str) -> None:
+        """Delete a captured snapshot and its spare (idempotent); sandboxes cloned from it keep
+        their files."""
+        try:
+            if (self.root / SPARES / snapshot_id).exists():
+                _destroy(self.root / SPARES, snapshot_id)
+            if (self.snapshots / snapshot_id).exists():
+                _destroy(self.snapshots, snapshot_id)
         except OSError as exc:
             raise StorageError(f"cannot delete snapshot {snapshot_id}: {exc}") from exc
