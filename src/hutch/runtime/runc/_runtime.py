@@ -34,7 +34,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO
 
-from hutch.runtime import _fs, _netns
+from hutch.runtime import _fs, _netns, _users
 from hutch.runtime._interface import (
     ExecSpec,
     NetworkMode,
@@ -544,8 +544,24 @@ class RuncRuntime(Runtime):
 
     # -- processes -----------------------------------------------------------------------------
 
+    async def _credentials(self, sandbox_id: str, user: str | None) -> _users.Credentials | None:
+        """Resolve ``user`` against the sandbox's /etc/passwd and /etc/group (see _users).
+
+        None stays None: the command runs as the init does (root, no supplementary groups).
+        """
+        if user is None:
+            return None
+        root = self.root_fd(sandbox_id)
+        try:
+            return await asyncio.to_thread(_users.resolve_in, root, user)
+        except _users.UserError as exc:
+            raise SpawnError(str(exc)) from exc
+        finally:
+            os.close(root)
+
     async def exec(self, sandbox_id: str, spec: ExecSpec) -> RuncProcess:
         bundle = self._bundle(sandbox_id)
+        user = await self._credentials(sandbox_id, spec.user)
         cmd_id = uuid.uuid4().hex
         cgroup = _cgroups.command_cgroup(_spec.cgroup_parent(sandbox_id), cmd_id)
         try:
@@ -558,13 +574,18 @@ class RuncRuntime(Runtime):
         env.update(spec.env)
         spawner = self._spawners.get(sandbox_id)
         if spawner is not None and not spawner.closed:
-            return await self._spawn(spawner, cgroup, spec, env)
+            return await self._spawn(spawner, cgroup, spec, env, user)
         spec_file = bundle / "exec" / f"{cmd_id}.json"
         pid_file = bundle / "exec" / f"{cmd_id}.pid"
         spec_file.write_text(
             json.dumps(
                 _spec.process(
-                    list(spec.argv), env, spec.cwd, terminal=spec.pty, size=(spec.rows, spec.cols)
+                    list(spec.argv),
+                    env,
+                    spec.cwd,
+                    terminal=spec.pty,
+                    size=(spec.rows, spec.cols),
+                    user=user,
                 )
             )
         )
@@ -621,7 +642,12 @@ class RuncRuntime(Runtime):
         return proc
 
     async def _spawn(
-        self, spawner: _spawner.Spawner, cgroup: Path, spec: ExecSpec, env: dict[str, str]
+        self,
+        spawner: _spawner.Spawner,
+        cgroup: Path,
+        spec: ExecSpec,
+        env: dict[str, str],
+        user: _users.Credentials | None = None,
     ) -> RuncProcess:
         """Start a command through the sandbox's init (see :mod:`_spawner`)."""
         ours: list[BinaryIO] = []
@@ -635,7 +661,7 @@ class RuncRuntime(Runtime):
         try:
             try:
                 spawned = await spawner.spawn(
-                    spec.argv, env, spec.cwd, theirs, rows=spec.rows, cols=spec.cols
+                    spec.argv, env, spec.cwd, theirs, rows=spec.rows, cols=spec.cols, user=user
                 )
             finally:
                 for fd in theirs or ():

@@ -12,6 +12,9 @@ command's freezer cgroup → GO → the child execs. EXITED carries the raw wait
 The init is code inside the sandbox: the server trusts none of what it says beyond what the kernel
 vouches for. The pid comes from the pidfd (the kernel translates it; the init can only name
 processes of its own sandbox), and an exit status can only misreport that sandbox's own command.
+
+Credentials (who the command runs as) ride in the SPAWN message after its header, as resolved by
+the server (:mod:`hutch.runtime._users`); the child takes them after GO, right before it execs.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hutch.runtime._users import MAX_GROUPS, MAX_ID, Credentials
+
 log = logging.getLogger("hutch.runtime")
 
 SOURCE = Path(__file__).with_name("hutch-init.c")
 
 SPAWN, GO, ABORT, SPAWNED, EXITED = 1, 2, 3, 4, 5
-FLAG_PTY = 1
-_SPAWN = struct.Struct("=IIQIIHHI")  # the last field is reserved (0)
+FLAG_PTY, FLAG_USER = 1, 2
+_SPAWN = struct.Struct("=IIQIIHHI")  # the last field is the number of supplementary groups
+_USER = struct.Struct("=II")  # uid, gid; then one u32 per supplementary group
 _SHORT = struct.Struct("=IiQ")
 SPAWN_TIMEOUT = 10.0
 
@@ -102,6 +108,31 @@ def _payload(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> int:
     return fd
 
 
+def _spawn_header(
+    ident: int,
+    argc: int,
+    envc: int,
+    pty: bool,
+    rows: int,
+    cols: int,
+    user: Credentials | None,
+) -> bytes:
+    """The SPAWN message (see ``hutch-init.c``); ``user=None`` keeps the init's own ids (root)."""
+    flags = FLAG_PTY if pty else 0
+    if user is None:
+        return _SPAWN.pack(SPAWN, flags, ident, argc, envc, rows, cols, 0)
+    ids = (user.uid, user.gid, *user.groups)
+    if len(user.groups) > MAX_GROUPS or not all(0 <= i <= MAX_ID for i in ids):
+        raise SpawnerError(
+            f"cannot run as {user}: ids must be 0..{MAX_ID}, at most {MAX_GROUPS} groups"
+        )
+    return (
+        _SPAWN.pack(SPAWN, flags | FLAG_USER, ident, argc, envc, rows, cols, len(user.groups))
+        + _USER.pack(user.uid, user.gid)
+        + struct.pack(f"={len(user.groups)}I", *user.groups)
+    )
+
+
 @dataclass
 class Spawned:
     """A child waiting for GO: its pid in the server's namespace and, for a PTY, the master."""
@@ -133,18 +164,21 @@ class Spawner:
         stdio: tuple[int, int, int] | None,
         rows: int = 24,
         cols: int = 80,
+        user: Credentials | None = None,
     ) -> Spawned:
-        """Fork a child that waits for :meth:`go`; ``stdio=None`` asks for a new PTY."""
+        """Fork a child that waits for :meth:`go`; ``stdio=None`` asks for a new PTY.
+
+        With ``user`` the command runs with those credentials; without, as the init (root).
+        """
         if self.closed:
             raise SpawnerError("the sandbox's init is not listening")
         ident = self._next
         self._next += 1
+        header = _spawn_header(ident, len(argv), len(env), stdio is None, rows, cols, user)
         payload = _payload(argv, env, cwd)
         fut: asyncio.Future[Spawned] = self._loop.create_future()
         self._spawning[ident] = fut
         try:
-            flags = 0 if stdio is not None else FLAG_PTY
-            header = _SPAWN.pack(SPAWN, flags, ident, len(argv), len(env), rows, cols, 0)
             fds = [payload, *(stdio or ())]
             await self._send(header, fds)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hutch.runtime._interface import SandboxSpec
+from hutch.runtime._users import Credentials
 from hutch.runtime.runc import _seccomp
 from hutch.runtime.runc._userns import IdMap
 
@@ -61,20 +62,30 @@ def process(
     terminal: bool = False,
     no_new_privileges: bool = True,
     size: tuple[int, int] | None = None,
+    user: Credentials | None = None,
 ) -> dict[str, Any]:
-    """The ``process`` object, for the init and for each ``runc exec``."""
+    """The ``process`` object, for the init and for each ``runc exec``.
+
+    ``user`` (ids as the sandbox sees them) defaults to root without supplementary groups.
+    """
     caps = list(DEFAULT_CAPS)
+    # A non-root user holds no capability (the kernel recomputes them at execve, and with no
+    # ambient set a non-root program gets none); listing none says so rather than relying on it.
+    held = caps if user is None or user.uid == 0 else []
     extra: dict[str, Any] = {}
     if terminal and size:
         extra["consoleSize"] = {"height": size[0], "width": size[1]}
+    ids: dict[str, Any] = {"uid": 0, "gid": 0}
+    if user is not None:
+        ids = {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.groups)}
     return {
         **extra,
         "terminal": terminal,
-        "user": {"uid": 0, "gid": 0},
+        "user": ids,
         "args": args,
         "env": [f"{k}={v}" for k, v in env.items()],
         "cwd": cwd,
-        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "capabilities": {"bounding": caps, "effective": held, "permitted": held},
         "noNewPrivileges": no_new_privileges,
     }
 

@@ -9,7 +9,8 @@
  * Protocol: one message per packet, integers in host byte order.
  *
  *   server -> init  SPAWN    {u32 type=1, u32 flags, u64 id, u32 argc, u32 envc, u16 rows, u16 cols,
- *                             u32 0}
+ *                             u32 ngroups}, and with FLAG_USER then {u32 uid, u32 gid,
+ *                             u32 groups[ngroups]} (without it ngroups is 0 and nothing follows)
  *                            fds: [payload, stdin, stdout, stderr], or [payload] with FLAG_PTY.
  *                            payload (a memfd): cwd\0 argv[0]\0 ... argv[argc-1]\0 env[0]\0 ...
  *   server -> init  GO       {u32 type=2, u32 0, u64 id}  the child may exec
@@ -20,14 +21,23 @@
  * A spawned child waits for GO before it execs, so that the server can first move it into the
  * command's own cgroup (kill takes the whole tree from there). It runs the command with its
  * stdio on the descriptors the server sent (or on a new pseudo-terminal whose master goes back to
- * the server), in a session of its own. If the working directory or the program is missing, it
- * says so on its stderr and exits 255.
+ * the server), in a session of its own. With FLAG_USER it then takes the command's credentials:
+ * setgroups, setresgid, setresuid, in that order (the last drops the capabilities of a non-root
+ * user), each checked. If any of these fails, or the working directory or the program is missing,
+ * it says so on its stderr and exits 255; it never execs with credentials it was not asked for.
+ *
+ * A SPAWN is refused with an errno in SPAWNED (the command never exists) when it is malformed:
+ * unknown flags, a length that does not match its flags and ngroups (or that overflows the
+ * receive buffer), more than MAX_GROUPS groups, an id above MAX_ID, or counts that do not match
+ * the payload. Packets too short to carry an id, and other malformed packets, are ignored.
  *
  * Without a control socket (or once the server closed it) the init only reaps. It is not
  * dumpable, so nothing in the sandbox can ptrace it or open its descriptors through /proc.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -51,18 +61,31 @@
 #endif
 
 enum { SPAWN = 1, GO = 2, ABORT = 3, SPAWNED = 4, EXITED = 5 };
-enum { FLAG_PTY = 1 };
+enum { FLAG_PTY = 1, FLAG_USER = 2 };
 #define MAX_CHILDREN 4096
 #define MAX_PAYLOAD (8u << 20)
+#define MAX_GROUPS 64
+#define MAX_ID 65535u /* the sandbox's user namespace maps ids 0..65535 */
 
 struct spawn_msg {
     uint32_t type, flags;
     uint64_t id;
     uint32_t argc, envc;
     uint16_t rows, cols;
-    uint32_t reserved;
+    uint32_t ngroups;
 };
-_Static_assert(sizeof(struct spawn_msg) == 32, "SPAWN is 32 bytes");
+_Static_assert(sizeof(struct spawn_msg) == 32, "SPAWN's header is 32 bytes");
+
+/* What follows the header of a SPAWN with FLAG_USER; only ngroups entries of groups are sent. */
+struct spawn_user {
+    uint32_t uid, gid;
+    uint32_t groups[MAX_GROUPS];
+};
+
+struct spawn_full {
+    struct spawn_msg h;
+    struct spawn_user u;
+};
 
 struct short_msg {
     uint32_t type;
@@ -217,8 +240,32 @@ static void close_all(const int *fds, int n) {
             close(fds[i]);
 }
 
-static void child_main(const struct spawn_msg *m, int go_r, int master, const int *stdio,
-                       const char *cwd, char **argv, char **envp) {
+/* Take the command's credentials; NULL on success, else the call that failed (errno set). */
+static const char *become(const struct spawn_user *u, uint32_t ngroups) {
+    gid_t groups[MAX_GROUPS];
+    for (uint32_t i = 0; i < ngroups; i++)
+        groups[i] = u->groups[i];
+    if (setgroups(ngroups, groups) < 0)
+        return "setgroups";
+    if (setresgid(u->gid, u->gid, u->gid) < 0)
+        return "setresgid";
+    if (setresuid(u->uid, u->uid, u->uid) < 0)
+        return "setresuid";
+    /* Belt and braces: a command must never run with ids it was not asked for. */
+    uid_t r, e, s;
+    gid_t rg, eg, sg;
+    if (getresuid(&r, &e, &s) < 0 || getresgid(&rg, &eg, &sg) < 0)
+        return "getresuid";
+    if (r != u->uid || e != u->uid || s != u->uid || rg != u->gid || eg != u->gid ||
+        sg != u->gid) {
+        errno = EPERM;
+        return "setresuid";
+    }
+    return NULL;
+}
+
+static void child_main(const struct spawn_msg *m, const struct spawn_user *user, int go_r,
+                       int master, const int *stdio, const char *cwd, char **argv, char **envp) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -227,6 +274,10 @@ static void child_main(const struct spawn_msg *m, int go_r, int master, const in
         int s = ioctl(master, TIOCGPTPEER, O_RDWR);
         if (s < 0 || ioctl(s, TIOCSCTTY, 0) < 0)
             _exit(255);
+        /* The user owns its terminal, as under runc, so that reopening it by name works. A failure
+         * is not fatal: the command still has the terminal on its stdio. */
+        if (user && fchown(s, user->uid, (gid_t)-1) < 0) {
+        }
         for (int i = 0; i < 3; i++)
             if (dup2(s, i) < 0)
                 _exit(255);
@@ -243,6 +294,15 @@ static void child_main(const struct spawn_msg *m, int go_r, int master, const in
     if (n != 1 || go != 'g')
         _exit(255);
     syscall(SYS_close_range, 3U, ~0U, 0U);
+    if (user) {
+        const char *failed = become(user, m->ngroups);
+        if (failed) {
+            dprintf(2, "hutch: cannot run as uid %u, gid %u: %s: %s\n", (unsigned)user->uid,
+                    (unsigned)user->gid, failed, strerror(errno));
+            _exit(255);
+        }
+    }
+    /* After taking the credentials: a user cannot work in a directory it could not enter. */
     if (chdir(cwd) < 0) {
         dprintf(2, "hutch: cannot use working directory %s: %s\n", cwd, strerror(errno));
         _exit(255);
@@ -253,12 +313,34 @@ static void child_main(const struct spawn_msg *m, int go_r, int master, const in
     _exit(255);
 }
 
-static void spawn(const struct spawn_msg *m, int *fds, int nfds) {
+/* Whether a SPAWN of `len` bytes is well formed: 0 or an errno. */
+static int check_spawn(const struct spawn_full *f, size_t len) {
+    const struct spawn_msg *m = &f->h;
+    if (len < sizeof *m)
+        return EBADMSG;
+    if (m->flags & ~(uint32_t)(FLAG_PTY | FLAG_USER))
+        return EINVAL;
+    if (!(m->flags & FLAG_USER))
+        return m->ngroups == 0 && len == sizeof *m ? 0 : EBADMSG;
+    if (m->ngroups > MAX_GROUPS ||
+        len != sizeof *m + offsetof(struct spawn_user, groups) + m->ngroups * sizeof(uint32_t))
+        return EBADMSG;
+    if (f->u.uid > MAX_ID || f->u.gid > MAX_ID)
+        return EINVAL;
+    for (uint32_t i = 0; i < m->ngroups; i++)
+        if (f->u.groups[i] > MAX_ID)
+            return EINVAL;
+    return 0;
+}
+
+static void spawn(const struct spawn_full *f, size_t len, int *fds, int nfds) {
+    const struct spawn_msg *m = &f->h;
+    const struct spawn_user *user = (m->flags & FLAG_USER) ? &f->u : NULL;
     char *cwd = NULL, **argv = NULL, **envp = NULL;
     int pty = (m->flags & FLAG_PTY) != 0;
     int master = -1, go[2] = {-1, -1};
-    int err = 0;
-    if (nfds != (pty ? 1 : 4) || nchildren >= MAX_CHILDREN || find(m->id))
+    int err = check_spawn(f, len);
+    if (!err && (nfds != (pty ? 1 : 4) || nchildren >= MAX_CHILDREN || find(m->id)))
         err = nfds != (pty ? 1 : 4) ? EBADMSG : (nchildren >= MAX_CHILDREN ? EAGAIN : EEXIST);
     if (!err)
         err = parse_payload(fds[0], m, &cwd, &argv, &envp);
@@ -284,7 +366,7 @@ static void spawn(const struct spawn_msg *m, int *fds, int nfds) {
     if (!err) {
         pid = fork();
         if (pid == 0)
-            child_main(m, go[0], master, fds + 1, cwd, argv, envp);
+            child_main(m, user, go[0], master, fds + 1, cwd, argv, envp);
         if (pid < 0)
             err = errno;
     }
@@ -322,9 +404,9 @@ static void spawn(const struct spawn_msg *m, int *fds, int nfds) {
 
 static void on_control(void) {
     union {
-        struct spawn_msg spawn;
+        struct spawn_full spawn;
         struct short_msg brief;
-        char raw[64];
+        char raw[sizeof(struct spawn_full) + 64]; /* longer is truncated, then refused */
     } m;
     union {
         char buf[CMSG_SPACE(8 * sizeof(int))];
@@ -355,15 +437,18 @@ static void on_control(void) {
         close_ctl();
         return;
     }
-    if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || n < (ssize_t)sizeof(struct short_msg)) {
+    if (n < (ssize_t)sizeof(struct short_msg)) {
         close_all(fds, nfds);
-        return; /* malformed: ignore */
+        return; /* malformed, without an id to answer: ignore */
     }
-    if (m.brief.type == SPAWN && n == (ssize_t)sizeof m.spawn) {
-        spawn(&m.spawn, fds, nfds);
+    int truncated = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+    if (m.brief.type == SPAWN) { /* long enough to carry its id: always answered */
+        spawn(&m.spawn, truncated ? 0 : (size_t)n, fds, nfds); /* a length of 0 is refused */
         return;
     }
     close_all(fds, nfds);
+    if (truncated)
+        return;
     if ((m.brief.type == GO || m.brief.type == ABORT) && n == (ssize_t)sizeof m.brief) {
         struct child *c = find(m.brief.id);
         if (c)
