@@ -37,7 +37,7 @@ class SandboxPathError(Exception):
 
     def __init__(self, kind: str, path: str, message: str) -> None:
         super().__init__(message)
-        self.kind = kind  # "not_found" | "invalid" | "not_file" | "io"
+        self.kind = kind  # "not_found" | "invalid" | "not_file" | "not_dir" | "io"
         self.path = path
 
 
@@ -187,3 +187,74 @@ def write_all(fd: int, chunks: Iterable[bytes]) -> int:
             view = view[n:]
             total += n
     return total
+
+
+# -- walking a directory tree (glob, grep) -----------------------------------------------------
+
+#: How a walk opens a child by name relative to a directory fd it already holds: no symlink in
+#: any component (a directory swapped for a symlink mid-walk fails with ELOOP instead of being
+#: followed), nothing above that fd, no magic links. A walk therefore never leaves the tree it
+#: started in, whatever the sandbox does to it meanwhile.
+WALK_RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+
+#: statfs ``f_type`` of filesystems a walk never descends into and never reads files from: their
+#: "files" are kernel interfaces, and the server reads as host root, so a read of e.g.
+#: ``/proc/kmsg`` would show the host's kernel log (or block). FUSE is here because a read from
+#: it can block for as long as the sandbox likes.
+PSEUDO_FS = frozenset(
+    {
+        0x9FA0,  # proc
+        0x62656572,  # sysfs
+        0x1CD1,  # devpts
+        0x64626720,  # debugfs
+        0x74726163,  # tracefs
+        0x73636673,  # securityfs
+        0x27E0EB,  # cgroup
+        0x63677270,  # cgroup2
+        0xCAFE4A11,  # bpf
+        0x65735546,  # fuse
+        0x6E736673,  # nsfs
+        0xF97CFF8C,  # selinuxfs
+        0x42494E4D,  # binfmt_misc
+    }
+)
+
+
+def open_dir(root_fd: int, path: str) -> int:
+    """Open a directory inside the sandbox for listing (resolved in its root, like every path)."""
+    try:
+        return openat2(root_fd, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise SandboxPathError("not_found", path, f"Directory '{path}' not found") from exc
+        if exc.errno == errno.ENOTDIR:
+            # ENOTDIR also comes from a missing parent that is a file; both mean "not a dir".
+            raise SandboxPathError(
+                "not_dir", path, f"'{path}' is not a directory; pass the directory to search"
+            ) from exc
+        if exc.errno == errno.ELOOP:
+            raise SandboxPathError(
+                "invalid", path, f"'{path}' goes through a link that cannot be followed"
+            ) from exc
+        raise SandboxPathError("io", path, f"Cannot open '{path}': {exc.strerror}") from exc
+
+
+def open_child(dir_fd: int, rel: str, flags: int) -> int:
+    """Open ``rel`` (a name or a relative path) below ``dir_fd`` without following any symlink."""
+    return openat2(dir_fd, rel, flags | os.O_NOFOLLOW | os.O_NOCTTY, resolve=WALK_RESOLVE)
+
+
+def fs_type(fd: int) -> int:
+    """The statfs ``f_type`` of the filesystem ``fd`` is on (works on ``O_PATH`` fds too)."""
+    # struct statfs starts with f_type as a C long on every Linux ABI hutch runs on; 256 bytes
+    # is more than the whole struct anywhere.
+    buf = ctypes.create_string_buffer(256)
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF)
+
+
+def is_pseudo_fs(fd: int) -> bool:
+    """Whether ``fd`` is on a kernel-interface filesystem (see :data:`PSEUDO_FS`)."""
+    return fs_type(fd) in PSEUDO_FS

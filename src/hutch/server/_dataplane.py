@@ -1,4 +1,4 @@
-"""Data plane (spec §3): blocking ``/execute``, ``/upload`` and ``/download``.
+"""Data plane (spec §3): blocking ``/execute``, ``/upload`` and ``/download`` (HEAD and ranges).
 
 Served at ``<server>/dp/<sandbox id>``: the id (not the name) keeps a ``dataplane_url`` valid
 across renames. Every request carries the same ``X-Api-Key`` as the control plane.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import posixpath
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -20,6 +21,7 @@ from sqlalchemy import select
 from hutch.protocol._errors import ErrorType
 from hutch.runtime import _fs
 from hutch.runtime._interface import SandboxNotFound
+from hutch.server import _ranges
 from hutch.server._auth import Principal
 from hutch.server._commands import CommandRequest, exec_spec, sandbox_root
 from hutch.server._deps import Services, principal, services
@@ -201,33 +203,136 @@ def _write_from(root: int, target: str, src: Any, limit: int, owner: tuple[int, 
         os.close(fd)
 
 
-@router.get("/dp/{sandbox_id}/download")
+@router.api_route("/dp/{sandbox_id}/download", methods=["GET", "HEAD"])
 async def download(
     sandbox_id: str,
+    request: Request,
     path: str = Query(...),
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Response:
+    """Read a file: HEAD for its size and validators, GET for the bytes (``Range`` too)."""
     row = await ready_sandbox(svc, who, sandbox_id)
+    return await serve_file(svc, row, request, path)
+
+
+#: Sent with every file: a sandbox's files are its author's, so a browser must never run them
+#: as a page of this server's origin (the web UI's cookie lives there). ``sandbox`` gives an
+#: HTML file an opaque origin with scripts off; ``nosniff`` stops type guessing.
+FILE_SAFETY_HEADERS = {
+    "Content-Security-Policy": "sandbox",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+async def serve_file(
+    svc: Services,
+    row: Sandbox,
+    request: Request,
+    path: str,
+    *,
+    content_type: str | None = None,
+    disposition: Literal["attachment", "inline"] | None = None,
+) -> Response:
+    """Answer a GET or HEAD for one file of a ready sandbox (``/download`` and download links).
+
+    * HEAD: 200 with ``Content-Length``, ``ETag``, ``Last-Modified``, ``Content-Type``.
+    * GET: the file streamed with the same headers but no ``Content-Length`` (the sandbox may
+      change the file while it is sent); ``Range`` (one range) gives 206 with
+      ``Content-Range`` and ``Content-Length``, a range past the end 416 with
+      ``Content-Range: bytes */<size>``. ``If-Range`` and ``If-None-Match`` (304) as RFC 9110.
+
+    ``content_type`` overrides the type guessed from the name; ``disposition`` adds a
+    ``Content-Disposition`` naming the file.
+    """
     root = _root_fd(svc, row)
     try:
         target = _fs.normalize(path, HOME)
-        fd, size = _fs.open_for_read(root, target)
+        fd, _ = _fs.open_for_read(root, target)
     except _fs.SandboxPathError as exc:
         raise _path_error(exc, row, ErrorType.READ_ERROR) from exc
     finally:
         os.close(root)
     await svc.manager.touch(row.id)
+    try:
+        # One fstat of the open fd: the validators, the size and the bytes sent all describe
+        # the same inode, even if the path is renamed over meanwhile.
+        st = os.fstat(fd)
+        etag = _ranges.etag_for(st)
+        modified = _ranges.last_modified_for(st.st_mtime)
+        headers = {
+            "ETag": etag,
+            "Last-Modified": modified,
+            "Accept-Ranges": "bytes",
+            "X-Hutch-File-Size": str(st.st_size),
+            **FILE_SAFETY_HEADERS,
+        }
+        if disposition is not None:
+            headers["Content-Disposition"] = _ranges.content_disposition(
+                disposition, posixpath.basename(target)
+            )
+        media_type = content_type or _ranges.content_type_for(target)
+        plan = _ranges.plan(
+            method=request.method,
+            size=st.st_size,
+            etag=etag,
+            last_modified=modified,
+            range_header=request.headers.get("range"),
+            if_range=request.headers.get("if-range"),
+            if_none_match=request.headers.get("if-none-match"),
+        )
+        if plan.not_modified:
+            return Response(status_code=304, headers=headers)
+        if plan.unsatisfiable:
+            raise ApiError(
+                ErrorType.READ_ERROR,
+                f"Range '{request.headers.get('range')}' starts past the end of '{target}' "
+                f"({st.st_size} bytes in sandbox '{row.name}'); ask for a range below "
+                f"{st.st_size}",
+                416,
+                headers={"Content-Range": f"bytes */{st.st_size}"},
+            )
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(st.st_size)
+            return Response(status_code=200, headers=headers, media_type=media_type)
+    except BaseException:
+        os.close(fd)
+        raise
+    if plan.range is not None:
+        part = plan.range
+        headers["Content-Range"] = part.content_range
+        headers["Content-Length"] = str(part.length)
+        return StreamingResponse(
+            _read_range(fd, part.first, part.length),
+            status_code=206,
+            media_type=media_type,
+            headers=headers,
+        )
+    return StreamingResponse(_read_all(fd), media_type=media_type, headers=headers)
 
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            while chunk := await asyncio.to_thread(os.read, fd, CHUNK):
-                yield chunk
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
-    # No Content-Length: the sandbox may change the file while it is being sent.
-    return StreamingResponse(
-        body(), media_type="application/octet-stream", headers={"X-Hutch-File-Size": str(size)}
-    )
+async def _read_all(fd: int) -> AsyncIterator[bytes]:
+    """The file from the start to EOF, a chunk at a time; closes ``fd``."""
+    try:
+        while chunk := await asyncio.to_thread(os.read, fd, CHUNK):
+            yield chunk
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+async def _read_range(fd: int, offset: int, length: int) -> AsyncIterator[bytes]:
+    """``length`` bytes from ``offset``, fewer if the file shrank meanwhile (the server then
+    ends the response short of its Content-Length, which clients see as a failed transfer,
+    never as a complete one); closes ``fd``."""
+    try:
+        while length > 0:
+            chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, length), offset)
+            if not chunk:
+                break
+            offset += len(chunk)
+            length -= len(chunk)
+            yield chunk
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
