@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from hutch.sessions._types import STREAMS, Output, Stream
+from hutch.sessions._types import STREAMS, Output, RawOutput, Stream
 from hutch.sessions._utf8 import decode, piece_end
 
 #: Default log capacity in bytes. With at most ``MAX_AHEAD`` read ahead, ~15 MiB of sent output
@@ -229,6 +229,11 @@ class Cursor:
 
         Raises :class:`Behind` if bytes this cursor still had to yield were dropped.
         """
+        raw = self.next_raw()
+        return None if raw is None else Output(raw.stream, decode(raw.data), raw.offset)
+
+    def next_raw(self) -> RawOutput | None:
+        """:meth:`next` with the bytes as the log holds them (no decoding, nothing lost)."""
         self.ack()
         log = self._log
         for stream in STREAMS:
@@ -250,6 +255,6 @@ class Cursor:
             self._next[chunk.stream] = chunk.offset + stop
             self._pending = (chunk.stream, chunk.offset + stop)
             self._seq = seq + 1 if stop == len(chunk.data) else seq
-            return Output(chunk.stream, decode(chunk.data[start:stop]), chunk.offset + start)
+            return RawOutput(chunk.stream, chunk.data[start:stop], chunk.offset + start)
         self._seq = seq
         return None

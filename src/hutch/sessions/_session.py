@@ -41,12 +41,14 @@ from hutch.sessions._types import (
     Error,
     Event,
     Exit,
+    Output,
+    RawOutput,
     SessionOptions,
     SessionState,
     Stream,
     Terminal,
 )
-from hutch.sessions._utf8 import Utf8Splitter
+from hutch.sessions._utf8 import Utf8Splitter, decode
 
 log = logging.getLogger("hutch.sessions")
 
@@ -607,12 +609,27 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
+        event = await self.next_raw()
+        if event is None:
+            raise StopAsyncIteration
+        if isinstance(event, RawOutput):
+            return Output(event.stream, decode(event.data), event.offset)
+        return event
+
+    async def next_raw(self) -> RawOutput | Terminal | None:
+        """The next event as iteration yields it, but with output as the raw bytes the command
+        wrote (for byte transports: invalid UTF-8 is not replaced); ``None`` once detached.
+
+        Same delivery rule, terminal event and :class:`~hutch.sessions.SlowConsumer` as
+        iterating. Cancelling a pending call loses nothing: output is handed out only when the
+        call returns.
+        """
         session = self._session
         log_ = session._log
         while not self._closed:
             delivered = log_.delivered["stdout"] + log_.delivered["stderr"]
             try:
-                output = self._cursor.next()
+                output = self._cursor.next_raw()
             except Behind:
                 self.close()
                 stdout_offset, stderr_offset = self._cursor.offsets
@@ -627,4 +644,4 @@ class Subscription:
                 self.close()
                 return terminal
             await session._data.wait()
-        raise StopAsyncIteration
+        return None

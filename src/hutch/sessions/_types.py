@@ -65,6 +65,19 @@ class Output:
 
 
 @dataclass(frozen=True, slots=True)
+class RawOutput:
+    """Stream bytes ``[offset, offset + len(data))`` exactly as the command wrote them.
+
+    For byte-oriented transports (SSE sends base64 of the raw bytes); cut at the same character
+    boundaries as :class:`Output`, so the two views of a log always agree on offsets.
+    """
+
+    stream: Stream
+    data: bytes
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class Exit:
     """Terminal: the command exited with ``exit_code`` (128+N when killed by signal N)."""
 
