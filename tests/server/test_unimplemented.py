@@ -20,7 +20,6 @@ pytestmark = pytest.mark.root
         ("GET", "/snapshots", "Snapshots"),
         ("GET", "/snapshots/abc", "Snapshots"),
         ("POST", "/boxes/some-box/snapshot", "Snapshots"),
-        ("POST", "/boxes/some-box/service-url", "Service URLs"),
         ("GET", "/registries", "Registries"),
     ],
 )

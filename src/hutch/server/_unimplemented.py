@@ -24,7 +24,6 @@ _FEATURES: list[tuple[str, str, list[str]]] = [
     ("/snapshots/{snapshot_id}", "Snapshots", ["GET", "DELETE"]),
     ("/snapshots-by-name/{name}", "Snapshots", ["GET"]),
     ("/boxes/{name}/snapshot", "Snapshots", ["POST"]),
-    ("/boxes/{name}/service-url", "Service URLs", ["POST"]),
     ("/registries", "Registries", ["GET", "POST"]),
 ]
 
