@@ -228,8 +228,27 @@ def start_stop(c, sb):
 
 
 @check()
+def service_url(c, sb):
+    """client.service(): the four fields, and the SDK's own HTTP helper (token header, no API
+    key) reaching a loopback-only service in the sandbox; an unknown sandbox is not found."""
+    sb.run("mkdir -p /svc && echo service-ok > /svc/index.html && httpd -p 127.0.0.1:8090 -h /svc")
+    svc = c.service(sb.name, 8090, expires_in_seconds=300)
+    page = svc.get("/index.html")
+    return {
+        "status": page.status_code,
+        "text": page.text,
+        "service_url": svc.service_url,
+        "browser_url": svc.browser_url.split("?")[0],
+        "token": bool(svc.token),
+        "expires_at": svc.expires_at,
+        "sandbox_id": sb.id,
+        "missing": raises(lambda: c.service(f"{P}-nobody", 8090)),
+    }
+
+
+@check()
 def unimplemented(c, sb):
-    out = {"service_url": raises(lambda: c.service(sb.name, 8080))}
+    out = {}
     if TEMPLATES:
         out["create_volume"] = raises(lambda: c.create_volume(f"{P}-v", "1Gi"))
         out["list_volumes"] = raises(c.list_volumes)

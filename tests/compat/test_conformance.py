@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -223,11 +223,25 @@ def test_stop_and_start(got: Got) -> None:
 
 
 @parametrize()
+def test_service_url(got: Got) -> None:
+    """client.service() (§2.3): all four fields, and svc.get() with the token header reaches a
+    service bound to the sandbox's loopback; an unknown sandbox is ResourceNotFoundError."""
+    s = got["service_url"]
+    assert (s["status"], s["text"]) == (200, "service-ok\n")
+    assert s["service_url"].endswith(f"/svc/{s['sandbox_id']}/8090/")
+    assert s["browser_url"].endswith(f"/svc-auth/{s['sandbox_id']}/8090")
+    assert s["token"] is True
+    left = datetime.fromisoformat(s["expires_at"].replace("Z", "+00:00")) - datetime.now(UTC)
+    assert 0 < left.total_seconds() <= 300
+    error(s["missing"], "ResourceNotFoundError", resource_type="sandbox")
+
+
+@parametrize()
 def test_unimplemented_features_name_themselves(got: Got) -> None:
-    """Service URLs, volumes and pools answer 501 naming the feature: a SandboxClientError,
-    never a ResourceNotFoundError (§2.3–§2.5)."""
+    """Volumes and pools answer 501 naming the feature: a SandboxClientError, never a
+    ResourceNotFoundError (§2.4, §2.5)."""
     u = got["unimplemented"]
-    features = {"service_url": "Service URLs"}
+    features: dict[str, str] = {}
     if got.sdk.templates:
         features |= {
             "create_volume": "Volumes",

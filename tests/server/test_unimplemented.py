@@ -17,7 +17,6 @@ pytestmark = pytest.mark.root
         ("DELETE", "/volumes/v1", "Volumes"),
         ("POST", "/pools", "Pools"),
         ("PATCH", "/pools/p1", "Pools"),
-        ("POST", "/boxes/some-box/service-url", "Service URLs"),
         ("GET", "/registries", "Registries"),
     ],
 )
