@@ -107,6 +107,14 @@ class Server:
         ).stdout
         return set(out.split())
 
+    @property
+    def service_url(self) -> str:
+        """Base URL of the server's service-URL listener (its own port, printed at start)."""
+        for line in self.log.read_text(errors="replace").splitlines()[::-1]:
+            if line.startswith("hutch: service URLs are served on "):
+                return "http://" + line.rsplit(" ", 1)[-1]
+        raise AssertionError("the server did not say where service URLs are served")
+
     def alive(self) -> bool:
         try:
             return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200

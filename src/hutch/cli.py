@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -115,6 +116,16 @@ def serve(
     data_dir: Path | None = DataDir,
     public_url: str | None = typer.Option(
         None, help="Base URL clients use to reach this server (default: from each request)"
+    ),
+    service_port: int = typer.Option(
+        0,
+        min=0,
+        max=65535,
+        help="Port serving service URLs, an origin apart from the API and web UI [default: "
+        "any free port, printed at start]",
+    ),
+    service_public_url: str | None = typer.Option(
+        None, help="Base URL clients reach the service port at (default: from each request)"
     ),
     database_url: str | None = typer.Option(
         None, help="SQLAlchemy async URL [default: SQLite in the data dir]"
@@ -241,17 +252,38 @@ def serve(
         default_network="egress" if default_network == "egress" else "none",
         egress=egress,
     )
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
-        log_level=log_level,
-        ws="websockets-sansio",
-        ws_max_size=16 * 1024 * 1024,
+    try:
+        service_sock = _listen(host, service_port)
+    except OSError as exc:
+        typer.echo(f"error: --service-port {service_port}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    config.service_port = service_sock.getsockname()[1]
+    config.service_public_url = service_public_url
+    app = create_app(config)
+    settings: dict[str, Any] = {
+        "log_level": log_level,
+        "ws": "websockets-sansio",
+        "ws_max_size": 16 * 1024 * 1024,
         # No permessage-deflate: it cost ~30% of the server's CPU on output streams, and
         # compressed output makes far more bytes sit in socket buffers when a connection drops.
-        ws_per_message_deflate=False,
+        "ws_per_message_deflate": False,
+    }
+    from hutch.server._servers import run_servers
+
+    run_servers(
+        uvicorn.Config(app, host=host, port=port, **settings),
+        uvicorn.Config(app, lifespan="off", **settings),
+        service_sock,
     )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 def _store(data_dir: Path | None):  # type: ignore[no-untyped-def]

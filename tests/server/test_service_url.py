@@ -132,8 +132,10 @@ def test_issue_answers_the_four_fields(server: Server, bb_box: Sandbox) -> None:
         assert r.status_code == 200, r.text
         body = r.json()
         assert set(body) == {"service_url", "browser_url", "token", "expires_at"}
-        assert body["service_url"] == f"{server.url}/svc/{bb_box.id}/{HTTPD}/"
-        assert body["browser_url"].startswith(f"{server.url}/svc-auth/{bb_box.id}/{HTTPD}?token=")
+        assert body["service_url"] == f"{server.service_url}/svc/{bb_box.id}/{HTTPD}/"
+        assert body["browser_url"].startswith(
+            f"{server.service_url}/svc-auth/{bb_box.id}/{HTTPD}?token="
+        )
         assert body["browser_url"].endswith(body["token"])
         assert ISO.match(body["expires_at"]), body["expires_at"]
         expires = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
@@ -218,7 +220,7 @@ def test_browser_url_sets_the_cookie_and_redirects(server: Server, bb_box: Sandb
         assert page.status_code == 200 and page.text == "hello from busybox\n"
         assert browser.get(svc["service_url"] + "index.html").status_code == 200
         # The cookie is scoped to that port: another port's URL gets nothing from it.
-        other = browser.get(f"{server.url}/svc/{bb_box.id}/{HTTPD + 1}/")
+        other = browser.get(f"{server.service_url}/svc/{bb_box.id}/{HTTPD + 1}/")
         assert other.status_code == 401
 
 
@@ -237,14 +239,14 @@ def test_refused_tokens(server: Server, client: SandboxClient, bb_box: Sandbox) 
     envelope(get(url, cookies={"hutch_service_token": forged}), 401, "Unauthorized")
 
     with client.sandbox("bb") as other_box:
-        other = f"{server.url}/svc/{other_box.id}/{HTTPD}/"
+        other = f"{server.service_url}/svc/{other_box.id}/{HTTPD}/"
         message = envelope(get(other, svc["token"]), 403, "Forbidden")
         assert f"port {HTTPD} of sandbox '{bb_box.id}'" in message
     message = envelope(
-        get(f"{server.url}/svc/{bb_box.id}/{HTTPD + 1}/", svc["token"]), 403, "Forbidden"
+        get(f"{server.service_url}/svc/{bb_box.id}/{HTTPD + 1}/", svc["token"]), 403, "Forbidden"
     )
     assert f"not port {HTTPD + 1}" in message
-    envelope(get(f"{server.url}/svc/{bb_box.id}/99999/", svc["token"]), 404, "NotFound")
+    envelope(get(f"{server.service_url}/svc/{bb_box.id}/99999/", svc["token"]), 404, "NotFound")
 
     # A service token is no API key, on either plane.
     with server.http(svc["token"]) as http:
@@ -337,8 +339,8 @@ def test_the_service_never_sees_hutch_credentials(
     assert app["token"] not in r.text and server.key not in r.text and "ui-secret" not in r.text
     assert TOKEN.lower() not in seen and "x-api-key" not in seen and "forwarded" not in seen
     assert seen["cookie"] == "theirs=1; b=2"
-    assert seen["host"] == server.url.removeprefix("http://")
-    assert seen["x-forwarded-host"] == server.url.removeprefix("http://")
+    assert seen["host"] == server.service_url.removeprefix("http://")
+    assert seen["x-forwarded-host"] == server.service_url.removeprefix("http://")
     assert seen["x-forwarded-prefix"] == f"/svc/{py_box.id}/{PYAPP}"
     assert seen["x-forwarded-proto"] == "http"
     assert seen["x-forwarded-for"] == "127.0.0.1"
@@ -355,7 +357,7 @@ def test_the_service_never_sees_hutch_credentials(
     assert app["token"] not in raw and server.key not in raw and "ui-secret" not in raw
     assert seen["cookie"] == "theirs=1; b=2"
     assert seen["x-forwarded-prefix"] == f"/svc/{py_box.id}/{PYAPP}"
-    assert seen["host"] == server.url.removeprefix("http://")
+    assert seen["host"] == server.service_url.removeprefix("http://")
 
 
 @root
@@ -484,7 +486,7 @@ def test_langsmith_sdk_service(server: Server, bb_box: Sandbox, version: str) ->
     got = json.loads(out.stdout)
     assert got["status"] == 200 and got["text"] == "hello from busybox\n"
     assert got["missing"] == 404
-    assert got["service_url"] == f"{server.url}/svc/{bb_box.id}/{HTTPD}/"
+    assert got["service_url"] == f"{server.service_url}/svc/{bb_box.id}/{HTTPD}/"
     assert ISO.match(got["expires_at"])
 
 
@@ -618,3 +620,15 @@ async def test_relay_rewrites_the_request() -> None:
     assert all(name != b"keep-alive" for name, _ in sent[0]["headers"])
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b"ok"
     assert sent[-1]["more_body"] is False
+
+
+def test_services_have_an_origin_of_their_own(server: Server) -> None:
+    """Service URLs live on their own port: there the API and the web UI answer 404 (a
+    service's page can never use the UI's session), and the API port serves no /svc paths."""
+    assert server.service_url != server.url
+    with httpx.Client(headers={"X-Api-Key": server.key}, timeout=30) as http:
+        for path in ("/api/v2/sandboxes/boxes", "/", "/v2/sandboxes/templates"):
+            r = http.get(server.service_url + path)
+            assert r.status_code == 404 and "service URLs only" in r.text, (path, r.text)
+        r = http.get(f"{server.url}/svc/abc/80/")
+        assert r.status_code == 404 and "their own origin" in r.json()["detail"]["message"]

@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hutch.protocol._errors import ErrorType, make_error
 from hutch.runtime.images import ImageStore
 from hutch.runtime.runc import RuncRuntime
 from hutch.server import (
@@ -46,6 +49,37 @@ class _DenialIsNotAnError(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "without completing handshake" not in record.getMessage()
+
+
+class _SplitOrigins:
+    """With a service listener (``--service-port``), each listener serves only its own paths:
+    the service port only ``/svc``/``/svc-auth`` (a service's pages never share an origin with
+    the API or the web UI, whose session they could otherwise use), the API port everything else.
+    """
+
+    def __init__(self, app: ASGIApp, service_port: int) -> None:
+        self.app = app
+        self.service_port = service_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            server = scope.get("server")
+            on_service = server is not None and server[1] == self.service_port
+            path = scope["path"]
+            is_service = path in ("/svc", "/svc-auth") or path.startswith(("/svc/", "/svc-auth/"))
+            if on_service != is_service and path != "/healthz":
+                where = (
+                    f"service URLs are served on port {self.service_port}, their own origin"
+                    if is_service
+                    else "this port serves service URLs only; use the API's port"
+                )
+                wire = make_error(ErrorType.NOT_FOUND, f"No such endpoint: {path} ({where})")
+                if scope["type"] == "http":
+                    await JSONResponse(wire.envelope(), status_code=404)(scope, receive, send)
+                else:
+                    await send({"type": "websocket.close", "code": 1008})
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -112,6 +146,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(_ws_exec.router)
     app.include_router(_tunnel.router)
     _ui.install(app)
+    if config.service_port is not None:
+        app.add_middleware(_SplitOrigins, service_port=config.service_port)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

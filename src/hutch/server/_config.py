@@ -28,6 +28,12 @@ class ServerConfig:
     #: Absolute base URL clients reach this server at; default: taken from each request.
     public_url: str | None = None
     database_url: str | None = None
+    #: Port of the listener serving service URLs (``/svc``), an origin apart from the API and the
+    #: web UI; None: services are served on the API's port (only for tests of the relay).
+    service_port: int | None = None
+    #: Absolute base URL clients reach the service listener at (behind a proxy); default: the
+    #: request's scheme and host with ``service_port``.
+    service_public_url: str | None = None
     #: Largest accepted upload, bytes.
     max_upload_bytes: int = 512 * 1024**2
     #: Per stream, bytes of command output kept by blocking ``/execute``.

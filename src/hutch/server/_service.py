@@ -199,11 +199,26 @@ class ServiceUrlBody(BaseModel):
 
 
 def public_base(conn: HTTPConnection, svc: Services) -> str:
-    """The base URL clients reach this server at (``--public-url``, else the request's), no
-    trailing slash; always http(s), also for a WebSocket request."""
-    if svc.config.public_url:
-        return svc.config.public_url.rstrip("/")
-    base = str(conn.base_url).rstrip("/")
+    """The base URL clients reach services at, no trailing slash; always http(s), also for a
+    WebSocket request.
+
+    Services get an origin of their own (``hutch serve --service-port``): a service's page must
+    never run on the origin of the web UI, where it could use the UI's session. Their base is
+    ``--service-public-url``, else the request's scheme and host with the service port.
+    """
+    cfg = svc.config
+    if cfg.service_public_url:
+        return cfg.service_public_url.rstrip("/")
+    if cfg.service_port is None:  # services share the API's origin (tests of the relay only)
+        if cfg.public_url:
+            return cfg.public_url.rstrip("/")
+        base = str(conn.base_url).rstrip("/")
+    else:
+        url = conn.url
+        host = url.hostname or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        base = f"{url.scheme}://{host}:{cfg.service_port}"
     if base.startswith("ws"):
         base = "http" + base[2:]
     return base
