@@ -124,6 +124,63 @@ def per_command_run_config(c):
     return sb.run("echo $CMD; pwd", run_config={"env_vars": {"CMD": "c"}, "work_dir": "/"}).stdout
 
 
+SSE_CHILD = """
+import json, sys
+from langsmith import _features
+from langsmith.sandbox import SandboxClient, _sse_execute
+url, key, name = sys.argv[1:4]
+sb = SandboxClient(api_endpoint=url + "/api/v2/sandboxes", api_key=key).get_sandbox(name)
+r = sb.run("echo over-sse; echo err >&2; exit 4")
+print(json.dumps({"selected": _sse_execute.sse_transport_selected(),
+                  "out": [r.stdout, r.stderr, r.exit_code]}))
+"""
+
+
+@step
+def data_plane_extras(c):
+    """Service URLs, download links, stat/read_range/ls/glob/grep and SSE, where the SDK has
+    them (read off its methods)."""
+    sb = STATE["sb"]
+    out = {}
+    sb.run("mkdir -p /www && echo page > /www/index.html && httpd -p 127.0.0.1:8090 -h /www")
+    svc = c.service(sb.name, 8090)
+    if hasattr(svc, "get"):
+        r = svc.get("/index.html")
+        out["service"] = [r.status_code, r.text]
+    else:
+        out["service"] = "n/a"
+    if hasattr(sb, "generate_download_url"):
+        import urllib.request
+
+        link = sb.generate_download_url("/data/kept.txt")
+        with urllib.request.urlopen(link.download_url, timeout=30) as resp:
+            out["download_url"] = resp.read().decode()
+    if hasattr(sb, "stat"):
+        out["stat"] = sb.stat("/data/kept.txt").size_bytes
+        out["read_range"] = sb.read_range("/data/kept.txt", start=0, end=3).content.decode()
+        out["ls"] = sorted(f.path.rsplit("/", 1)[-1] for f in sb.ls("/data"))
+        out["glob"] = sorted(f.path for f in sb.glob("*.txt", "/data").matches)
+        out["grep"] = [[m.path, m.line, m.text] for m in sb.grep("capt", "/data").matches]
+    try:
+        from langsmith import _features
+        from langsmith.sandbox import _sse_execute  # noqa: F401
+    except ImportError:
+        return out
+    hint = _features.setting_hint(_features.SANDBOX_SSE_EXEC)
+    var, _, value = hint.partition("=")
+    import subprocess
+
+    child = subprocess.run(
+        [sys.executable, "-c", SSE_CHILD, ARGS["url"], ARGS["key"], sb.name],
+        env={**os.environ, var: value},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out["sse"] = json.loads(child.stdout) if child.returncode == 0 else child.stderr[-2000:]
+    return out
+
+
 @step
 def capture_and_boot(c):
     sb = STATE["sb"]

@@ -116,8 +116,28 @@ def test_per_command_run_config(flows: Callable[[str], dict[str, Any]], version:
     """SDKs that send run_config with a command (0.13+) get its env_vars and work_dir."""
     got = step(flows(version), "per_command_run_config")
     assert got in ("n/a", "c\n/\n")
-    if tuple(map(int, version.split("."))) >= (0, 13):
+    if _at_least(version, 0, 13):
         assert got == "c\n/\n"
+
+
+def _at_least(version: str, *minimum: int) -> bool:
+    return tuple(map(int, version.split("."))) >= minimum
+
+
+@pytest.mark.parametrize("version", PARAMS)
+def test_data_plane_extras(flows: Callable[[str], dict[str, Any]], version: str) -> None:
+    """Service URL GET (every SDK with HTTP helpers), download links (0.11+), stat, read_range,
+    ls, glob and grep (0.13+) and SSE exec (0.13+, with the SDK's feature setting) all work."""
+    x = step(flows(version), "data_plane_extras")
+    if x["service"] != "n/a":
+        assert x["service"] == [200, "page\n"]
+    if _at_least(version, 0, 11):
+        assert x["download_url"] == "captured\n"
+    if _at_least(version, 0, 13):
+        assert (x["stat"], x["read_range"]) == (9, "capt")
+        assert x["ls"] == ["kept.txt"] and x["glob"] == ["/data/kept.txt"]
+        assert x["grep"] == [["/data/kept.txt", 1, "captured"]]
+        assert x["sse"] == {"selected": True, "out": ["over-sse\n", "err\n", 4]}
 
 
 @pytest.mark.parametrize("version", PARAMS)
