@@ -71,6 +71,7 @@ bench: deps
 	-$(PY) bench/exec.py
 	-$(PY) bench/tunnel.py
 	-$(PY) bench/network.py
+	-$(PY) bench/snapshots.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info test-output ui/node_modules $(UI_STATIC)
