@@ -17,7 +17,6 @@ pytestmark = pytest.mark.root
         ("DELETE", "/volumes/v1", "Volumes"),
         ("POST", "/pools", "Pools"),
         ("PATCH", "/pools/p1", "Pools"),
-        ("GET", "/registries", "Registries"),
     ],
 )
 def test_unimplemented_feature_is_501(server: Server, method: str, path: str, feature: str) -> None:

@@ -19,6 +19,7 @@ from hutch.server import (
     _dataplane,
     _errors,
     _files,
+    _registries,
     _service,
     _snapshots,
     _sse_exec,
@@ -137,6 +138,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     for prefix in CONTROL_PREFIXES:
         app.include_router(_control.router, prefix=prefix)
         app.include_router(_snapshots.router, prefix=prefix)
+        app.include_router(_registries.router, prefix=prefix)
         for extra in (_files, _service, _sse_exec):
             app.include_router(extra.control_router, prefix=prefix)
         app.include_router(_unimplemented.router, prefix=prefix)

@@ -124,6 +124,13 @@ async def _registry_credentials(
                 ErrorType.NOT_FOUND,
                 f"Registry '{body.registry_id}' not found; list them with GET /registries",
             )
+        host = image.split("/", 1)[0]
+        if host.lower() != reg.url.lower():
+            raise ApiError(
+                ErrorType.VALIDATION,
+                f"Invalid request: docker_image {body.docker_image!r} is not on registry "
+                f"'{reg.name}' ({reg.url}); its credentials are only sent to that host",
+            )
         return svc.manager.snapshots.registries.get(reg.id)
     if (body.registry_username is None) != (body.registry_password is None):
         raise ApiError(

@@ -20,7 +20,6 @@ _FEATURES: list[tuple[str, str, list[str]]] = [
     ("/volumes/{name}", "Volumes", ["GET", "PATCH", "DELETE"]),
     ("/pools", "Pools", ["GET", "POST"]),
     ("/pools/{name}", "Pools", ["GET", "PATCH", "DELETE"]),
-    ("/registries", "Registries", ["GET", "POST"]),
 ]
 
 
