@@ -7,7 +7,10 @@ from hutch import (
     OutputChunk,
     ResourceSpec,
     ResourceStatus,
+    RunConfig,
     SandboxTemplate,
+    Snapshot,
+    SnapshotTag,
     VolumeMountSpec,
 )
 
@@ -78,3 +81,17 @@ def test_resource_status_defaults_to_provisioning() -> None:
     assert ResourceStatus.from_dict({"status": "failed", "status_message": "pull"}) == (
         ResourceStatus("failed", "pull")
     )
+
+
+def test_snapshot_models_default_every_field() -> None:
+    """Empty or null snapshot JSON reads with defaults; run_config round-trips its set fields."""
+    snap = Snapshot.from_dict({"tags": None, "run_config": None, "fs_capacity_bytes": None})
+    assert (snap.id, snap.name, snap.status, snap.fs_capacity_bytes) == ("", "", "building", 0)
+    assert (snap.tags, snap.run_config) == ([], None)
+    assert Snapshot.from_dict({"run_config": {"user": "1000"}}).run_config == RunConfig("1000")
+    assert RunConfig.from_dict({}) == RunConfig()
+    assert RunConfig(work_dir="/w", env_vars={"A": "1"}).to_payload() == {
+        "work_dir": "/w",
+        "env_vars": {"A": "1"},
+    }
+    assert SnapshotTag.from_dict({}) == SnapshotTag("", "")

@@ -34,6 +34,9 @@ EXPECTED = {
     "ResourceStatus",
     "SandboxTemplate",
     "VolumeMountSpec",
+    "RunConfig",
+    "Snapshot",
+    "SnapshotTag",
     "SandboxClientError",
     "SandboxAPIError",
     "SandboxAuthenticationError",
@@ -71,6 +74,13 @@ CLIENT_METHODS = {
     "delete_sandbox",
     "get_sandbox_status",
     "wait_for_sandbox",
+    "create_snapshot",
+    "capture_snapshot",
+    "get_snapshot",
+    "list_snapshots",
+    "list_snapshot_tags",
+    "delete_snapshot",
+    "wait_for_snapshot",
 }
 
 
@@ -97,9 +107,13 @@ def test_star_import() -> None:
 
 
 def public_methods(cls: type) -> dict[str, inspect.Signature]:
+    """Public methods of ``cls`` and its bases (the clients inherit their snapshot calls)."""
+    members: dict[str, object] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # without ``object``
+        members.update(vars(klass))
     return {
-        name: inspect.signature(member)
-        for name, member in vars(cls).items()
+        name: inspect.signature(member)  # type: ignore[arg-type]
+        for name, member in members.items()
         if callable(member) and not name.startswith("_")
     }
 
@@ -143,6 +157,13 @@ def test_client_methods_match_the_documented_surface() -> None:
     }
     create = inspect.signature(SandboxClient.create_sandbox).parameters
     assert (create["timeout"].default, create["wait_for_ready"].default) == (30, True)
+    for kw in ("snapshot_id", "snapshot", "run_config", "labels"):
+        assert create[kw].kind is inspect.Parameter.KEYWORD_ONLY and create[kw].default is None
+    snap = inspect.signature(SandboxClient.create_snapshot).parameters
+    assert list(snap)[1:4] == ["name", "docker_image", "fs_capacity_bytes"]
+    assert (snap["tag"].default, snap["timeout"].default) == (None, 60)
+    wait = inspect.signature(SandboxClient.wait_for_snapshot).parameters
+    assert (wait["timeout"].default, wait["poll_interval"].default) == (300, 2.0)
     run = inspect.signature(Sandbox.run).parameters
     assert {
         n: run[n].default

@@ -34,7 +34,10 @@ from hutch.client._models import (
     OutputChunk,
     ResourceSpec,
     ResourceStatus,
+    RunConfig,
     SandboxTemplate,
+    Snapshot,
+    SnapshotTag,
     VolumeMountSpec,
 )
 from hutch.client._sync_client import Sandbox, SandboxClient
@@ -60,6 +63,7 @@ __all__ = [
     "ResourceSpec",
     "ResourceStatus",
     "ResourceTimeoutError",
+    "RunConfig",
     "Sandbox",
     "SandboxAPIError",
     "SandboxAuthenticationError",
@@ -70,6 +74,8 @@ __all__ = [
     "SandboxOperationError",
     "SandboxServerReloadError",
     "SandboxTemplate",
+    "Snapshot",
+    "SnapshotTag",
     "Tunnel",
     "TunnelConnectionRefusedError",
     "TunnelError",

@@ -16,6 +16,7 @@ from typing import Any, Literal, Self, TypeAlias, overload
 import httpx
 
 from hutch.client import _backend
+from hutch.client._async_snapshots import AsyncSnapshotsMixin, RunConfigArg
 from hutch.client._async_stream import AsyncCommandHandle, ExecEndpoint, OutputCallback
 from hutch.client._async_tunnel import AsyncTunnel
 from hutch.client._config import resolve_config
@@ -39,8 +40,12 @@ from hutch.client._mapping import (
 from hutch.client._models import (
     ExecutionResult,
     ResourceStatus,
+    RunConfig,
     SandboxTemplate,
+    Snapshot,
     VolumeMountSpec,
+    run_config_from,
+    run_config_payload,
 )
 from hutch.client._transport import CONNECT_ERRORS, RetryPolicy
 from hutch.protocol._errors import WireError
@@ -155,7 +160,7 @@ class AsyncRetryTransport(httpx.AsyncBaseTransport):
         await self._transport.aclose()
 
 
-class AsyncSandboxClient:
+class AsyncSandboxClient(AsyncSnapshotsMixin):
     """Client of a hutch server (or any server speaking the LangSmith sandbox API).
 
     Example::
@@ -309,6 +314,7 @@ class AsyncSandboxClient:
         headers: RequestHeaders,
         json: Any = None,
         timeout: float | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """A control-plane call: send, then map a non-2xx answer through ``mapper``.
 
@@ -319,6 +325,7 @@ class AsyncSandboxClient:
             url,
             headers=headers,
             json=json,
+            params=params,
             timeout=self._timeout if timeout is None else timeout,
         )
         self._raise_for_status(response, mapper)
@@ -439,12 +446,16 @@ class AsyncSandboxClient:
 
     async def sandbox(
         self,
-        template_name: str,
+        template_name: str | None = None,
         *,
+        snapshot_id: str | None = None,
+        snapshot: str | None = None,
         name: str | None = None,
         timeout: int = 30,
         ttl_seconds: int | None = None,
         idle_ttl_seconds: int | None = None,
+        run_config: RunConfigArg = None,
+        labels: Mapping[str, str] | None = None,
         headers: RequestHeaders = None,
     ) -> AsyncSandbox:
         """Create a sandbox, wait until it is ready, and delete it when its context exits::
@@ -456,10 +467,14 @@ class AsyncSandboxClient:
         """
         sb = await self.create_sandbox(
             template_name,
+            snapshot_id=snapshot_id,
+            snapshot=snapshot,
             name=name,
             timeout=timeout,
             ttl_seconds=ttl_seconds,
             idle_ttl_seconds=idle_ttl_seconds,
+            run_config=run_config,
+            labels=labels,
             headers=headers,
         )
         sb._auto_delete = True
@@ -467,36 +482,67 @@ class AsyncSandboxClient:
 
     async def create_sandbox(
         self,
-        template_name: str,
+        template_name: str | None = None,
         *,
+        snapshot_id: str | None = None,
+        snapshot: str | None = None,
         name: str | None = None,
         timeout: int = 30,
         wait_for_ready: bool = True,
         ttl_seconds: int | None = None,
         idle_ttl_seconds: int | None = None,
+        run_config: RunConfigArg = None,
+        labels: Mapping[str, str] | None = None,
         headers: RequestHeaders = None,
     ) -> AsyncSandbox:
         """Create a sandbox that stays until deleted.
 
+        It is made from a template, or booted from a snapshot, or (neither given) from the
+        server's default image.
+
         Args:
             template_name: Template to create it from.
+            snapshot_id: Snapshot id to boot from.
+            snapshot: Snapshot to boot from: an id, ``name:tag`` or a bare name (``name:latest``).
             name: Its name; the server generates one if omitted.
             timeout: Seconds the server may take to make it ready (with ``wait_for_ready``).
             wait_for_ready: Wait until it is ready; otherwise return at once with status
                 ``"provisioning"`` (then use :meth:`wait_for_sandbox`).
             ttl_seconds: Lifetime from creation; 0 or a multiple of 60.
             idle_ttl_seconds: Lifetime without activity; 0 or a multiple of 60.
+            run_config: ``user``, ``work_dir`` and ``env_vars`` over the snapshot's or image's.
+            labels: Key-value labels stored with it.
 
         Raises:
-            ValueError: A TTL is negative or not a multiple of 60.
+            ValueError: Both snapshot forms, a template and a snapshot, or a TTL that is
+                negative or not a multiple of 60.
             ResourceTimeoutError: Not ready within ``timeout``.
             ResourceCreationError: Provisioning failed (``error_type`` says why).
-            ResourceNotFoundError: The template does not exist.
+            ResourceNotFoundError: The template (``resource_type="template"``) or snapshot
+                (``"snapshot"``) does not exist.
             QuotaExceededError: A quota would be exceeded.
         """
+        if snapshot_id is not None and snapshot is not None:
+            raise ValueError("Give snapshot_id or snapshot, not both")
+        snapshot_ref = snapshot_id if snapshot_id is not None else snapshot
+        if template_name is not None and snapshot_ref is not None:
+            raise ValueError(
+                "Give template_name or a snapshot, not both: a sandbox boots from one of them"
+            )
         _validate_ttl(ttl_seconds, "ttl_seconds")
         _validate_ttl(idle_ttl_seconds, "idle_ttl_seconds")
-        payload: dict[str, Any] = {"template_name": template_name, "wait_for_ready": wait_for_ready}
+        payload: dict[str, Any] = {"wait_for_ready": wait_for_ready}
+        if template_name is not None:
+            payload["template_name"] = template_name
+        if snapshot_id is not None:
+            payload["snapshot_id"] = snapshot_id
+        if snapshot is not None:
+            payload["snapshot"] = snapshot
+        rc = run_config_payload(run_config)
+        if rc is not None:
+            payload["run_config"] = rc
+        if labels:
+            payload["labels"] = dict(labels)
         if wait_for_ready:
             payload["timeout"] = timeout
         if name:
@@ -507,10 +553,11 @@ class AsyncSandboxClient:
             payload["idle_ttl_seconds"] = idle_ttl_seconds
         # The server may hold the answer for ``timeout`` seconds (spec §1.4).
         http_timeout = timeout + 30 if wait_for_ready else 30
+        origin: Literal["template", "snapshot"] = "template" if snapshot_ref is None else "snapshot"
         response = await self._call(
             "POST",
             f"{self._base_url}/boxes",
-            sandbox_create_error,
+            lambda w: sandbox_create_error(w, origin=origin),
             headers=headers,
             json=payload,
             timeout=http_timeout,
@@ -701,6 +748,10 @@ class AsyncSandbox:
         ttl_seconds: Lifetime from creation (0: none).
         idle_ttl_seconds: Lifetime without activity (0: none).
         expires_at: When the TTLs will delete it, if set.
+        snapshot_id: The snapshot it booted from, if any.
+        run_config: What its commands run with (snapshot's layer, then its own); None from
+            servers without run_config.
+        labels: Its labels.
     """
 
     name: str
@@ -714,6 +765,9 @@ class AsyncSandbox:
     ttl_seconds: int | None = None
     idle_ttl_seconds: int | None = None
     expires_at: str | None = None
+    snapshot_id: str | None = None
+    run_config: RunConfig | None = None
+    labels: dict[str, str] = field(default_factory=dict)
     _client: AsyncSandboxClient = field(kw_only=True, repr=False, compare=False)
     _auto_delete: bool = field(default=False, kw_only=True, repr=False, compare=False)
 
@@ -722,9 +776,11 @@ class AsyncSandbox:
         cls, data: Mapping[str, Any], *, client: AsyncSandboxClient, auto_delete: bool = False
     ) -> AsyncSandbox:
         """Build from a sandbox object of the API (defaults per spec §7)."""
+        labels = data.get("labels")
         return cls(
             name=data.get("name", ""),
-            template_name=data.get("template_name", ""),
+            # Snapshot-era sandboxes have no template: null reads as "".
+            template_name=data.get("template_name") or "",
             dataplane_url=data.get("dataplane_url"),
             id=data.get("id"),
             status=data.get("status", "ready"),
@@ -734,6 +790,9 @@ class AsyncSandbox:
             ttl_seconds=data.get("ttl_seconds"),
             idle_ttl_seconds=data.get("idle_ttl_seconds"),
             expires_at=data.get("expires_at"),
+            snapshot_id=data.get("snapshot_id"),
+            run_config=run_config_from(data.get("run_config")),
+            labels=dict(labels) if isinstance(labels, Mapping) else {},
             _client=client,
             _auto_delete=auto_delete,
         )
@@ -771,6 +830,28 @@ class AsyncSandbox:
         """Stop it, keeping its files (updates this object's status to ``"stopped"``)."""
         await self._client.stop_sandbox(self.name, headers=headers)
         self.status = "stopped"
+
+    async def capture_snapshot(
+        self,
+        name: str,
+        *,
+        tag: str | None = None,
+        fs_capacity_bytes: int | None = None,
+        run_config: RunConfigArg = None,
+        timeout: int = 60,
+        headers: RequestHeaders = None,
+    ) -> Snapshot:
+        """Keep this sandbox's files as a new snapshot named ``name`` (see
+        :meth:`AsyncSandboxClient.capture_snapshot`)."""
+        return await self._client.capture_snapshot(
+            self.name,
+            name,
+            tag=tag,
+            fs_capacity_bytes=fs_capacity_bytes,
+            run_config=run_config,
+            timeout=timeout,
+            headers=headers,
+        )
 
     def _require_dataplane_url(self) -> str:
         """The data-plane URL, after the client-side checks of spec §3.1."""

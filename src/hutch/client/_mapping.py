@@ -134,12 +134,15 @@ def template_error(wire: WireError, *, op: TemplateOp, name: str, url: str) -> S
     return generic_error(wire)
 
 
-def sandbox_create_error(wire: WireError) -> SandboxClientError:
+def sandbox_create_error(
+    wire: WireError, *, origin: Literal["template", "snapshot"] = "template"
+) -> SandboxClientError:
     """Errors of ``POST /boxes`` (spec §2.2).
 
     Two departures from the langsmith SDK, both where hutch's server is explicit: a 422 whose
     ``detail.error`` is ``"ValidationError"`` is a :class:`ValidationError` (not a creation
-    failure), and a 404 (the template does not exist) carries ``resource_type="template"``.
+    failure), and a 404 (the template or snapshot ``origin`` does not exist) carries
+    ``resource_type=origin``.
     """
     status, message = wire.status, wire.message
     exc: SandboxClientError
@@ -162,7 +165,7 @@ def sandbox_create_error(wire: WireError) -> SandboxClientError:
             message, resource_type="sandbox", error_type=wire.error or "Unschedulable"
         )
     elif status == 404:
-        exc = ResourceNotFoundError(message, resource_type="template")
+        exc = ResourceNotFoundError(message, resource_type=origin)
     else:
         return generic_error(wire)
     return _with_status(exc, wire)
@@ -193,6 +196,27 @@ def sandbox_error(
             wire,
         )
     return generic_error(wire)
+
+
+def snapshot_error(wire: WireError, *, ref: str, url: str) -> SandboxClientError:
+    """Errors of the snapshot endpoints (spec §9.1): a 404 is no such snapshot (or snapshot
+    name), except on the list, where it means the server has no snapshot API."""
+    if wire.status == 404:
+        if not ref:
+            return _with_status(SandboxAPIError(_endpoint_missing(url)), wire)
+        return _with_status(
+            ResourceNotFoundError(
+                f"Snapshot '{ref}' not found; see the existing ones with list_snapshots()",
+                resource_type="snapshot",
+            ),
+            wire,
+        )
+    return generic_error(wire)
+
+
+def capture_error(wire: WireError, *, sandbox_name: str, url: str) -> SandboxClientError:
+    """Errors of ``POST /boxes/{name}/snapshot``: a 404 is no such sandbox."""
+    return sandbox_error(wire, op="get", name=sandbox_name, url=url)
 
 
 def dataplane_error(wire: WireError) -> SandboxClientError:

@@ -125,3 +125,131 @@ class ResourceStatus:
             status=data.get("status", "provisioning"),
             status_message=data.get("status_message"),
         )
+
+
+@dataclass
+class RunConfig:
+    """The user, working directory and environment commands run with (``docker run -u/-w/-e``).
+
+    Layers: the image's, then the snapshot's, the sandbox's and one command's; ``user`` and
+    ``work_dir`` replace the layer below, ``env_vars`` merge into it key by key.
+
+    Attributes:
+        user: ``name``, ``uid``, ``name:group`` or ``uid:gid``; None: the layer below's.
+        work_dir: Absolute working directory; None: the layer below's.
+        env_vars: Variables merged over the layer below's.
+    """
+
+    user: str | None = None
+    work_dir: str | None = None
+    env_vars: dict[str, str] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build from a ``run_config`` object of the API; missing fields are None."""
+        env_vars = data.get("env_vars")
+        return cls(
+            user=data.get("user"),
+            work_dir=data.get("work_dir"),
+            env_vars=dict(env_vars) if isinstance(env_vars, Mapping) and env_vars else None,
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        """The request fragment: unset fields are left out, so the layer below's apply."""
+        payload: dict[str, Any] = {}
+        if self.user is not None:
+            payload["user"] = self.user
+        if self.work_dir is not None:
+            payload["work_dir"] = self.work_dir
+        if self.env_vars is not None:
+            payload["env_vars"] = dict(self.env_vars)
+        return payload
+
+
+def run_config_payload(value: RunConfig | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A ``run_config`` argument (model or plain mapping) as a request fragment."""
+    if value is None:
+        return None
+    if isinstance(value, RunConfig):
+        return value.to_payload()
+    return dict(value)
+
+
+def run_config_from(value: Any) -> RunConfig | None:
+    """A ``run_config`` response field; absent or null (servers before run_config) is None."""
+    return RunConfig.from_dict(value) if isinstance(value, Mapping) else None
+
+
+@dataclass
+class Snapshot:
+    """An immutable root filesystem sandboxes boot from, built from an image or captured from a
+    sandbox.
+
+    Attributes:
+        id: Its unique id.
+        name: Its name (tags are published under it).
+        status: ``"building"``, ``"ready"`` or ``"failed"``.
+        fs_capacity_bytes: Disk limit of sandboxes booted from it.
+        docker_image: The image it was built from (builds only).
+        image_digest: That image's digest once resolved.
+        source_sandbox_id: The sandbox it was captured from (captures only).
+        status_message: Why it failed, or build progress.
+        fs_used_bytes: Bytes its files use.
+        created_by: Who created it.
+        registry_id: The private registry the image came from, if any.
+        created_at: Creation time (ISO 8601).
+        updated_at: Last update time (ISO 8601).
+        tags: Tags of its name that point at it (empty: reachable by id only).
+        run_config: What sandboxes booted from it run with; None from older servers.
+    """
+
+    id: str
+    name: str
+    status: str
+    fs_capacity_bytes: int
+    docker_image: str | None = None
+    image_digest: str | None = None
+    source_sandbox_id: str | None = None
+    status_message: str | None = None
+    fs_used_bytes: int | None = None
+    created_by: str | None = None
+    registry_id: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    tags: list[str] = field(default_factory=list)
+    run_config: RunConfig | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        """Build from a snapshot object of the API; a missing status reads as building."""
+        tags = data.get("tags")
+        return cls(
+            id=data.get("id", ""),
+            name=data.get("name", ""),
+            status=data.get("status", "building"),
+            fs_capacity_bytes=data.get("fs_capacity_bytes") or 0,
+            docker_image=data.get("docker_image"),
+            image_digest=data.get("image_digest"),
+            source_sandbox_id=data.get("source_sandbox_id"),
+            status_message=data.get("status_message"),
+            fs_used_bytes=data.get("fs_used_bytes"),
+            created_by=data.get("created_by"),
+            registry_id=data.get("registry_id"),
+            created_at=data.get("created_at"),
+            updated_at=data.get("updated_at"),
+            tags=[t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
+            run_config=run_config_from(data.get("run_config")),
+        )
+
+
+@dataclass
+class SnapshotTag:
+    """One tag published under a snapshot name, and the snapshot it points at."""
+
+    tag: str
+    snapshot_id: str
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SnapshotTag:
+        """Build from an item of ``GET /snapshots-by-name/{name}``."""
+        return cls(tag=data.get("tag", ""), snapshot_id=data.get("snapshot_id", ""))
