@@ -111,7 +111,7 @@ def test_snapshot_create_boot_capture_delete(
 
 
 def test_open_port_opens_the_service_in_a_new_tab(
-    page: Page, context: BrowserContext, server: Server, web_box: Sandbox
+    page: Page, context: BrowserContext, server: Server, web_box: Sandbox, shots: Path
 ) -> None:
     """Open port asks for a service URL and opens its browser_url in a new tab without an opener,
     on the service origin, showing the sandbox's page; a bad port shows the server's message."""
@@ -128,6 +128,7 @@ def test_open_port_opens_the_service_in_a_new_tab(
     link = page.get_by_role("link", name=f"Open port {HTTPD} again")
     assert link.get_attribute("rel") == "noopener noreferrer"
     tab.close()
+    page.screenshot(path=shots / "sandbox-open-port.png", full_page=True)
 
     # A bad port: the envelope's message, not a tab.
     page.get_by_label("Port", exact=True).fill("70000")
