@@ -31,6 +31,25 @@ export interface Sandbox {
   expires_at: string | null;
   resources?: Resources;
   running_commands?: number;
+  snapshot_id?: string | null;
+}
+
+export interface Snapshot {
+  id: string;
+  name: string;
+  status: string;
+  status_message: string | null;
+  docker_image: string | null;
+  fs_capacity_bytes: number | null;
+  fs_used_bytes: number | null;
+  source_sandbox_id: string | null;
+  created_at: string;
+  tags: string[];
+}
+
+export interface ServiceUrl {
+  service_url: string;
+  browser_url: string;
 }
 
 export interface Template {

@@ -7,6 +7,7 @@ import { h, onSubmit, replace } from "./dom";
 import { navigate, onNavigate } from "./nav";
 import { sandboxPage } from "./sandbox";
 import { sandboxesPage } from "./sandboxes";
+import { snapshotsPage } from "./snapshots";
 import { templatesPage } from "./templates";
 
 /** A page draws into `main` and returns what stops its timers and sockets. */
@@ -15,6 +16,7 @@ export type Page = (main: HTMLElement, params: string[]) => () => void;
 const ROUTES: [RegExp, Page][] = [
   [/^\/$/, sandboxesPage],
   [/^\/templates$/, templatesPage],
+  [/^\/snapshots$/, snapshotsPage],
   [/^\/sandboxes\/([^/]+)$/, sandboxPage],
 ];
 
@@ -79,6 +81,7 @@ function header(path: string): HTMLElement {
       { "aria-label": "Main" },
       link("/", "Sandboxes", path === "/" || path.startsWith("/sandboxes/")),
       link("/templates", "Templates", path === "/templates"),
+      link("/snapshots", "Snapshots", path === "/snapshots"),
     ),
     h("div", { class: "topbar-end" }, who, signOut),
   );

@@ -1,6 +1,6 @@
 // One sandbox: details, its command sessions, and terminals (several, one shown at a time).
-import { api, ApiError, message, type Command, type Sandbox } from "./api";
-import { age, bytes, confirmDialog, h, poll, redraw, replace, setText } from "./dom";
+import { api, ApiError, CONTROL, message, type Command, type Sandbox, type ServiceUrl, type Snapshot } from "./api";
+import { age, bytes, confirmDialog, h, onSubmit, poll, redraw, replace, setText } from "./dom";
 import { navigate } from "./nav";
 import { deleteSandbox, resourcesText, statusBadge, ttlText } from "./sandboxes";
 import { isTerminalId, newTerminalId, TerminalView, type TermState } from "./terminal";
@@ -60,6 +60,83 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
   );
   const commandsEmpty = h("p", { class: "empty" }, "No commands have run yet.");
 
+  // Capture this sandbox's files as a snapshot; open one of its ports in a new tab.
+  const field = (id: string, label: string, input: HTMLElement) =>
+    h("div", { class: "field" }, h("label", { for: id }, label), input);
+  const captureName = h("input", {
+    id: "capture-name",
+    required: true,
+    autocomplete: "off",
+    pattern: "[a-z0-9]([a-z0-9\\-]{0,61}[a-z0-9])?",
+    title: "1-63 lowercase letters, digits and hyphens",
+  });
+  const captureTag = h("input", { id: "capture-tag", autocomplete: "off", placeholder: "latest" });
+  const captureButton = h("button", { type: "submit", class: "button" }, "Capture");
+  const captureError = h("p", { class: "error", role: "alert" });
+  const captureDone = h("p", { class: "live", role: "status", "aria-live": "polite" });
+  const captureForm = h(
+    "form",
+    { class: "card create", "aria-labelledby": "capture-heading" },
+    h("h2", { id: "capture-heading" }, "Capture as a snapshot"),
+    h(
+      "div",
+      { class: "fields" },
+      field("capture-name", "Snapshot name", captureName),
+      field("capture-tag", "Snapshot tag (optional)", captureTag),
+      h("div", { class: "field field-button" }, captureButton),
+    ),
+    captureError,
+    captureDone,
+  );
+  onSubmit(captureForm, captureButton, captureError, async () => {
+    captureDone.textContent = "";
+    const body: Record<string, unknown> = { name: captureName.value.trim() };
+    if (captureTag.value.trim()) body.tag = captureTag.value.trim();
+    const snap = await api<Snapshot>("POST", `${CONTROL}/boxes/${encodeURIComponent(name)}/snapshot`, body);
+    captureName.value = "";
+    captureTag.value = "";
+    replace(captureDone, `Snapshot ${snap.name} captured (${snap.status}). `, h("a", { href: "/snapshots" }, "See the snapshots"));
+  });
+
+  const portInput = h("input", {
+    id: "service-port",
+    type: "number",
+    min: "1",
+    max: "65535",
+    step: "1",
+    required: true,
+    autocomplete: "off",
+  });
+  const portButton = h("button", { type: "submit", class: "button" }, "Open port");
+  const portError = h("p", { class: "error", role: "alert" });
+  const portDone = h("p", { class: "live", role: "status", "aria-live": "polite" });
+  const portForm = h(
+    "form",
+    { class: "card create", "aria-labelledby": "port-heading" },
+    h("h2", { id: "port-heading" }, "Open a port"),
+    h(
+      "p",
+      { class: "help" },
+      "A service listening on this port in the sandbox opens in a new tab, on the server's service origin.",
+    ),
+    h("div", { class: "fields" }, field("service-port", "Port", portInput), h("div", { class: "field field-button" }, portButton)),
+    portError,
+    portDone,
+  );
+  onSubmit(portForm, portButton, portError, async () => {
+    portDone.textContent = "";
+    const port = Number(portInput.value);
+    const svc = await api<ServiceUrl>("POST", `${CONTROL}/boxes/${encodeURIComponent(name)}/service-url`, { port });
+    // noopener: the service's page (sandbox code) gets no handle on this one.
+    window.open(svc.browser_url, "_blank", "noopener,noreferrer");
+    // A fallback when a popup blocker ate the tab (the open comes after an await).
+    replace(
+      portDone,
+      `Port ${port} opened in a new tab. `,
+      h("a", { href: svc.browser_url, target: "_blank", rel: "noopener noreferrer" }, `Open port ${port} again`),
+    );
+  });
+
   replace(
     main,
     h(
@@ -95,6 +172,8 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
       commandsEmpty,
     ),
     h("section", { class: "card", "aria-labelledby": "details-heading" }, h("h2", { id: "details-heading" }, "Details"), details),
+    portForm,
+    captureForm,
   );
   termHost.hidden = true;
 
@@ -226,6 +305,8 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
     termHelp.hidden = true;
     newButton.disabled = true;
     deleteButton.disabled = true;
+    captureButton.disabled = true;
+    portButton.disabled = true;
     showBanner(`Sandbox ${name} no longer exists; it was deleted or expired. `, h("a", { href: "/" }, "Back to the sandboxes"));
     showState("failed", "The sandbox is gone.");
   }
@@ -236,6 +317,7 @@ export function sandboxPage(main: HTMLElement, [name]: string[]): () => void {
     const rows: [string, string | Node][] = [
       ["Status", sb.status + (sb.status_message ? ` — ${sb.status_message}` : "")],
       ["Template", sb.template_name ?? "—"],
+      ["Snapshot", sb.snapshot_id ? h("code", { class: "snapshot-id" }, sb.snapshot_id) : "—"],
       ["Image", h("code", {}, sb.image)],
       ["Resources", resourcesText(sb)],
       ["Age", age(sb.created_at)],

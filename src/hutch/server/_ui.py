@@ -86,6 +86,11 @@ async def templates_page(request: Request, svc: Services = Depends(services)) ->
     return _app_page(request, svc)
 
 
+@router.get("/snapshots")
+async def snapshots_page(request: Request, svc: Services = Depends(services)) -> Response:
+    return _app_page(request, svc)
+
+
 @router.get("/sandboxes/{name}")
 async def sandbox_page(name: str, request: Request, svc: Services = Depends(services)) -> Response:
     return _app_page(request, svc)
