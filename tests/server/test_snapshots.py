@@ -309,3 +309,20 @@ def test_snapshots_are_per_workspace(srv: Server, http: httpx.Client) -> None:
         assert other.post(f"{API}/boxes", json={"snapshot_id": snap["id"]}).status_code == 404
         assert other.delete(f"{API}/snapshots/{snap['id']}").status_code == 404
     assert http.get(f"{API}/snapshots/{snap['id']}").status_code == 200
+
+
+def test_a_clone_keeps_its_disk_limit(http: httpx.Client) -> None:
+    """A sandbox booted from a captured snapshot with fs_capacity_bytes=32 MiB cannot write
+    past it (EDQUOT); the snapshot's own files stay readable."""
+    src = boot(http, name="quota-src")
+    run(http, src, "echo base > /base")
+    http.post(f"{API}/boxes/quota-src/snapshot", json={"name": "quota"})
+    box = boot(http, name="quota-box", snapshot="quota", fs_capacity_bytes=32 << 20)
+    r = http.post(
+        f"/dp/{box['id']}/execute",
+        json={"command": "dd if=/dev/zero of=/fill bs=1M count=64 2>&1; sync; cat /base"},
+    )
+    out = r.json()["stdout"]
+    assert "quota" in out.lower() and out.endswith("base\n"), out
+    for name in ("quota-src", "quota-box"):
+        http.delete(f"{API}/boxes/{name}")

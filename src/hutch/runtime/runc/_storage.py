@@ -32,6 +32,7 @@ _VOL_ARGS = 4096  # struct btrfs_ioctl_vol_args: __s64 fd; char name[4088]
 BTRFS_IOC_SUBVOL_CREATE = 0x5000940E  # _IOW(0x94, 14, struct btrfs_ioctl_vol_args)
 BTRFS_IOC_SNAP_DESTROY = 0x5000940F  # _IOW(0x94, 15, struct btrfs_ioctl_vol_args)
 BTRFS_IOC_QGROUP_LIMIT = 0x8030942B  # _IOR(0x94, 43, struct btrfs_ioctl_qgroup_limit_args)
+BTRFS_IOC_QUOTA_CTL = 0xC0109428  # _IOWR(0x94, 40, struct btrfs_ioctl_quota_ctl_args)
 BTRFS_QGROUP_LIMIT_MAX_RFER = 1
 BTRFS_QGROUP_LIMIT_MAX_EXCL = 2
 # struct btrfs_ioctl_vol_args_v2: __s64 fd; __u64 transid, flags; __u64 unused[4]; char name[4040]
@@ -141,7 +142,7 @@ class StoragePool:
             self.image.chmod(0o600)
             self._run("mkfs.btrfs", "-q", "-f", str(self.image))
         self._run("mount", "-o", "loop,nodev,nosuid", str(self.image), str(self.root))
-        self._run("btrfs", "quota", "enable", str(self.root))
+        self._enable_quota(fresh)
 
     def close(self) -> None:
         """Unmount the pool (the loop device goes with it) unless a sandbox still uses it."""
@@ -152,6 +153,22 @@ class StoragePool:
                 return  # sandboxes left: they survive a server restart and need their layers
         if _libc.umount2(str(self.root).encode(), MNT_DETACH) != 0:
             log.warning("could not unmount %s: %s", self.root, os.strerror(ctypes.get_errno()))
+
+    def _enable_quota(self, fresh: bool) -> None:
+        """Simple quotas (Linux 6.7+) on a new pool: extents are charged to the subvolume that
+        wrote them, so clones of a snapshot share its files without the backref walks full
+        quota groups do on every commit (they grow with the number of snapshots sharing data).
+        Older kernels, and pools made before, keep full quota groups."""
+        if fresh:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(fd, BTRFS_IOC_QUOTA_CTL, bytearray(struct.pack("=QQ", 4, 0)))
+                return
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        self._run("btrfs", "quota", "enable", str(self.root))
 
     @staticmethod
     def _run(*argv: str) -> None:
