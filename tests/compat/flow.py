@@ -218,6 +218,7 @@ def start_stop(c, sb):
         "fetched": [got.status, getattr(got, "stopped_at", "n/a") is not None],
         "stale_read": raises(lambda: stale.read("/home/user/keep.txt")),
         "stale_run": raises(lambda: stale.run("true")),
+        "after_stale": c.get_sandbox(x.name).status,
         "stop_missing": raises(lambda: c.stop_sandbox(f"{P}-nobody")),
         "start_missing": raises(lambda: c.start_sandbox(f"{P}-nobody")),
     }

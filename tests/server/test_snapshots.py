@@ -326,3 +326,18 @@ def test_a_clone_keeps_its_disk_limit(http: httpx.Client) -> None:
     assert "quota" in out.lower() and out.endswith("base\n"), out
     for name in ("quota-src", "quota-box"):
         http.delete(f"{API}/boxes/{name}")
+
+
+def test_a_stopped_snapshot_era_sandbox_resumes_on_use(http: httpx.Client) -> None:
+    """A template-less sandbox stopped (as an idle stop does) starts again on its next
+    data-plane call, with its files; concurrent calls resume it once."""
+    box = boot(http, name="resumer")
+    run(http, box, "echo kept > /k")
+    assert http.post(f"{API}/boxes/resumer/stop").json()["status"] == "stopped"
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(lambda _: run(http, box, "cat /k"), range(3)))
+    assert outs == ["kept\n"] * 3
+    assert http.get(f"{API}/boxes/resumer").json()["status"] == "ready"
+    http.delete(f"{API}/boxes/resumer")

@@ -27,7 +27,7 @@ from hutch.server._commands import CommandRequest, exec_spec, sandbox_root
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._exec import run_to_completion
-from hutch.server._manager import READY, STOPPED
+from hutch.server._manager import READY, STOPPED, StartFailed, WrongState
 from hutch.store import Sandbox
 
 router = APIRouter()
@@ -72,6 +72,8 @@ async def ready_sandbox(svc: Services, who: Principal, sandbox_id: str) -> Sandb
         raise ApiError(
             ErrorType.NOT_FOUND, f"Sandbox '{sandbox_id}' not found; it may have been deleted"
         )
+    if row.status == STOPPED and row.template_id is None:
+        row = await _resume(svc, row)
     if row.status == STOPPED:
         raise ApiError(
             ErrorType.NOT_READY,
@@ -85,6 +87,26 @@ async def ready_sandbox(svc: Services, who: Principal, sandbox_id: str) -> Sandb
             + (f": {row.status_message}" if row.status_message else ""),
         )
     return row
+
+
+async def _resume(svc: Services, row: Sandbox) -> Sandbox:
+    """Start a stopped snapshot-era sandbox (created without a template) on its first data-plane
+    call, as the 0.8+ SDKs expect after an idle stop; under the workspace's quota like a start.
+    Template-era sandboxes stay stopped until started (their SDKs never expect a resume)."""
+    mgr = svc.manager
+    try:
+        async with mgr.quotas.lock(row.workspace_id):
+            fresh = await mgr.row(row.id)
+            if fresh.status != STOPPED:  # a concurrent call resumed it (or it changed)
+                return fresh
+            await mgr.quotas.check(row.workspace_id, row.cpu_millis, row.memory_bytes, new=False)
+            return await mgr.start(row.id)
+    except WrongState as exc:
+        raise ApiError(ErrorType.NOT_READY, f"{exc}; retry shortly") from exc
+    except StartFailed as exc:
+        raise ApiError(exc.error, f"Could not resume sandbox '{row.name}': {exc}") from exc
+    except SandboxNotFound as exc:
+        raise ApiError(ErrorType.NOT_FOUND, f"Sandbox '{row.name}' was deleted") from exc
 
 
 _root_fd = sandbox_root

@@ -391,6 +391,10 @@ class SandboxManager:
         self.kick()
         return row
 
+    async def row(self, sandbox_id: str) -> Sandbox:
+        """The sandbox's record as stored now; :class:`SandboxNotFound` if it is gone."""
+        return await self._row(sandbox_id)
+
     async def _row(self, sandbox_id: str) -> Sandbox:
         async with self.db.session() as s:
             row = await s.get(Sandbox, sandbox_id)
