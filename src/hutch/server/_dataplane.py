@@ -23,7 +23,7 @@ from hutch.runtime import _fs
 from hutch.runtime._interface import SandboxNotFound
 from hutch.server import _ranges
 from hutch.server._auth import Principal
-from hutch.server._commands import CommandRequest, exec_spec, sandbox_root
+from hutch.server._commands import HOME, CommandRequest, exec_spec, sandbox_root
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._exec import run_to_completion
@@ -31,7 +31,6 @@ from hutch.server._manager import READY, STOPPED, StartFailed, WrongState
 from hutch.store import Sandbox
 
 router = APIRouter()
-HOME = "/home/user"
 CHUNK = 1 << 20
 
 

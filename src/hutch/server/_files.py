@@ -25,8 +25,9 @@ from hutch.protocol._errors import ErrorType
 from hutch.runtime import _fs, _search
 from hutch.server import _ranges
 from hutch.server._auth import Principal
+from hutch.server._commands import HOME
 from hutch.server._control import _sandbox
-from hutch.server._dataplane import HOME, _path_error, _root_fd, ready_sandbox, serve_file
+from hutch.server._dataplane import _path_error, _root_fd, ready_sandbox, serve_file
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._manager import READY, STOPPED

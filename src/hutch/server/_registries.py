@@ -13,8 +13,8 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
-from sqlalchemy import func, select
+from pydantic import Field, StrictStr
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from hutch.protocol._errors import ErrorType
@@ -22,8 +22,8 @@ from hutch.runtime.images import Credentials
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError, not_found
-from hutch.server._schemas import iso
-from hutch.store import Registry, utcnow
+from hutch.server._schemas import _Body, iso
+from hutch.store import Registry, contains_ci, utcnow
 
 router = APIRouter()
 HINT = "list them with client.registries.list()"
@@ -43,10 +43,6 @@ def registry_host(url: str) -> str:
     if "/" in host or not _HOST.match(host):
         raise ValueError(f"{url!r} is not a registry host; give host[:port], e.g. ghcr.io")
     return host.lower()
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class RegistryCreate(_Body):
@@ -165,8 +161,7 @@ async def list_registries(
     size = page_size or limit or 50
     query = select(Registry).where(Registry.workspace_id == who.workspace_id)
     if name_contains:
-        needle = name_contains.lower().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
-        query = query.where(func.lower(Registry.name).like(f"%{needle}%", escape="\\"))
+        query = query.where(contains_ci(Registry.name, name_contains))
     query = query.order_by(Registry.created_at.desc(), Registry.id).limit(size + 1).offset(offset)
     async with svc.db.session() as s:
         rows = list((await s.execute(query)).scalars())

@@ -30,15 +30,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hutch.protocol._errors import ErrorType
 from hutch.protocol._exec import RunConfig
 from hutch.runtime._interface import Runtime, RuntimeError_, SandboxNotFound
 from hutch.runtime.images import Credentials, Image, ImageError, ImagePuller, ImageStore
 from hutch.server._registry_auth import TemplateCredentials
-from hutch.store import Database, Sandbox, Snapshot, SnapshotTag, utcnow
+from hutch.store import Database, Sandbox, Snapshot, SnapshotTag, contains_ci, utcnow
 
 log = logging.getLogger("hutch.server")
 
@@ -238,7 +239,7 @@ class Snapshots:
         return row
 
     @staticmethod
-    async def _by_tag(s, workspace_id: str, name: str, tag: str) -> Snapshot | None:  # type: ignore[no-untyped-def]
+    async def _by_tag(s: AsyncSession, workspace_id: str, name: str, tag: str) -> Snapshot | None:
         sid = (
             await s.execute(
                 select(SnapshotTag.snapshot_id).where(
@@ -255,10 +256,7 @@ class Snapshots:
     ) -> list[Snapshot]:
         query = select(Snapshot).where(Snapshot.workspace_id == workspace_id)
         if name_contains:
-            needle = (
-                name_contains.lower().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
-            )
-            query = query.where(func.lower(Snapshot.name).like(f"%{needle}%", escape="\\"))
+            query = query.where(contains_ci(Snapshot.name, name_contains))
         query = query.order_by(Snapshot.created_at.desc(), Snapshot.id).limit(limit).offset(offset)
         async with self.db.session() as s:
             return list((await s.execute(query)).scalars())
@@ -492,11 +490,3 @@ class Snapshots:
                 await self.runtime.delete_snapshot(snapshot.id)
             except RuntimeError_ as exc:  # the record is gone; the files are freed at restart
                 log.warning("could not delete the files of snapshot %s: %s", snapshot.id, exc)
-
-    async def users(self, snapshot_id: str) -> list[str]:
-        """Names of sandboxes booted from the snapshot (informational)."""
-        async with self.db.session() as s:
-            rows = await s.execute(
-                select(Sandbox.name).where(Sandbox.snapshot_id == snapshot_id).limit(20)
-            )
-            return list(rows.scalars())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import Field, StrictStr
 
 from hutch.protocol._errors import ErrorType
 from hutch.runtime._resources import QuantityError, parse_memory
@@ -21,7 +21,8 @@ from hutch.server._control import SANDBOX_HINT, parse_run_config, sandbox_by_nam
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._manager import READY, STOPPED
-from hutch.server._schemas import iso
+from hutch.server._registries import registry_host
+from hutch.server._schemas import Positive, _Body, iso
 from hutch.server._snapshot_store import (
     NewSnapshot,
     SnapshotError,
@@ -34,12 +35,6 @@ from hutch.server._snapshot_store import (
 from hutch.store import Registry, Snapshot
 
 router = APIRouter()
-
-Positive = Annotated[StrictInt, Field(ge=1)]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class SnapshotCreate(_Body):
@@ -138,13 +133,15 @@ async def _registry_credentials(
             "Invalid request: give both registry_username and registry_password, or neither",
         )
     if body.registry_url is not None:
-        host = body.registry_url.split("://", 1)[-1].strip("/").split("/", 1)[0]
-        if not host or not image.startswith(host + "/"):
+        try:
+            host = registry_host(body.registry_url)
+        except ValueError as exc:
+            raise ApiError(ErrorType.VALIDATION, f"Invalid request: registry_url: {exc}") from None
+        if image.split("/", 1)[0].lower() != host:
             raise ApiError(
                 ErrorType.VALIDATION,
                 f"Invalid request: docker_image {body.docker_image!r} is not on registry_url "
-                f"{body.registry_url!r}; name the image with its registry "
-                f"('{host or 'registry.example.com'}/name:tag')",
+                f"{body.registry_url!r}; name the image with its registry ('{host}/name:tag')",
             )
     if body.registry_username is not None and body.registry_password is not None:
         return Credentials(body.registry_username, body.registry_password)
@@ -292,9 +289,7 @@ async def capture_snapshot(
                 created_by=who.key_id,
                 name=snap_name,
                 tag=tag,
-                fs_capacity_bytes=_capacity(svc, body.fs_capacity_bytes or row.fs_capacity_bytes)
-                if (body.fs_capacity_bytes or row.fs_capacity_bytes)
-                else svc.config.default_storage_bytes,
+                fs_capacity_bytes=_capacity(svc, body.fs_capacity_bytes or row.fs_capacity_bytes),
                 run_config=run_config,
                 network=row.network,
             )

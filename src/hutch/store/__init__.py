@@ -1,6 +1,6 @@
 """Control-plane state: SQLAlchemy 2 async over SQLite (default) or PostgreSQL."""
 
-from hutch.store._db import Database
+from hutch.store._db import Database, contains_ci
 from hutch.store._models import (
     ApiKey,
     Base,
@@ -23,5 +23,6 @@ __all__ = [
     "SnapshotTag",
     "Template",
     "Workspace",
+    "contains_ci",
     "utcnow",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sqlalchemy import event, inspect, select, text
+from sqlalchemy import ColumnElement, event, func, inspect, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -18,10 +18,19 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import QueryableAttribute
 
 from hutch.store._models import Base, SchemaVersion
 
 Step = Callable[[AsyncConnection], Awaitable[None]]
+
+
+def contains_ci(
+    column: ColumnElement[str] | QueryableAttribute[str], text: str
+) -> ColumnElement[bool]:
+    """``column`` contains ``text``, case-insensitively (LIKE wildcards in ``text`` are literal)."""
+    needle = text.lower().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
+    return func.lower(column).like(f"%{needle}%", escape="\\")
 
 
 async def _v1_initial(conn: AsyncConnection) -> None:
