@@ -213,7 +213,6 @@ def test_default_image_and_newer_create_fields(box: Restartable) -> None:
         for field, value, feature in [
             ("proxy_config", {"access_control": {"allow_list": ["*"]}}, "proxy"),
             ("mount_config", {}, "Mounts"),
-            ("persistent", False, "Non-persistent"),
             ("preserve_memory_on_stop", True, "Memory snapshots"),
             ("tag_value_ids", ["t"], "Governed tags"),
             ("access_delegation", {"mode": "EXPLICIT"}, "Access delegation"),

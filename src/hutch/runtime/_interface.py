@@ -120,6 +120,24 @@ class Runtime(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def discard_writes(
+        self, sandbox_id: str, *, snapshot: str | None, storage_bytes: int | None
+    ) -> None:
+        """Throw away everything a stopped sandbox wrote: its files become those it was created
+        with (captured snapshot ``snapshot``'s, when the runtime still holds it, over the
+        image), with a disk limit of ``storage_bytes`` (None: the runtime's default). Atomic:
+        after a crash the sandbox has its old files or the fresh ones.
+
+        Raises:
+            SandboxNotFound: The runtime holds no such sandbox.
+            RuntimeError_: It is running, or the reset failed (its files are unchanged).
+        """
+
+    @abc.abstractmethod
+    async def snapshot_ids(self) -> set[str]:
+        """Ids of the captured snapshots whose files this runtime holds."""
+
+    @abc.abstractmethod
     async def capture(self, sandbox_id: str, snapshot_id: str) -> None:
         """Keep the sandbox's files as they are now (its writable layer over the image; not
         tmpfs mounts, not processes) under ``snapshot_id``, for :attr:`SandboxSpec.snapshot`.

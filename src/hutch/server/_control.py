@@ -274,6 +274,7 @@ async def _insert_sandbox(
         candidate.run_config = dump_layers(origin.run_config, body_run_config(body))
         candidate.labels = json.dumps(body.labels) if body.labels else None
         candidate.fs_capacity_bytes = origin.storage
+        candidate.persistent = body.persistent is not False
         try:
             async with svc.db.session() as s, s.begin():
                 s.add(candidate)

@@ -42,6 +42,8 @@ from hutch.store import Database, Sandbox, Template, utcnow
 log = logging.getLogger("hutch.server")
 
 PROVISIONING, READY, FAILED, STOPPED = "provisioning", "ready", "failed", "stopped"
+#: Recorded before a delete acts, so a delete a crash interrupted is finished at restart.
+DELETING = "deleting"
 #: Seconds between writes of a sandbox's activity to the store (the hot path stays cheap).
 TOUCH_INTERVAL = 5.0
 #: Seconds between the reaper's looks at a sandbox with an idle TTL while it is busy, so the end
@@ -129,22 +131,29 @@ class SandboxManager:
     # -- startup / shutdown --------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """After a restart: keep running sandboxes, fail vanished ones, remove orphans."""
+        """After a restart: keep running sandboxes, finish the stops and deletes the restart
+        interrupted, fail interrupted creates, remove orphans and unused snapshot files.
+
+        Only a sandbox being created or deleted loses its files here: one whose container is
+        gone (a stop cut short, a host reboot) is recorded stopped, its files kept.
+        """
         async with self.db.session() as s:
             rows = (await s.execute(select(Sandbox))).scalars().all()
         known = {r.id for r in rows}
         for r in rows:
-            if r.status == READY and not await self.runtime.is_running(r.id):
-                await self._set_status(
-                    r.id,
-                    FAILED,
-                    "The sandbox's container is gone (the host restarted?); "
-                    "delete it and create a new one",
-                )
+            if r.status == DELETING:
                 await self.runtime.delete(r.id)
-            elif r.status == STOPPED and await self.runtime.is_running(r.id):
-                # A stop interrupted by the restart (or a start that did not finish): finish it.
-                await self.runtime.stop(r.id)
+                async with self.db.session() as s, s.begin():
+                    await s.execute(delete(Sandbox).where(Sandbox.id == r.id))
+            elif r.status in (READY, STOPPED):
+                if (r.status == READY) == await self.runtime.is_running(r.id):
+                    continue
+                # A stop the restart cut short, or a container gone with the host: stopped.
+                message = (
+                    "Stopped by a restart; start it to continue" if r.status == READY else None
+                )
+                with contextlib.suppress(WrongState):  # its files are gone: recorded failed
+                    await self._finish_stop(r, message)
             elif r.status == PROVISIONING:
                 # A create interrupted by the restart: remove what it made, record the failure.
                 await self.runtime.delete(r.id)
@@ -157,6 +166,30 @@ class SandboxManager:
         for orphan in await self.runtime.list_ids() - known:
             log.info("removing orphan sandbox container %s", orphan)
             await self.runtime.delete(orphan)
+        await self.snapshots.release_layers()
+
+    async def _finish_stop(self, row: Sandbox, message: str | None = None) -> None:
+        """Stop the sandbox's container (idempotent), throw away what a non-persistent one
+        wrote, and record it stopped (or failed, when its files are gone)."""
+        try:
+            await self.runtime.stop(row.id)
+            if not row.persistent:
+                await self.runtime.discard_writes(
+                    row.id, snapshot=row.snapshot_id, storage_bytes=row.fs_capacity_bytes
+                )
+        except SandboxNotFound:
+            message = "Its files are gone from the host; delete it and create a new one"
+            await self._set_status(row.id, FAILED, message)
+            raise WrongState(row.name, FAILED, "ready") from None
+        except RuntimeError_ as exc:  # starting it again would bring back what it wrote
+            log.warning("sandbox %s: could not reset its files: %s", row.name, exc)
+            message = f"Could not reset its files ({exc}); delete it and create a new one"
+            await self._set_status(row.id, FAILED, message)
+            raise WrongState(row.name, FAILED, "ready") from None
+        now = utcnow()
+        await self._update(
+            row.id, status=STOPPED, status_message=message, stopped_at=now, last_active_at=now
+        )
 
     async def aclose(self) -> None:
         tasks = list(self._tasks.values())
@@ -315,16 +348,22 @@ class SandboxManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         async with self.lock(sandbox_id):
+            row = await self._find(sandbox_id)
             await self.sessions.close_owner(sandbox_id)
+            if row is not None:  # the intent first: a crash from here on finishes the delete
+                await self._update(sandbox_id, status=DELETING)
             await self.runtime.delete(sandbox_id)
             async with self.db.session() as s, s.begin():
                 await s.execute(delete(Sandbox).where(Sandbox.id == sandbox_id))
+            if row is not None and row.snapshot_id and not row.persistent:
+                await self.snapshots.release_layers({row.snapshot_id})
         for table in (self._locks, self._touched, self._active, self._in_flight):
             table.pop(sandbox_id, None)
         self._was_busy.discard(sandbox_id)
 
     async def stop(self, sandbox_id: str) -> Sandbox:
-        """Stop a ready sandbox (its commands are killed, its files kept); returns its record.
+        """Stop a ready sandbox (its commands are killed, its files kept, or reset to its first
+        ones when it is not persistent); returns its record.
 
         Stopping a stopped sandbox changes nothing. Raises :class:`WrongState` in any other
         state, :class:`SandboxNotFound` if its record is gone.
@@ -336,17 +375,8 @@ class SandboxManager:
             if row.status != READY:
                 raise WrongState(row.name, row.status, "ready")
             await self.sessions.close_owner(sandbox_id)
-            try:
-                await self.runtime.stop(sandbox_id)
-            except SandboxNotFound:
-                message = "Its files are gone from the host; delete it and create a new one"
-                await self._set_status(sandbox_id, FAILED, message)
-                raise WrongState(row.name, FAILED, "ready") from None
-            now = utcnow()
-            await self._update(
-                sandbox_id, status=STOPPED, status_message=None, stopped_at=now, last_active_at=now
-            )
-            self._active[sandbox_id] = now
+            await self._finish_stop(row)
+            self._active[sandbox_id] = utcnow()
             self._was_busy.discard(sandbox_id)
             row = await self._row(sandbox_id)
         self.kick()
@@ -394,6 +424,10 @@ class SandboxManager:
     async def row(self, sandbox_id: str) -> Sandbox:
         """The sandbox's record as stored now; :class:`SandboxNotFound` if it is gone."""
         return await self._row(sandbox_id)
+
+    async def _find(self, sandbox_id: str) -> Sandbox | None:
+        async with self.db.session() as s:
+            return await s.get(Sandbox, sandbox_id)
 
     async def _row(self, sandbox_id: str) -> Sandbox:
         async with self.db.session() as s:

@@ -213,11 +213,6 @@ class SandboxCreate(_Body):
 
     def unsupported(self) -> str | None:
         """Why hutch cannot honour this request (a missing feature), or None."""
-        if self.persistent is False:
-            return (
-                "Non-persistent sandboxes (persistent=false) are not supported by this hutch "
-                "server yet: a stopped sandbox always keeps its files; leave persistent out"
-            )
         if self.preserve_memory_on_stop or self.restore_memory:
             return (
                 "Memory snapshots (preserve_memory_on_stop, restore_memory) are not supported by "
@@ -302,6 +297,6 @@ def sandbox_json(s: Sandbox, dataplane_base: str, life: Lifetime) -> dict[str, A
         "fs_capacity_bytes": s.fs_capacity_bytes,
         "run_config": rc.to_json() if rc is not None else None,
         "labels": json.loads(s.labels) if s.labels else {},
-        "persistent": True,
+        "persistent": s.persistent,
         "preserve_memory_on_stop": False,
     }

@@ -475,7 +475,11 @@ class Snapshots:
     # -- delete --------------------------------------------------------------------------------
 
     async def delete(self, snapshot: Snapshot) -> None:
-        """Remove a snapshot, its tags and its files; sandboxes booted from it keep theirs."""
+        """Remove a snapshot, its tags and its files; sandboxes booted from it keep theirs.
+
+        Its files stay on the host while a non-persistent sandbox booted from it exists (each
+        stop of that sandbox starts it again from them); the last one's deletion frees them.
+        """
         task = self._builds.get(snapshot.id)
         if task is not None:
             task.cancel()
@@ -486,7 +490,26 @@ class Snapshots:
             await s.execute(delete(Snapshot).where(Snapshot.id == snapshot.id))
         self.credentials.delete(uuid.UUID(snapshot.id).hex)
         if snapshot.has_layer:
+            await self.release_layers({snapshot.id})
+
+    async def release_layers(self, candidates: set[str] | None = None) -> None:
+        """Delete the files of captured snapshots that nothing needs any more: no snapshot
+        record and no non-persistent sandbox booted from them. ``candidates`` limits the
+        check to those ids (None: every snapshot the runtime holds, as at start-up)."""
+        held = await self.runtime.snapshot_ids()
+        ids = held if candidates is None else held & candidates
+        if not ids:
+            return
+        async with self.db.session() as s:
+            kept = set((await s.execute(select(Snapshot.id).where(Snapshot.id.in_(ids)))).scalars())
+            booted = await s.execute(
+                select(Sandbox.snapshot_id).where(
+                    Sandbox.snapshot_id.in_(ids), Sandbox.persistent.is_(False)
+                )
+            )
+            kept.update(i for i in booted.scalars() if i)
+        for snapshot_id in sorted(ids - kept):
             try:
-                await self.runtime.delete_snapshot(snapshot.id)
-            except RuntimeError_ as exc:  # the record is gone; the files are freed at restart
-                log.warning("could not delete the files of snapshot %s: %s", snapshot.id, exc)
+                await self.runtime.delete_snapshot(snapshot_id)
+            except RuntimeError_ as exc:  # nothing refers to them: the next start-up retries
+                log.warning("could not delete the files of snapshot %s: %s", snapshot_id, exc)

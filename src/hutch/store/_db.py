@@ -79,6 +79,8 @@ MIGRATIONS: list[Step] = [
             "fs_capacity_bytes": "BIGINT",
         },
     ),
+    # Non-persistent sandboxes; rows made before it kept their files.
+    _add_columns("sandboxes", {"persistent": "BOOLEAN NOT NULL DEFAULT 1"}),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -90,6 +90,8 @@ class Sandbox(Base):
     labels: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: Disk limit of its writable layer, when one was asked for (else the server's default).
     fs_capacity_bytes: Mapped[int | None] = mapped_column(nullable=True)
+    #: False: what it writes is thrown away at each stop (it restarts with its first files).
+    persistent: Mapped[bool] = mapped_column(default=True, server_default=true())
 
 
 class Snapshot(Base):

@@ -146,6 +146,7 @@ class RuncRuntime(Runtime):
         self.storage_limit_bytes = storage_limit_bytes
         try:
             self.storage.open()
+            self.storage.sweep()
         except _storage.StorageError as exc:
             raise RuntimeError_(f"cannot set up sandbox storage: {exc}") from exc
 
@@ -301,12 +302,8 @@ class RuncRuntime(Runtime):
         try:
             if spec.snapshot is not None:  # its files: a copy-on-write clone, nothing copied
                 self.storage.clone(spec.snapshot, spec.id, limit)
-            else:
-                layer = self.storage.allocate(spec.id, limit)
-                (layer / "upper").mkdir()
-                if self.idmap is not None:  # sandbox root owns its writable layer's top
-                    os.chown(layer / "upper", self.idmap.base, self.idmap.base)
-                (layer / "work").mkdir()
+            else:  # the sandbox's root owns its writable layer's top
+                self.storage.allocate(spec.id, limit, self.file_owner(spec.id))
         except _storage.StorageError as exc:
             raise RuntimeError_(str(exc)) from exc
         (shared / "hostname").write_text(spec.hostname + "\n")
@@ -463,6 +460,26 @@ class RuncRuntime(Runtime):
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.stop(spec.id))
             raise
+
+    async def discard_writes(
+        self, sandbox_id: str, *, snapshot: str | None, storage_bytes: int | None
+    ) -> None:
+        if await self.is_running(sandbox_id):
+            raise RuntimeError_(f"sandbox {sandbox_id} is running: stop it first")
+        limit = storage_bytes or self.storage_limit_bytes
+        try:
+            await asyncio.to_thread(
+                self.storage.reset, sandbox_id, snapshot, limit, self.file_owner(sandbox_id)
+            )
+        except _storage.StorageError as exc:
+            if not (self.storage.path(sandbox_id) / "upper").is_dir():
+                raise SandboxNotFound(f"sandbox {sandbox_id} does not exist") from exc
+            raise RuntimeError_(str(exc)) from exc
+        if snapshot is not None and (self.storage.snapshots / snapshot).is_dir():
+            self._refill(snapshot)  # the reset may have taken its spare
+
+    async def snapshot_ids(self) -> set[str]:
+        return await asyncio.to_thread(self.storage.snapshot_ids)
 
     async def capture(self, sandbox_id: str, snapshot_id: str) -> None:
         self._bundle(sandbox_id)  # validates the id

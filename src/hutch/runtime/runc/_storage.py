@@ -13,6 +13,7 @@ kind of host often lacks, as ext4 and XFS project quotas do), and a subvolume co
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import logging
@@ -43,6 +44,10 @@ _VOL_ARGS_V2_HEAD = struct.Struct("=qQQ4Q")
 SNAPSHOTS = ".snapshots"
 #: One ready writable clone per captured snapshot, taken by the next sandbox booted from it.
 SPARES = ".spares"
+#: Where a non-persistent sandbox's fresh writable layer is made before it is swapped in.
+RESETS = ".resets"
+RENAME_EXCHANGE = 1 << 1
+AT_FDCWD = -100
 
 
 class StorageError(Exception):
@@ -80,6 +85,14 @@ def _snapshot(source: Path, parent: Path, name: str, *, readonly: bool) -> None:
             os.close(dst)
     finally:
         os.close(src)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically (``renameat2`` with ``RENAME_EXCHANGE``): a crash leaves one or
+    the other in place, never neither."""
+    if _libc.renameat2(AT_FDCWD, bytes(a), AT_FDCWD, bytes(b), RENAME_EXCHANGE) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno), str(a))
 
 
 def _destroy(parent: Path, name: str) -> None:
@@ -176,22 +189,63 @@ class StoragePool:
         if res.returncode != 0:
             raise StorageError(f"{' '.join(argv)} failed: {res.stderr.strip() or res.returncode}")
 
-    def allocate(self, sandbox_id: str, limit_bytes: int) -> Path:
-        """A fresh subvolume for the sandbox, limited to ``limit_bytes``; returns its path."""
+    def allocate(self, sandbox_id: str, limit_bytes: int, owner: tuple[int, int]) -> Path:
+        """A fresh, empty writable layer for the sandbox (``upper`` owned by ``owner``, the
+        sandbox's root, and overlayfs' ``work``), limited to ``limit_bytes``; returns its path."""
         path = self.root / sandbox_id
-        parent = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.ioctl(parent, BTRFS_IOC_SUBVOL_CREATE, _vol_args(sandbox_id))
-        except OSError as exc:
-            raise StorageError(f"cannot create the sandbox's storage: {exc}") from exc
-        finally:
-            os.close(parent)
-        try:
+            self._new_layer(self.root, sandbox_id, owner)
             self.set_limit(path, limit_bytes)
         except BaseException:
             self.release(sandbox_id)
             raise
         return path
+
+    @staticmethod
+    def _new_layer(parent: Path, name: str, owner: tuple[int, int]) -> None:
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, BTRFS_IOC_SUBVOL_CREATE, _vol_args(name))
+        except OSError as exc:
+            raise StorageError(f"cannot create the sandbox's storage: {exc}") from exc
+        finally:
+            os.close(fd)
+        (parent / name / "upper").mkdir()
+        os.chown(parent / name / "upper", *owner)
+        (parent / name / "work").mkdir()
+
+    def reset(
+        self, sandbox_id: str, snapshot_id: str | None, limit_bytes: int, owner: tuple[int, int]
+    ) -> None:
+        """Give a stopped sandbox a fresh writable layer: its captured snapshot's files (when
+        ``snapshot_id`` names one this pool holds), else empty; what it wrote is gone.
+
+        The new layer is made aside and swapped in with one atomic rename, so a crash leaves
+        the old layer or the new one in place (and at worst a leftover that :meth:`sweep`
+        removes), never no layer.
+        """
+        path = self.path(sandbox_id)
+        if not (path / "upper").is_dir():
+            raise StorageError(f"sandbox {sandbox_id} has no writable layer")
+        staging = self.root / RESETS
+        staging.mkdir(mode=0o700, exist_ok=True)
+        if (staging / sandbox_id).exists():  # a reset a crash interrupted
+            _destroy(staging, sandbox_id)
+        if snapshot_id is not None and (self.snapshots / snapshot_id / "upper").is_dir():
+            try:
+                os.rename(self.root / SPARES / snapshot_id, staging / sandbox_id)
+            except FileNotFoundError:
+                self._clone_into(snapshot_id, staging, sandbox_id)
+        else:
+            self._new_layer(staging, sandbox_id, owner)
+        try:
+            self.set_limit(staging / sandbox_id, limit_bytes)
+            _exchange(staging / sandbox_id, path)
+        except OSError as exc:
+            raise StorageError(f"cannot reset the sandbox's files: {exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                _destroy(staging, sandbox_id)  # after the swap, the old layer
 
     @staticmethod
     def set_limit(path: Path, limit_bytes: int) -> None:
@@ -282,6 +336,22 @@ class StoragePool:
             return
         spares.mkdir(mode=0o700, exist_ok=True)
         self._clone_into(snapshot_id, spares, snapshot_id)
+
+    def snapshot_ids(self) -> set[str]:
+        """Ids of the captured snapshots (and spares) this pool holds."""
+        ids: set[str] = set()
+        for d in (self.snapshots, self.root / SPARES):
+            with contextlib.suppress(FileNotFoundError):
+                ids.update(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+        return ids
+
+    def sweep(self) -> None:
+        """Remove what an interrupted :meth:`reset` left aside."""
+        staging = self.root / RESETS
+        with contextlib.suppress(FileNotFoundError):
+            for e in list(os.scandir(staging)):
+                with contextlib.suppress(OSError):
+                    _destroy(staging, e.name)
 
     def drop_snapshot(self, snapshot_id: str) -> None:
         """Delete a captured snapshot and its spare (idempotent); sandboxes cloned from it keep
