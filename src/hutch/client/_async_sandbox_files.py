@@ -2,8 +2,8 @@
 :class:`~hutch.client._async_client.AsyncSandbox`, and :class:`AsyncServiceURL`.
 
 Written by hand. ``scripts/gen_sync.py`` generates the sync twin (``_sync_sandbox_files.py``)
-from this file: keep every async-only name in that script's replacement table, and run it after
-editing.
+from this file: keep every async-only name in that script's replacement table, and run it
+after editing.
 """
 
 from __future__ import annotations

@@ -2,9 +2,8 @@
 """The file, download-link and service-URL methods of
 :class:`~hutch.client._sync_client.Sandbox`, and :class:`ServiceURL`.
 
-Written by hand. ``scripts/gen_sync.py`` generates the sync twin (``_sync_sandbox_files.py``)
-from this file: keep every async-only name in that script's replacement table, and run it after
-editing.
+Generated from ``_async_sandbox_files.py`` by ``scripts/gen_sync.py``: edit that file, then
+run the script.
 """
 
 from __future__ import annotations
