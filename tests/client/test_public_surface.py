@@ -12,10 +12,12 @@ from hutch import (
     AsyncCommandHandle,
     AsyncSandbox,
     AsyncSandboxClient,
+    AsyncServiceURL,
     AsyncTunnel,
     CommandHandle,
     Sandbox,
     SandboxClient,
+    ServiceURL,
     Tunnel,
 )
 
@@ -37,6 +39,15 @@ EXPECTED = {
     "RunConfig",
     "Snapshot",
     "SnapshotTag",
+    "DownloadURL",
+    "FileChunk",
+    "FileInfo",
+    "FileStat",
+    "GlobResult",
+    "GrepMatch",
+    "GrepResult",
+    "AsyncServiceURL",
+    "ServiceURL",
     "SandboxClientError",
     "SandboxAPIError",
     "SandboxAuthenticationError",
@@ -130,6 +141,7 @@ def shape(sig: inspect.Signature) -> list[tuple[str, object, object]]:
         (Sandbox, AsyncSandbox),
         (CommandHandle, AsyncCommandHandle),
         (Tunnel, AsyncTunnel),
+        (ServiceURL, AsyncServiceURL),
     ],
 )
 def test_sync_and_async_have_the_same_api(sync_cls: type, async_cls: type) -> None:

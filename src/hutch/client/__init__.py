@@ -4,6 +4,7 @@ Import from :mod:`hutch`; this package's own modules are private.
 """
 
 from hutch.client._async_client import AsyncSandbox, AsyncSandboxClient
+from hutch.client._async_sandbox_files import AsyncServiceURL
 from hutch.client._async_stream import AsyncCommandHandle
 from hutch.client._async_tunnel import AsyncTunnel
 from hutch.client._errors import (
@@ -30,7 +31,14 @@ from hutch.client._errors import (
     ValidationError,
 )
 from hutch.client._models import (
+    DownloadURL,
     ExecutionResult,
+    FileChunk,
+    FileInfo,
+    FileStat,
+    GlobResult,
+    GrepMatch,
+    GrepResult,
     OutputChunk,
     ResourceSpec,
     ResourceStatus,
@@ -41,6 +49,7 @@ from hutch.client._models import (
     VolumeMountSpec,
 )
 from hutch.client._sync_client import Sandbox, SandboxClient
+from hutch.client._sync_sandbox_files import ServiceURL
 from hutch.client._sync_stream import CommandHandle
 from hutch.client._sync_tunnel import Tunnel
 
@@ -48,11 +57,19 @@ __all__ = [
     "AsyncCommandHandle",
     "AsyncSandbox",
     "AsyncSandboxClient",
+    "AsyncServiceURL",
     "AsyncTunnel",
     "CommandHandle",
     "CommandTimeoutError",
     "DataplaneNotConfiguredError",
+    "DownloadURL",
     "ExecutionResult",
+    "FileChunk",
+    "FileInfo",
+    "FileStat",
+    "GlobResult",
+    "GrepMatch",
+    "GrepResult",
     "OutputChunk",
     "QuotaExceededError",
     "ResourceAlreadyExistsError",
@@ -74,6 +91,7 @@ __all__ = [
     "SandboxOperationError",
     "SandboxServerReloadError",
     "SandboxTemplate",
+    "ServiceURL",
     "Snapshot",
     "SnapshotTag",
     "Tunnel",

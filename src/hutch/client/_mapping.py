@@ -252,3 +252,34 @@ def download_error(wire: WireError, *, path: str, sandbox_name: str) -> SandboxC
             wire,
         )
     return dataplane_error(wire)
+
+
+def file_error(wire: WireError, *, path: str, sandbox_name: str) -> SandboxClientError:
+    """Errors of the file helpers (``stat``, ``read_range``, ``glob``, ``grep``).
+
+    A missing file or search root is :class:`ResourceNotFoundError` (``resource_type="file"``;
+    a HEAD answer has no body, so the message is built here), a missing sandbox the same with
+    ``resource_type="sandbox"``, a refused pattern or path :class:`ValidationError`, a range
+    past the end (416, ``ReadError``) :class:`SandboxOperationError`; the rest as
+    :func:`dataplane_error`.
+    """
+    if wire.status == 404:
+        if wire.error == ErrorType.NOT_FOUND:
+            return _with_status(ResourceNotFoundError(wire.message, resource_type="sandbox"), wire)
+        message = (
+            wire.message
+            if wire.error == ErrorType.FILE_NOT_FOUND
+            else f"'{path}' not found in sandbox '{sandbox_name}'"
+        )
+        return _with_status(ResourceNotFoundError(message, resource_type="file"), wire)
+    if wire.status == 422:
+        return generic_error(wire)
+    return dataplane_error(wire)
+
+
+def link_error(wire: WireError, *, name: str, url: str) -> SandboxClientError:
+    """Errors of ``POST /boxes/{name}/service-url`` and ``/download-url``: 404 is no such
+    sandbox, ``NotReady`` (a stopped sandbox's service) :class:`SandboxNotReadyError`."""
+    if wire.error == ErrorType.NOT_READY:
+        return _with_status(SandboxNotReadyError(wire.message), wire)
+    return sandbox_error(wire, op="get", name=name, url=url)

@@ -17,23 +17,21 @@ from typing import Any, Literal, Self, TypeAlias, overload
 import httpx
 
 from hutch.client import _backend
+from hutch.client._sync_sandbox_files import SandboxFilesMixin
 from hutch.client._sync_snapshots import SnapshotsMixin, RunConfigArg
 from hutch.client._sync_stream import CommandHandle, ExecEndpoint, OutputCallback
 from hutch.client._sync_tunnel import Tunnel
 from hutch.client._config import resolve_config
 from hutch.client._errors import (
-    DataplaneNotConfiguredError,
     ResourceCreationError,
     ResourceTimeoutError,
     SandboxAPIError,
     SandboxClientError,
     SandboxConnectionError,
-    SandboxNotReadyError,
 )
 from hutch.client._mapping import (
     dataplane_error,
     decode_error,
-    download_error,
     sandbox_create_error,
     sandbox_error,
     template_error,
@@ -730,7 +728,7 @@ class SandboxClient(SnapshotsMixin):
 
 
 @dataclass
-class Sandbox:
+class Sandbox(SandboxFilesMixin):
     """A sandbox: run commands in it and read or write its files.
 
     Obtained from :meth:`SandboxClient.create_sandbox` and friends. Used in ``with``,
@@ -853,40 +851,6 @@ class Sandbox:
             timeout=timeout,
             headers=headers,
         )
-
-    def _require_dataplane_url(self) -> str:
-        """The data-plane URL, after the client-side checks of spec §3.1."""
-        if self.status != "ready":
-            raise SandboxNotReadyError(
-                f"Sandbox '{self.name}' is not ready (status: {self.status}); get a ready copy "
-                f"with wait_for_sandbox('{self.name}')"
-            )
-        if not self.dataplane_url:
-            raise DataplaneNotConfiguredError(
-                f"Sandbox '{self.name}' has no dataplane_url, so it cannot run commands or "
-                "access files; the server must report a data-plane URL"
-            )
-        return self.dataplane_url
-
-    def _dataplane(
-        self,
-        method: str,
-        path: str,
-        mapper: _ErrorMapper,
-        *,
-        headers: RequestHeaders,
-        timeout: float | None,
-        json: Any = None,
-        params: Mapping[str, str] | None = None,
-        files: Mapping[str, tuple[str, bytes, str]] | None = None,
-    ) -> httpx.Response:
-        """A data-plane call (spec §3): checks, send, map a non-2xx answer."""
-        url = f"{self._require_dataplane_url()}{path}"
-        response = self._client._send(
-            method, url, headers=headers, timeout=timeout, json=json, params=params, files=files
-        )
-        self._client._raise_for_status(response, mapper)
-        return response
 
     @overload
     def run(
@@ -1128,49 +1092,6 @@ class Sandbox:
             json=payload,
         )
         return ExecutionResult.from_dict(self._client._json_object(response))
-
-    def write(
-        self,
-        path: str,
-        content: str | bytes,
-        *,
-        timeout: int = 60,
-        headers: RequestHeaders = None,
-    ) -> None:
-        """Write a file (creating parent directories; ``str`` is UTF-8 encoded).
-
-        Relative paths resolve from the sandbox's home directory.
-
-        Raises:
-            SandboxOperationError: The write failed (``operation="write"``).
-        """
-        data = content.encode("utf-8") if isinstance(content, str) else content
-        self._dataplane(
-            "POST",
-            "/upload",
-            dataplane_error,
-            headers=headers,
-            timeout=timeout,
-            params={"path": path},
-            files={"file": ("file", data, "application/octet-stream")},
-        )
-
-    def read(self, path: str, *, timeout: int = 60, headers: RequestHeaders = None) -> bytes:
-        """Read a file's bytes.
-
-        Raises:
-            ResourceNotFoundError: No such file (``resource_type="file"``).
-            SandboxOperationError: The read failed (``operation="read"``).
-        """
-        response = self._dataplane(
-            "GET",
-            "/download",
-            lambda w: download_error(w, path=path, sandbox_name=self.name),
-            headers=headers,
-            timeout=timeout,
-            params={"path": path},
-        )
-        return response.content
 
     def tunnel(
         self,
