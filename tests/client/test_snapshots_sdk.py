@@ -149,3 +149,20 @@ async def test_async_create_boot_run(server: Server) -> None:
         await aclient.delete_snapshot(snap.id)
         with pytest.raises(ResourceNotFoundError):
             await aclient.get_snapshot(snap.id)
+
+
+def test_non_persistent_sandbox(client: SandboxClient) -> None:
+    """persistent=False reaches the server: the sandbox says so, and a stop throws away what it
+    wrote, while the snapshot's files come back."""
+    snap = client.create_snapshot(unique("sdk-np"), "local/busybox", GiB)
+    with client.sandbox(snapshot_id=snap.id, persistent=False) as sb:
+        assert sb.persistent is False
+        sb.write("/root/scratch.txt", "gone at the stop\n")
+        sb.stop()
+        sb.start()
+        assert sb.run("ls /root/scratch.txt 2>&1; true").stdout.endswith(
+            "No such file or directory\n"
+        )
+    with client.sandbox(snapshot_id=snap.id) as kept:
+        assert kept.persistent is True
+    client.delete_snapshot(snap.id)

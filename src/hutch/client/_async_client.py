@@ -454,6 +454,7 @@ class AsyncSandboxClient(AsyncSnapshotsMixin):
         idle_ttl_seconds: int | None = None,
         run_config: RunConfigArg = None,
         labels: Mapping[str, str] | None = None,
+        persistent: bool | None = None,
         headers: RequestHeaders = None,
     ) -> AsyncSandbox:
         """Create a sandbox, wait until it is ready, and delete it when its context exits::
@@ -473,6 +474,7 @@ class AsyncSandboxClient(AsyncSnapshotsMixin):
             idle_ttl_seconds=idle_ttl_seconds,
             run_config=run_config,
             labels=labels,
+            persistent=persistent,
             headers=headers,
         )
         sb._auto_delete = True
@@ -491,6 +493,7 @@ class AsyncSandboxClient(AsyncSnapshotsMixin):
         idle_ttl_seconds: int | None = None,
         run_config: RunConfigArg = None,
         labels: Mapping[str, str] | None = None,
+        persistent: bool | None = None,
         headers: RequestHeaders = None,
     ) -> AsyncSandbox:
         """Create a sandbox that stays until deleted.
@@ -510,6 +513,8 @@ class AsyncSandboxClient(AsyncSnapshotsMixin):
             idle_ttl_seconds: Lifetime without activity; 0 or a multiple of 60.
             run_config: ``user``, ``work_dir`` and ``env_vars`` over the snapshot's or image's.
             labels: Key-value labels stored with it.
+            persistent: False: what it writes is thrown away at each stop (it starts again
+                with the files it was created with). The server's default keeps them.
 
         Raises:
             ValueError: Both snapshot forms, a template and a snapshot, or a TTL that is
@@ -541,6 +546,8 @@ class AsyncSandboxClient(AsyncSnapshotsMixin):
             payload["run_config"] = rc
         if labels:
             payload["labels"] = dict(labels)
+        if persistent is not None:
+            payload["persistent"] = persistent
         if wait_for_ready:
             payload["timeout"] = timeout
         if name:
@@ -750,6 +757,7 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
         run_config: What its commands run with (snapshot's layer, then its own); None from
             servers without run_config.
         labels: Its labels.
+        persistent: False when what it writes is thrown away at each stop.
     """
 
     name: str
@@ -766,6 +774,7 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
     snapshot_id: str | None = None
     run_config: RunConfig | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    persistent: bool = True
     _client: AsyncSandboxClient = field(kw_only=True, repr=False, compare=False)
     _auto_delete: bool = field(default=False, kw_only=True, repr=False, compare=False)
 
@@ -791,6 +800,7 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
             snapshot_id=data.get("snapshot_id"),
             run_config=run_config_from(data.get("run_config")),
             labels=dict(labels) if isinstance(labels, Mapping) else {},
+            persistent=data.get("persistent") is not False,
             _client=client,
             _auto_delete=auto_delete,
         )

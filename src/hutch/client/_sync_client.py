@@ -455,6 +455,7 @@ class SandboxClient(SnapshotsMixin):
         idle_ttl_seconds: int | None = None,
         run_config: RunConfigArg = None,
         labels: Mapping[str, str] | None = None,
+        persistent: bool | None = None,
         headers: RequestHeaders = None,
     ) -> Sandbox:
         """Create a sandbox, wait until it is ready, and delete it when its context exits::
@@ -474,6 +475,7 @@ class SandboxClient(SnapshotsMixin):
             idle_ttl_seconds=idle_ttl_seconds,
             run_config=run_config,
             labels=labels,
+            persistent=persistent,
             headers=headers,
         )
         sb._auto_delete = True
@@ -492,6 +494,7 @@ class SandboxClient(SnapshotsMixin):
         idle_ttl_seconds: int | None = None,
         run_config: RunConfigArg = None,
         labels: Mapping[str, str] | None = None,
+        persistent: bool | None = None,
         headers: RequestHeaders = None,
     ) -> Sandbox:
         """Create a sandbox that stays until deleted.
@@ -511,6 +514,8 @@ class SandboxClient(SnapshotsMixin):
             idle_ttl_seconds: Lifetime without activity; 0 or a multiple of 60.
             run_config: ``user``, ``work_dir`` and ``env_vars`` over the snapshot's or image's.
             labels: Key-value labels stored with it.
+            persistent: False: what it writes is thrown away at each stop (it starts again
+                with the files it was created with). The server's default keeps them.
 
         Raises:
             ValueError: Both snapshot forms, a template and a snapshot, or a TTL that is
@@ -542,6 +547,8 @@ class SandboxClient(SnapshotsMixin):
             payload["run_config"] = rc
         if labels:
             payload["labels"] = dict(labels)
+        if persistent is not None:
+            payload["persistent"] = persistent
         if wait_for_ready:
             payload["timeout"] = timeout
         if name:
@@ -751,6 +758,7 @@ class Sandbox(SandboxFilesMixin):
         run_config: What its commands run with (snapshot's layer, then its own); None from
             servers without run_config.
         labels: Its labels.
+        persistent: False when what it writes is thrown away at each stop.
     """
 
     name: str
@@ -767,6 +775,7 @@ class Sandbox(SandboxFilesMixin):
     snapshot_id: str | None = None
     run_config: RunConfig | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    persistent: bool = True
     _client: SandboxClient = field(kw_only=True, repr=False, compare=False)
     _auto_delete: bool = field(default=False, kw_only=True, repr=False, compare=False)
 
@@ -792,6 +801,7 @@ class Sandbox(SandboxFilesMixin):
             snapshot_id=data.get("snapshot_id"),
             run_config=run_config_from(data.get("run_config")),
             labels=dict(labels) if isinstance(labels, Mapping) else {},
+            persistent=data.get("persistent") is not False,
             _client=client,
             _auto_delete=auto_delete,
         )
