@@ -482,7 +482,8 @@ async def update_sandbox(
         check_granularity(svc, fields.get("idle_ttl_seconds"), "idle_ttl_seconds")
         check_granularity(svc, fields.get("delete_after_stop_seconds"), "delete_after_stop_seconds")
     try:
-        async with svc.db.session() as s, s.begin():
+        # Under the sandbox's lock: a delete in flight finishes first (then: not found).
+        async with svc.manager.lock(row.id), svc.db.session() as s, s.begin():
             fresh = await s.get(Sandbox, row.id)
             if fresh is None:
                 raise not_found("Sandbox", name, SANDBOX_HINT)

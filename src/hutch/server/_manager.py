@@ -123,6 +123,8 @@ class SandboxManager:
         #: Open data-plane WebSockets (exec and tunnel), shared with the request handlers.
         self.sockets: set[WebSocket] = set()
         self._wake = asyncio.Event()
+        #: Sandboxes being deleted (a create they cancel answers that, not a failure).
+        self._deleting: set[str] = set()
         self._reaper: asyncio.Task[None] | None = None
 
     def lock(self, sandbox_id: str) -> asyncio.Lock:
@@ -269,9 +271,18 @@ class SandboxManager:
                     )
                     return
                 outcome = Outcome(READY)
+        except asyncio.CancelledError:
+            if row.id in self._deleting:  # the record goes with it: nothing to set
+                outcome = Outcome(
+                    FAILED,
+                    ErrorType.NOT_FOUND,
+                    f"Sandbox '{row.name}' was deleted while it was being created",
+                )
+            raise
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._set_status(row.id, outcome.status, outcome.message))
+            if row.id not in self._deleting:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._set_status(row.id, outcome.status, outcome.message))
             if not fut.done():
                 fut.set_result(outcome)
             self._done.pop(row.id, None)
@@ -342,6 +353,13 @@ class SandboxManager:
 
     async def destroy(self, sandbox_id: str) -> None:
         """Remove the container and the record (provisioning in flight is cancelled first)."""
+        self._deleting.add(sandbox_id)
+        try:
+            await self._destroy(sandbox_id)
+        finally:
+            self._deleting.discard(sandbox_id)
+
+    async def _destroy(self, sandbox_id: str) -> None:
         task = self._tasks.get(sandbox_id)
         if task is not None:
             task.cancel()
