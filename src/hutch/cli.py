@@ -134,6 +134,17 @@ def serve(
     max_upload_bytes: int = typer.Option(
         ServerConfig.max_upload_bytes, min=1, help="Largest file upload accepted, in bytes"
     ),
+    max_body_bytes: int = typer.Option(
+        ServerConfig.max_body_bytes,
+        min=1024,
+        help="Largest request body of every route but uploads (control-plane JSON), in bytes",
+    ),
+    session_log_budget: int = typer.Option(
+        ServerConfig.session_log_budget,
+        min=0,
+        help="Most bytes of command output kept in memory for all commands together; past it "
+        "the output of the commands that finished first is forgotten first",
+    ),
     storage_pool_size: str = typer.Option(
         "256Gi", help="Size of the sparse btrfs image holding all sandboxes' writable layers"
     ),
@@ -237,6 +248,8 @@ def serve(
         public_url=public_url,
         database_url=database_url,
         max_upload_bytes=max_upload_bytes,
+        max_body_bytes=max_body_bytes,
+        session_log_budget=session_log_budget,
         storage_pool_bytes=_size(storage_pool_size, "--storage-pool-size"),
         default_storage_bytes=_size(default_storage, "--default-storage"),
         quota_sandboxes=quota_sandboxes,
@@ -252,6 +265,20 @@ def serve(
         default_network="egress" if default_network == "egress" else "none",
         egress=egress,
     )
+    from hutch.server._servers import DataDirBusy, lock_data_dir, run_servers
+
+    # Before anything is opened or mounted: a second server on this data dir, or one that
+    # cannot have its ports, exits here without touching what a running server set up.
+    try:
+        lock = lock_data_dir(config.data_dir)
+    except DataDirBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        api_sock = _listen(host, port)
+    except OSError as exc:
+        typer.echo(f"error: --port {port}: {exc}", err=True)
+        raise typer.Exit(2) from exc
     try:
         service_sock = _listen(host, service_port)
     except OSError as exc:
@@ -268,13 +295,13 @@ def serve(
         # compressed output makes far more bytes sit in socket buffers when a connection drops.
         "ws_per_message_deflate": False,
     }
-    from hutch.server._servers import run_servers
-
     run_servers(
         uvicorn.Config(app, host=host, port=port, **settings),
         uvicorn.Config(app, lifespan="off", **settings),
+        api_sock,
         service_sock,
     )
+    lock.close()  # held until the lifespan's shutdown is over
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -18,7 +18,15 @@ from hutch.sessions import (
     ShuttingDown,
     TooManySessions,
 )
-from tests.sessions.conftest import DEADLINE, NO_LIMITS, alive, collect, session_manager, sh
+from tests.sessions.conftest import (
+    DEADLINE,
+    NO_LIMITS,
+    alive,
+    collect,
+    eventually,
+    session_manager,
+    sh,
+)
 
 
 class CountingSpawn:
@@ -163,3 +171,23 @@ async def test_aclose_kills_everything_and_refuses_new_starts() -> None:
         assert not any(alive(s.pid) for s in sessions)
         with pytest.raises(ShuttingDown):
             await mgr.start("sb", sh("true"), NO_LIMITS)
+
+
+async def test_log_budget_forgets_the_earliest_finished_sessions_of_any_owner() -> None:
+    """Past the server-wide log budget, sessions that finished first (any owner) are forgotten;
+    running sessions are kept."""
+    big = "head -c 100000 /dev/zero"
+    async with session_manager(log_budget=250_000) as mgr:
+        running, _ = await mgr.start("r", sh(f"{big}; sleep 100"), NO_LIMITS, command_id="run")
+        await eventually(lambda: running.log_bytes >= 100_000)
+        first, _ = await mgr.start("a", sh(big), NO_LIMITS, command_id="first")
+        await eventually(lambda: first.terminal is not None)
+        assert mgr.get("a", "first") is first  # 200 kB held: within the budget
+        second, _ = await mgr.start("b", sh(big), NO_LIMITS, command_id="second")
+        await eventually(lambda: second.terminal is not None)
+        await mgr.start("c", sh("true"), NO_LIMITS)  # a start checks the budget too
+        with pytest.raises(SessionExpired):
+            mgr.get("a", "first")
+        assert mgr.get("b", "second") is second
+        assert mgr.get("r", "run") is running and running.running
+        assert mgr.log_bytes <= 250_000

@@ -31,6 +31,7 @@ from hutch.server import (
 from hutch.server._auth import KeyRing
 from hutch.server._config import ServerConfig
 from hutch.server._deps import Services
+from hutch.server._limits import BodyLimits
 from hutch.server._manager import SandboxManager
 from hutch.server._tokens import TokenSigner
 from hutch.sessions import SessionManager
@@ -106,7 +107,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             storage_limit_bytes=config.default_storage_bytes,
             network=config.egress,
         )
-        sessions = SessionManager()
+        sessions = SessionManager(log_budget=config.session_log_budget)
         manager = SandboxManager(db, runtime, images, config, sessions)
         await manager.reconcile()
         manager.start_reaper()
@@ -150,6 +151,12 @@ def create_app(config: ServerConfig) -> FastAPI:
     _ui.install(app)
     if config.service_port is not None:
         app.add_middleware(_SplitOrigins, service_port=config.service_port)
+    # Outermost: no other layer may read a body before it is authenticated and bounded.
+    app.add_middleware(
+        BodyLimits,
+        max_body_bytes=config.max_body_bytes,
+        max_upload_bytes=config.max_upload_bytes,
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

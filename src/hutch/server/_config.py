@@ -36,6 +36,11 @@ class ServerConfig:
     service_public_url: str | None = None
     #: Largest accepted upload, bytes.
     max_upload_bytes: int = 512 * 1024**2
+    #: Largest request body of every other route (control-plane JSON), bytes; see _limits.
+    max_body_bytes: int = 1024**2
+    #: Most bytes of command output kept in memory for all command sessions together; past
+    #: it the oldest finished sessions are forgotten first.
+    session_log_budget: int = 256 * 1024**2
     #: Per stream, bytes of command output kept by blocking ``/execute``.
     max_exec_output_bytes: int = 64 * 1024**2
     #: Processes per sandbox (fork bombs stop here).

@@ -11,12 +11,15 @@ import contextlib
 import os
 import posixpath
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
+from starlette.requests import ClientDisconnect
 
 from hutch.protocol._errors import ErrorType
 from hutch.runtime import _fs
@@ -29,6 +32,9 @@ from hutch.server._errors import ApiError
 from hutch.server._exec import run_to_completion
 from hutch.server._manager import READY, STOPPED, StartFailed, WrongState
 from hutch.store import Sandbox
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 router = APIRouter()
 CHUNK = 1 << 20
@@ -149,73 +155,186 @@ async def upload(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
+    """Write the body's one file part to ``path``, streamed: never held in memory nor spooled on
+    the host. It goes first into an unnamed file in the sandbox's own storage (under its disk
+    quota), then into ``path``; so a refused upload (too large, cut off, malformed) changes
+    nothing in the sandbox. The body's size was checked, and its sender authenticated, before
+    any of it was read (:mod:`hutch.server._limits`)."""
     row = await ready_sandbox(svc, who, sandbox_id)
     limit = svc.config.max_upload_bytes
     length = request.headers.get("content-length")
     if length is None or not length.isdigit():
         raise ApiError(ErrorType.VALIDATION, "Upload needs a Content-Length header", 411)
-    if int(length) > limit + 64 * 1024:
-        raise ApiError(
-            ErrorType.PAYLOAD_TOO_LARGE,
-            f"Upload of {length} bytes exceeds this server's limit of {limit} bytes",
-        )
     try:
         target = _fs.normalize(path, HOME)
     except _fs.SandboxPathError as exc:
         raise ApiError(ErrorType.WRITE_ERROR, str(exc)) from exc
+    parts = _FilePart(_boundary(request.headers.get("content-type")), limit)
+    root = _root_fd(svc, row)
     try:
-        form = await request.form(max_files=1, max_fields=1)
-    except Exception as exc:
-        raise ApiError(
-            ErrorType.VALIDATION,
-            f"Upload body must be multipart/form-data with one 'file' part: {exc}",
-        ) from exc
-    try:
-        part = form.get("file")
-        if part is None or isinstance(part, str):
-            raise ApiError(ErrorType.VALIDATION, "Upload body must have one file part named 'file'")
-        if part.size is not None and part.size > limit:
-            # Checked before the target is opened (and truncated): a refused upload changes nothing.
-            raise _too_large(part.size, limit)
-        root = _root_fd(svc, row)
+        spool = await asyncio.to_thread(_spool_file, root, target)
         try:
+            await _receive(request, parts, spool)
             owner = svc.runtime.file_owner(row.id)
-            size = await asyncio.to_thread(_write_from, root, target, part.file, limit, owner)
-        except _fs.SandboxPathError as exc:
-            raise _path_error(exc, row, ErrorType.WRITE_ERROR) from exc
-        except _UploadTooLarge as exc:
-            raise _too_large(exc.size, limit) from exc
+            await asyncio.to_thread(_copy_into, root, target, spool, parts.size, owner)
         finally:
-            os.close(root)
+            os.close(spool)
+    except _fs.SandboxPathError as exc:
+        raise _path_error(exc, row, ErrorType.WRITE_ERROR) from exc
     finally:
-        await form.close()
+        os.close(root)
     await svc.manager.touch(row.id)
-    return {"path": target, "size": size}
+    return {"path": target, "size": parts.size}
 
 
-class _UploadTooLarge(Exception):
-    def __init__(self, size: int) -> None:
-        super().__init__(size)
-        self.size = size
+def _not_multipart(why: str) -> ApiError:
+    return ApiError(
+        ErrorType.VALIDATION,
+        f"Upload body must be multipart/form-data with one file part named 'file': {why}",
+    )
+
+
+def _boundary(content_type: str | None) -> bytes:
+    kind, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise _not_multipart(f"Content-Type is {content_type or 'missing'}")
+    return boundary
+
+
+class _FilePart:
+    """Parses a multipart/form-data body fed in pieces; hands out the bytes of its file part
+    named ``file`` as they arrive (no I/O). Other parts are skipped, never kept; more than one
+    file part or one other field, or a file over ``limit`` bytes, raises at once."""
+
+    def __init__(self, boundary: bytes, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._files = 0
+        self._fields = 0
+        self._found = False
+        self._in_file = False
+        self._header = [b"", b""]
+        self._disposition = b""
+        self._out: list[bytes] = []
+        callbacks: MultipartCallbacks = {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda data, start, end: self._add(0, data[start:end]),
+            "on_header_value": lambda data, start, end: self._add(1, data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+            "on_part_end": self._part_end,
+        }
+        self._parser = MultipartParser(boundary, callbacks)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Parse ``data``; returns the file's bytes found in it."""
+        try:
+            self._parser.write(data)
+        except FormParserError as exc:
+            raise _not_multipart(str(exc)) from exc
+        out, self._out = self._out, []
+        return out
+
+    def finish(self) -> None:
+        try:
+            self._parser.finalize()
+        except FormParserError as exc:
+            raise _not_multipart(str(exc)) from exc
+        if not self._found:
+            raise _not_multipart("it has no complete part named 'file' with a filename")
+
+    def _part_begin(self) -> None:
+        self._disposition = b""
+
+    def _add(self, which: int, piece: bytes) -> None:
+        self._header[which] += piece
+
+    def _header_end(self) -> None:
+        name, value = self._header
+        if name.strip().lower() == b"content-disposition":
+            self._disposition = value
+        self._header = [b"", b""]
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if b"filename" in options:
+            self._files += 1
+            self._in_file = options.get(b"name") == b"file"
+        else:
+            self._fields += 1
+        if self._files > 1 or self._fields > 1:
+            raise _not_multipart("too many parts")
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self.size += end - start
+            if self.size > self.limit:
+                raise _too_large(self.size, self.limit)
+            self._out.append(data[start:end])
+
+    def _part_end(self) -> None:
+        self._found = self._found or self._in_file
+        self._in_file = False
+
+
+async def _receive(request: Request, parts: _FilePart, spool: int) -> None:
+    """Stream the body through ``parts`` into ``spool``, a thread write per MiB or so."""
+    batch: list[bytes] = []
+    batched = 0
+    try:
+        async for piece in request.stream():
+            for data in parts.feed(piece):
+                batch.append(data)
+                batched += len(data)
+            if batched >= CHUNK:
+                await asyncio.to_thread(_write_spool, spool, batch)
+                batch, batched = [], 0
+    except ClientDisconnect as exc:
+        raise _not_multipart("the body ended early") from exc
+    parts.finish()
+    await asyncio.to_thread(_write_spool, spool, batch)
 
 
 def _too_large(size: int, limit: int) -> ApiError:
     return ApiError(
         ErrorType.PAYLOAD_TOO_LARGE,
-        f"Upload of {size} bytes exceeds this server's limit of {limit} bytes",
+        f"Upload of {size} bytes exceeds this server's limit of {limit} bytes; write a bigger "
+        "file in parts, or start the server with a larger --max-upload-bytes",
     )
 
 
-def _write_from(root: int, target: str, src: Any, limit: int, owner: tuple[int, int]) -> int:
+def _spool_file(root: int, target: str) -> int:
+    """An unnamed file in the sandbox's root directory: in its storage, under its disk quota,
+    out of its reach (no name), and gone when closed."""
+    try:
+        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=root)
+    except OSError as exc:
+        raise _fs.SandboxPathError(
+            "io", target, f"Cannot make room for the upload in the sandbox: {exc.strerror}"
+        ) from exc
+
+
+def _write_spool(spool: int, batch: list[bytes]) -> None:
+    try:
+        _fs.write_all(spool, batch)
+    except OSError as exc:  # a full disk or the sandbox's quota, mostly
+        raise _fs.SandboxPathError(
+            "io", "upload", f"Cannot store the upload in the sandbox: {exc.strerror}"
+        ) from exc
+
+
+def _copy_into(root: int, target: str, spool: int, size: int, owner: tuple[int, int]) -> None:
+    """Copy the spooled upload into ``target`` (created or truncated) in the kernel."""
     fd = _fs.open_for_write(root, target, *owner)
     try:
-        total = 0
-        while chunk := src.read(CHUNK):
-            total += len(chunk)
-            if total > limit:
-                raise _UploadTooLarge(total)
-            _fs.write_all(fd, [chunk])
-        return total
+        done = 0
+        while done < size:
+            n = os.copy_file_range(spool, fd, size - done, done)
+            if n == 0:
+                break
+            done += n
     except OSError as exc:
         raise _fs.SandboxPathError(
             "io", target, f"Cannot write '{target}': {exc.strerror}"

@@ -45,7 +45,12 @@ class SessionManager:
 
     Owners (sandbox ids) are separate namespaces: an id of another owner is ``CommandNotFound``.
     Memory is bounded per owner by ``max_running_per_owner`` running and
-    ``max_finished_per_owner`` finished sessions, each with a log of ``log_capacity`` bytes.
+    ``max_finished_per_owner`` finished sessions, each with a log of ``log_capacity`` bytes,
+    and for all owners together by ``log_budget`` bytes of logs: when a session starts or
+    exits with more than that held, finished sessions (of any owner) are forgotten, the one
+    that finished first first, until the total fits (a client still reading one keeps it
+    until it detaches). Running sessions are never cut short: their logs are what their
+    clients have not received yet.
     """
 
     def __init__(
@@ -56,16 +61,22 @@ class SessionManager:
         max_running_per_owner: int = DEFAULT_MAX_RUNNING,
         max_finished_per_owner: int = DEFAULT_MAX_FINISHED,
         remembered_expired: int = DEFAULT_REMEMBERED_EXPIRED,
+        log_budget: int | None = None,
     ) -> None:
         if log_capacity < MIN_CAPACITY:
             raise ValueError(f"log_capacity must be at least {MIN_CAPACITY} bytes")
         if max_running_per_owner < 1 or max_finished_per_owner < 0 or remembered_expired < 0:
             raise ValueError("session limits must be positive")
+        if log_budget is not None and log_budget < 0:
+            raise ValueError("log_budget must not be negative")
         self._clock: Clock = clock or AsyncioClock()
         self._log_capacity = log_capacity
         self._max_running = max_running_per_owner
         self._max_finished = max_finished_per_owner
         self._remembered = remembered_expired
+        self._log_budget = log_budget
+        #: Finished sessions of every owner, in the order they finished (oldest first).
+        self._finished: OrderedDict[CommandSession, None] = OrderedDict()
         self._sessions: dict[str, dict[str, CommandSession]] = {}
         self._starting: dict[_Key, asyncio.Event] = {}
         self._expired: OrderedDict[_Key, None] = OrderedDict()
@@ -127,6 +138,7 @@ class SessionManager:
                     clock=self._clock,
                     log_capacity=self._log_capacity,
                     on_expired=self._on_expired,
+                    on_exited=self._on_exited,
                 )
             except BaseException:
                 await _discard(process)
@@ -136,6 +148,7 @@ class SessionManager:
             del self._starting[key]
             started.set()
         self._trim_finished(owner)
+        self._keep_to_budget()
         return session, True
 
     def get(self, owner: str, command_id: str) -> CommandSession:
@@ -157,6 +170,8 @@ class SessionManager:
         """Kill and forget every session of ``owner`` (its sandbox is being deleted)."""
         self._generation[owner] = self._generation.get(owner, 0) + 1
         sessions = self._sessions.pop(owner, {})
+        for session in sessions.values():
+            self._finished.pop(session, None)
         for key in [k for k in self._expired if k[0] == owner]:
             del self._expired[key]
         await self._close_all(sessions.values())
@@ -166,6 +181,7 @@ class SessionManager:
         self._closed = True
         sessions = [s for by_id in self._sessions.values() for s in by_id.values()]
         self._sessions.clear()
+        self._finished.clear()
         await self._close_all(sessions)
         for session in list(self._retired):
             await session.wait_closed()
@@ -179,6 +195,7 @@ class SessionManager:
 
     def _on_expired(self, session: CommandSession) -> None:
         """Called by a session when it expires (TTL or trimming)."""
+        self._finished.pop(session, None)
         by_id = self._sessions.get(session.owner, {})
         if by_id.get(session.command_id) is not session:
             return  # already dropped by close_owner/aclose
@@ -191,6 +208,27 @@ class SessionManager:
         # Its task is still releasing the process: keep it owned until it is done.
         self._retired = {s for s in self._retired if not s.closed}
         self._retired.add(session)
+
+    def _on_exited(self, session: CommandSession) -> None:
+        """Called by a session when its command exits."""
+        if self._sessions.get(session.owner, {}).get(session.command_id) is session:
+            self._finished[session] = None
+            self._keep_to_budget()
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes held by the logs of every session not yet expired."""
+        return sum(s.log_bytes for by_id in self._sessions.values() for s in by_id.values())
+
+    def _keep_to_budget(self) -> None:
+        if self._log_budget is None:
+            return
+        total = self.log_bytes
+        while total > self._log_budget and self._finished:
+            session, _ = self._finished.popitem(last=False)
+            total -= session.log_bytes
+            if session.state is SessionState.EXITED:
+                session.expire()
 
     def _trim_finished(self, owner: str) -> None:
         finished = [

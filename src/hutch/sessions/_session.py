@@ -114,6 +114,7 @@ class CommandSession:
         max_event_bytes: int = MAX_EVENT_BYTES,
         drain_grace: float = DRAIN_GRACE,
         on_expired: Callable[[CommandSession], None] | None = None,
+        on_exited: Callable[[CommandSession], None] | None = None,
     ) -> None:
         self.command_id = command_id
         self.owner = owner
@@ -126,6 +127,7 @@ class CommandSession:
         #: Per stream, after exit: (waiting seconds, bytes) still allowed before it ends.
         self._drain_left: dict[Stream, tuple[float, int]] = {}
         self._on_expired = on_expired
+        self._on_exited = on_exited
         self._log = OutputLog(log_capacity)
         self._readers: dict[Stream, asyncio.StreamReader] = {"stdout": process.stdout}
         if process.stderr is not None:
@@ -186,6 +188,11 @@ class CommandSession:
     @property
     def stderr_bytes(self) -> int:
         return self._log.total["stderr"]
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes of memory its output log holds now (at most its capacity)."""
+        return self._log.used
 
     @property
     def retained_from(self) -> tuple[int, int]:
@@ -355,6 +362,8 @@ class CommandSession:
         if self.options.ttl is not None:
             self._ttl_timer = self._clock.call_later(self.options.ttl, self._on_ttl)
         self._data.notify()
+        if self._on_exited is not None:
+            self._on_exited(self)  # last: the owner may expire this session right away
 
     def _expire(self, notify_owner: bool = True) -> None:
         self._transition(_EXPIRED)
