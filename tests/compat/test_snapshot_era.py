@@ -4,8 +4,9 @@ image, boot from it, run and stream, write and read, capture and boot from the c
 start, look snapshots up by id, name and tag, get the error types their README names, and delete
 a snapshot in use without breaking its sandboxes. The newest SDK also waits for an idle stop.
 
-``snapshot_flow.py`` runs once per SDK in that SDK's own virtualenv; each test asserts one step
-for every SDK, and its id names the SDK (``test_capture_and_boot[langsmith-0.9.8]``).
+``snapshot_flow.py`` runs once per SDK in that SDK's own virtualenv, two at a time (the newest
+SDK's flow, which waits a minute for its idle stop, first); each test asserts one step for every
+SDK, and its id names the SDK (``test_capture_and_boot[langsmith-0.9.8]``).
 
 Every line runs with ``websockets`` installed. Whether it can run without is the wheel's
 METADATA: only where ``websockets`` is the ``sandbox`` extra (``Requires-Dist: websockets>=15.0;
@@ -24,6 +25,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -101,18 +103,42 @@ def _run(server: Server, run: Run) -> dict[str, Any]:
 
 
 Flows = Callable[[Run], dict[str, Any]]
+#: The flow that waits a minute for an idle stop: started first so the others run beside it.
+IDLE_RUN: Run = (NEWEST_015, True)
+#: Flows at once: each is a subprocess mostly waiting on the server (two cores on CI).
+PARALLEL_FLOWS = 2
+
+
+def _selected_runs(items: list[pytest.Item]) -> list[Run]:
+    """The runs the selected tests ask for (so ``-k`` runs only those flows), the idle one
+    first."""
+    runs: list[Run] = []
+    for item in items:
+        if not isinstance(item, pytest.Function) or item.module.__name__ != __name__:
+            continue
+        run = item.callspec.params.get("run") if hasattr(item, "callspec") else None
+        if run is not None and run not in runs:
+            runs.append(run)
+    return sorted(runs, key=lambda r: r != IDLE_RUN)
 
 
 @pytest.fixture(scope="session")
-def flows(compat_server: Server) -> Iterator[Flows]:
-    cache: dict[Run, dict[str, Any]] = {}
+def flows(request: pytest.FixtureRequest, compat_server: Server) -> Iterator[Flows]:
+    pool = ThreadPoolExecutor(PARALLEL_FLOWS, thread_name_prefix="snapshot-flow")
+    futures: dict[Run, Future[dict[str, Any]]] = {
+        run: pool.submit(_run, compat_server, run) for run in _selected_runs(request.session.items)
+    }
 
     def get(run: Run) -> dict[str, Any]:
-        if run not in cache:
-            cache[run] = _run(compat_server, run)
-        return cache[run]
+        if run not in futures:
+            futures[run] = pool.submit(_run, compat_server, run)
+        return futures[run].result()
 
-    yield get
+    try:
+        yield get
+    finally:
+        # Flows not started yet are dropped; running ones end by their own 300 s timeout.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def step(data: dict[str, Any], name: str) -> Any:
@@ -251,7 +277,8 @@ def test_delete_in_use(flows: Flows, run: Run) -> None:
     assert step(flows(run), "cleanup") is True
 
 
-def test_idle_stop_of_the_newest_sdk(flows: Flows) -> None:
+@pytest.mark.parametrize("run", [pytest.param(IDLE_RUN, id=f"langsmith-{NEWEST_015}")])
+def test_idle_stop_of_the_newest_sdk(flows: Flows, run: Run) -> None:
     """A sandbox of the newest SDK with idle_ttl_seconds=60 is stopped (not deleted) once idle."""
-    idle = step(flows((NEWEST_015, True)), "idle_stop")
+    idle = step(flows(run), "idle_stop")
     assert idle == {"status": "stopped", "idle_ttl_seconds": 60}
