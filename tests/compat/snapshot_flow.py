@@ -1,14 +1,20 @@
 """Runs inside a virtualenv holding one snapshot-era ``langsmith`` SDK (0.7.33 and 0.7.38 to the
 newest): its README's flows against a hutch server, as far as that SDK has them.
 
-What applies is read off the SDK (its methods and their parameters), never from its version
-number, and every observation names the SDK it came from. Argument: a JSON object ``{"url":
-<server>, "key": <API key>, "prefix": <name prefix>, "image": <image>, "idle": <bool: also wait
-for an idle stop>}``. Prints one JSON object, one key per step; a step that raises records
-``{"unexpected": "<Type>: <msg>"}`` so one failure does not hide the others.
+What applies is read off the SDK (its methods and their parameters, and whether ``websockets``
+is installed), never from its version number, and every observation names the SDK and the mode
+it came from: ``"ws"`` with ``websockets`` installed, ``"http"`` without it (only 0.7.x allows
+that). Without it, ``run()`` falls back to HTTP ``POST /execute`` and what needs a WebSocket
+(callbacks, ``wait=False``, ``reconnect``, tunnels) raises the SDK's ImportError.
+
+Argument: a JSON object ``{"url": <server>, "key": <API key>, "prefix": <name prefix>, "image":
+<image>, "idle": <bool: also wait for an idle stop>}``. Prints one JSON object, one key per
+step; a step that raises records ``{"unexpected": "<Type>: <msg>"}`` so one failure does not
+hide the others.
 """
 
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import os
@@ -21,8 +27,11 @@ from langsmith.sandbox import SandboxClient
 ARGS = json.loads(sys.argv[1])
 P, IMAGE = ARGS["prefix"], ARGS["image"]
 CLIENT = SandboxClient(api_endpoint=ARGS["url"] + "/api/v2/sandboxes", api_key=ARGS["key"])
-OUT = {"sdk": importlib.metadata.version("langsmith")}
+MODE = "ws" if importlib.util.find_spec("websockets") is not None else "http"
+OUT = {"sdk": importlib.metadata.version("langsmith"), "mode": MODE}
 STATE = {}
+#: Commands of the flow's sandbox that went over HTTP ``POST /execute`` (SDKs that have it).
+HTTP_RUNS = []
 
 
 def takes(fn, name):
@@ -51,6 +60,17 @@ def step(fn):
     except Exception as exc:
         OUT[fn.__name__] = {"unexpected": f"{type(exc).__name__}: {exc}"}
     return fn
+
+
+def spy_http(sb):
+    """Record each HTTP ``/execute`` run of ``sb`` in HTTP_RUNS (the call still goes through)."""
+    real = sb._run_http
+
+    def spy(command, **kwargs):
+        HTTP_RUNS.append(command)
+        return real(command, **kwargs)
+
+    sb._run_http = spy
 
 
 def by_name(fn, ref, snapshot_id):
@@ -99,21 +119,32 @@ def build(c):
 def boot_and_run(c):
     sb = c.create_sandbox(snapshot_id=STATE["base"].id)
     STATE["sb"] = sb
+    if hasattr(sb, "_run_http"):
+        spy_http(sb)
     res = sb.run("echo hi; echo ${SNAP:-unset}; pwd")
-    seen = []
-    streamed = sb.run("for i in 1 2 3; do echo $i; done", on_stdout=seen.append)
     sb.write("/data/kept.txt", "captured\n")
-    handle = sb.run("echo later; exit 3", wait=False)
-    again = sb.reconnect(handle.command_id)
-    return {
+    out = {
         "snapshot_id": getattr(sb, "snapshot_id", None),
         "stdout": res.stdout,
         "exit_code": res.exit_code,
-        "streamed": "".join(seen),
-        "streamed_exit": streamed.exit_code,
         "read": sb.read("/data/kept.txt").decode(),
-        "reconnected": [again.result.stdout, again.result.exit_code],
     }
+    seen = []
+    if MODE == "http":
+        # Each of these needs a WebSocket; the SDK refuses before sending anything.
+        out["streamed"] = raises(lambda: sb.run("echo 1", on_stdout=seen.append))
+        out["seen"] = seen
+        out["wait_false"] = raises(lambda: sb.run("echo later; exit 3", wait=False))
+        out["reconnect"] = raises(lambda: sb.reconnect(str(uuid.uuid4())))
+        out["tunnel"] = raises(lambda: sb.tunnel(remote_port=8090, local_port=0).close())
+        return out
+    streamed = sb.run("for i in 1 2 3; do echo $i; done", on_stdout=seen.append)
+    handle = sb.run("echo later; exit 3", wait=False)
+    again = sb.reconnect(handle.command_id)
+    out["streamed"] = "".join(seen)
+    out["streamed_exit"] = streamed.exit_code
+    out["reconnected"] = [again.result.stdout, again.result.exit_code]
+    return out
 
 
 @step
@@ -268,6 +299,20 @@ if ARGS.get("idle"):
             time.sleep(1)
         c.delete_sandbox(IDLE.name)
         return {"status": status, "idle_ttl_seconds": IDLE.idle_ttl_seconds}
+
+
+@step
+def transport(c):
+    """The mode, whether the installed SDK requires ``websockets`` (not only as an extra), and
+    which commands went over HTTP ``/execute``."""
+    requires = importlib.metadata.requires("langsmith") or []
+    return {
+        "mode": MODE,
+        "websockets_required": any(
+            r.startswith("websockets") and "extra ==" not in r for r in requires
+        ),
+        "http_runs": HTTP_RUNS if hasattr(STATE.get("sb"), "_run_http") else "n/a",
+    }
 
 
 print(json.dumps(OUT, default=str))
