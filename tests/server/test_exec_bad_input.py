@@ -287,11 +287,12 @@ def test_unrunnable_execute_gets_command_error(
 
 
 def test_huge_command_fails_clearly(server: Server, target: Sandbox) -> None:
-    """A 3 MB command line fails with "argument list too long" and a non-zero exit."""
+    """A 3 MB command line is refused before it starts: ``error`` PayloadTooLarge naming the
+    kernel's limit, then close 1000."""
     got = _exchange(server, _sid(target), _msg(type="execute", command="echo " + "a" * 3_000_000))
-    assert got.types() == ["started", "stderr", "exit"] and got.code == 1000, got
-    assert "argument list too long" in got.output("stderr").lower()
-    assert got.messages[-1]["exit_code"] != 0
+    assert got.types() == ["error"] and got.code == 1000, got
+    assert got.messages[0]["error_type"] == "PayloadTooLarge"
+    assert "at most 131071 bytes" in got.messages[0]["error"]
 
 
 def test_binary_frame_with_json_is_accepted(server: Server, target: Sandbox) -> None:

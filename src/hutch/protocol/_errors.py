@@ -14,6 +14,9 @@ from typing import Any
 class ErrorType(StrEnum):
     """Machine-readable ``detail.error`` values hutch sends."""
 
+    #: A request that is not well-formed HTTP for this API (a malformed URL, a body that cannot be
+    #: read); the message says which part.
+    BAD_REQUEST = "BadRequest"
     UNAUTHORIZED = "Unauthorized"
     FORBIDDEN = "Forbidden"
     VALIDATION = "ValidationError"
@@ -42,6 +45,7 @@ class ErrorType(StrEnum):
 
 # Default HTTP status for each error type. The server may override per call (rarely).
 STATUS: dict[ErrorType, int] = {
+    ErrorType.BAD_REQUEST: 400,
     ErrorType.UNAUTHORIZED: 401,
     ErrorType.FORBIDDEN: 403,
     ErrorType.VALIDATION: 422,
@@ -67,6 +71,30 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.NOT_IMPLEMENTED: 501,
     ErrorType.INTERNAL: 500,
 }
+
+
+#: The error type of an answer that carries only an HTTP status (a framework's own 404, 405,
+#: a body it could not read): the type the table gives that status, the generic one otherwise.
+_FOR_STATUS: dict[int, ErrorType] = {
+    400: ErrorType.BAD_REQUEST,
+    401: ErrorType.UNAUTHORIZED,
+    403: ErrorType.FORBIDDEN,
+    404: ErrorType.NOT_FOUND,
+    405: ErrorType.METHOD_NOT_ALLOWED,
+    408: ErrorType.TIMEOUT,
+    413: ErrorType.PAYLOAD_TOO_LARGE,
+    422: ErrorType.VALIDATION,
+    429: ErrorType.QUOTA_EXCEEDED,
+    501: ErrorType.NOT_IMPLEMENTED,
+}
+
+
+def error_for_status(status: int) -> ErrorType:
+    """The error type for a bare HTTP status: ``BadRequest`` for an unlisted 4xx, else
+    ``InternalError``."""
+    if status in _FOR_STATUS:
+        return _FOR_STATUS[status]
+    return ErrorType.BAD_REQUEST if 400 <= status < 500 else ErrorType.INTERNAL
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,63 @@ def _check_command_id(value: str, what: str = "command_id") -> None:
     )
 
 
+# -- Sizes the kernel allows -------------------------------------------------------------------
+
+#: Longest single argument or ``NAME=value`` environment string, in bytes of UTF-8: Linux's
+#: ``MAX_ARG_STRLEN`` (32 pages of 4 KiB) less the terminating NUL. A command travels as one
+#: argument (``<shell> -c <command>``), so this bounds a command.
+MAX_ARG_BYTES = 32 * 4096 - 1
+#: Budget for a command's arguments and environment together, counted as execve(2) counts them
+#: (each string with its NUL, plus one 8-byte pointer). The kernel allows a quarter of the stack
+#: limit (2 MiB with the usual 8 MiB); half of that leaves the command room to add its own.
+MAX_EXEC_BYTES = 1 << 20
+#: Longest shell or working directory, in bytes (``PATH_MAX`` less the NUL).
+MAX_PATH_BYTES = 4095
+
+
+class ExecTooLarge(ExecProtocolError):
+    """A command, its environment or a path is larger than the kernel lets a process start with."""
+
+
+def check_exec_size(
+    command: str, env: Mapping[str, str], *, shell: str = "", cwd: str = ""
+) -> None:
+    """Refuse what execve(2) or chdir(2) would refuse for its size (``E2BIG``, ``ENAMETOOLONG``)
+    before anything is started, with a message that says the limit.
+
+    Every transport (``/execute``, ``/execute/ws``, the SSE start) passes here with the command's
+    final environment (its run configuration's layers included).
+
+    Raises:
+        ExecTooLarge: The first limit exceeded.
+    """
+    for what, path in (("shell", shell), ("cwd", cwd)):
+        size = len(path.encode())
+        if size > MAX_PATH_BYTES:
+            raise ExecTooLarge(f"{what} is {size} bytes; a path may be at most {MAX_PATH_BYTES}")
+    size = len(command.encode())
+    if size > MAX_ARG_BYTES:
+        raise ExecTooLarge(
+            f"command is {size} bytes; a command may be at most {MAX_ARG_BYTES} bytes (the "
+            "kernel's limit on one argument): write a long script to a file and run the file"
+        )
+    total = size + len(shell.encode()) + len(b"-c") + 3 * 9
+    for key, value in env.items():
+        entry = len(key.encode()) + 1 + len(value.encode())
+        if entry > MAX_ARG_BYTES:
+            raise ExecTooLarge(
+                f"environment variable {key[:64]!r} is {entry} bytes; one may be at most "
+                f"{MAX_ARG_BYTES} bytes (name=value): pass large data in a file instead"
+            )
+        total += entry + 9
+    if total > MAX_EXEC_BYTES:
+        raise ExecTooLarge(
+            f"command and environment together are {total} bytes; they may be at most "
+            f"{MAX_EXEC_BYTES} bytes ({len(env)} environment variables): pass large data in a "
+            "file instead"
+        )
+
+
 # -- Run configuration ---------------------------------------------------------------------------
 
 #: ``name``, ``uid``, ``name:group`` or ``uid:gid`` (as ``docker run -u``).

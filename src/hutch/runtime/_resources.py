@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal
 
 _CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
 _MEM = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P|k)?$")
@@ -47,7 +48,8 @@ def parse_cpu(value: str, *, check_host: bool = True) -> int:
     m = _CPU.match(value.strip()) if isinstance(value, str) else None
     if not m:
         raise QuantityError(f'cpu {value!r} is not a CPU quantity; use e.g. "500m" or "2"')
-    millis = int(float(m.group(1)) * (1 if m.group(2) else 1000))
+    # Decimal, not float: a number of 400 digits is a quantity too large, not an OverflowError.
+    millis = int(Decimal(m.group(1)) * (1 if m.group(2) else 1000))
     if millis < MIN_CPU_MILLIS:
         raise QuantityError(f"cpu {value!r} is below the minimum of {MIN_CPU_MILLIS}m")
     limit = host_cpus() * 1000
@@ -63,7 +65,7 @@ def parse_memory(value: str, *, field: str = "memory", check_host: bool = True) 
     m = _MEM.match(value.strip()) if isinstance(value, str) else None
     if not m:
         raise QuantityError(f'{field} {value!r} is not a size; use e.g. "512Mi" or "2Gi"')
-    size = int(float(m.group(1)) * _MULT[m.group(2)])
+    size = int(Decimal(m.group(1)) * _MULT[m.group(2)])
     if size < MIN_MEMORY:
         raise QuantityError(f"{field} {value!r} is below the minimum of 16Mi")
     if check_host:

@@ -33,6 +33,7 @@ from hutch.server._config import ServerConfig
 from hutch.server._deps import Services
 from hutch.server._limits import BodyLimits
 from hutch.server._manager import SandboxManager
+from hutch.server._openapi import EnvelopedAPI
 from hutch.server._tokens import TokenSigner
 from hutch.sessions import SessionManager
 from hutch.store import Database
@@ -134,7 +135,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             await runtime.aclose()
             await db.aclose()
 
-    app = FastAPI(title="hutch", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    # The envelope for every error, even Starlette's own, and an OpenAPI document that says so.
+    app = EnvelopedAPI(title="hutch", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     _errors.install(app)
     for prefix in CONTROL_PREFIXES:
         app.include_router(_control.router, prefix=prefix)

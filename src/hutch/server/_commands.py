@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from hutch.protocol._errors import ErrorType
-from hutch.protocol._exec import RunConfig
+from hutch.protocol._exec import ExecTooLarge, RunConfig, check_exec_size
 from hutch.runtime import _fs
 from hutch.runtime._interface import ExecSpec, Process, SandboxNotFound, SpawnError
 from hutch.server._deps import Services
@@ -100,10 +100,13 @@ def sandbox_root(svc: Services, row: Sandbox) -> int:
 
 
 def exec_spec(svc: Services, row: Sandbox, req: CommandRequest) -> ExecSpec:
-    """The runtime's view of a command (shell and cwd checked inside the sandbox).
+    """The runtime's view of a command (shell and cwd checked inside the sandbox); the one point
+    every transport passes, so the sizes the kernel refuses are refused here.
 
     Raises:
-        ApiError: ``CommandError`` naming what is missing (shell, working directory).
+        ApiError: ``PayloadTooLarge`` (413) for a command, environment or path over the kernel's
+            limits (:func:`hutch.protocol._exec.check_exec_size`); ``CommandError`` naming what is
+            missing (shell, working directory).
     """
     layered = sandbox_run_config(row)
     if req.run_config is not None:
@@ -111,6 +114,10 @@ def exec_spec(svc: Services, row: Sandbox, req: CommandRequest) -> ExecSpec:
     env = dict((layered.env_vars if layered else None) or {})
     env.update(req.env or {})
     cwd = req.cwd or (layered.work_dir if layered else None)
+    try:
+        check_exec_size(req.command, env, shell=req.shell, cwd=cwd or "")
+    except ExecTooLarge as exc:
+        raise ApiError(ErrorType.PAYLOAD_TOO_LARGE, f"Command refused: {exc}") from None
     shell, where = resolve_command(svc, row, req.shell, cwd)
     return ExecSpec(
         argv=[shell, "-c", req.command],

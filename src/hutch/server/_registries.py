@@ -22,7 +22,7 @@ from hutch.runtime.images import Credentials
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError, not_found
-from hutch.server._schemas import _Body, iso
+from hutch.server._schemas import PageOffset, _Body, iso
 from hutch.store import Registry, contains_ci, utcnow
 
 router = APIRouter()
@@ -148,7 +148,7 @@ async def list_registries(
     name_contains: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     page_size: Annotated[int | None, Query(ge=1, le=500)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: PageOffset = 0,
     cursor: Annotated[str | None, Query(max_length=32)] = None,
     svc: Services = Depends(services),
     who: Principal = Depends(principal),

@@ -7,6 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
+from fastapi import Query
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -41,6 +42,31 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Largest disk limit a template or sandbox may ask for (1 PiB). The limit is a btrfs quota in a
+#: pool that is one sparse file on the host's disk, so anything larger could never be given; the
+#: pool's own size (``--storage-pool-size``) is the tighter bound, checked where the server's
+#: configuration is known.
+MAX_STORAGE_BYTES = 1024**5
+
+
+def check_storage(value: str, field: str = "storage") -> int:
+    """A disk-size quantity in bytes, 16Mi to :data:`MAX_STORAGE_BYTES`.
+
+    Raises:
+        ValueError: Not a size, or out of range; the message says what is accepted.
+    """
+    try:
+        size = parse_memory(value, field=field, check_host=False)
+    except QuantityError as exc:
+        raise ValueError(str(exc)) from None
+    if size > MAX_STORAGE_BYTES:
+        raise ValueError(
+            f"{field} {value[:40]!r} is larger than the most a sandbox's disk may be (1Pi); "
+            'ask for what the sandbox needs, e.g. "10Gi"'
+        )
+    return size
+
+
 class ResourcesIn(_Body):
     cpu: StrictStr = "500m"
     memory: StrictStr = "512Mi"
@@ -68,10 +94,7 @@ class ResourcesIn(_Body):
     @classmethod
     def _storage(cls, v: str | None) -> str | None:
         if v is not None:
-            try:
-                parse_memory(v, field="storage", check_host=False)
-            except QuantityError as exc:
-                raise ValueError(str(exc)) from None
+            check_storage(v)
         return v
 
 
@@ -131,6 +154,11 @@ class TemplateUpdate(_Body):
 
 Seconds = Annotated[StrictInt, Field(ge=0, le=10 * 365 * 86400)]
 Positive = Annotated[StrictInt, Field(ge=1)]
+#: The largest integer the store can hold (SQLite and PostgreSQL: signed 64 bits); a larger one
+#: is a client's error, not an OverflowError in the database driver.
+INT64_MAX = 2**63 - 1
+#: ``offset`` of a listing.
+PageOffset = Annotated[int, Query(ge=0, le=INT64_MAX)]
 
 
 def _unsupported(body: BaseModel, fields: dict[str, str]) -> str | None:
@@ -161,8 +189,8 @@ class SandboxCreate(_Body):
     delete_after_stop_seconds: Seconds | None = None
     vcpus: Positive | None = None
     mem_bytes: Positive | None = None
-    #: Accepted and not enforced, as a template's ``storage``.
-    fs_capacity_bytes: Positive | None = None
+    #: The sandbox's disk limit, as a template's ``storage``.
+    fs_capacity_bytes: Annotated[StrictInt, Field(ge=1, le=MAX_STORAGE_BYTES)] | None = None
     persistent: StrictBool | None = None
     preserve_memory_on_stop: StrictBool | None = None
     restore_memory: StrictBool | None = None

@@ -22,7 +22,7 @@ from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._manager import READY, STOPPED
 from hutch.server._registries import registry_host
-from hutch.server._schemas import Positive, _Body, iso
+from hutch.server._schemas import PageOffset, Positive, _Body, iso
 from hutch.server._snapshot_store import (
     NewSnapshot,
     SnapshotError,
@@ -183,7 +183,7 @@ async def create_snapshot(
 async def list_snapshots(
     name_contains: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: PageOffset = 0,
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:

@@ -76,7 +76,9 @@ class TokenSigner:
     def verify(self, token: str, kind: str, *, now: float | None = None) -> dict[str, Any]:
         """The claims of a valid, unexpired token of ``kind``; else :class:`TokenError`."""
         payload, dot, mac = token.partition(".")
-        if not dot or not payload or not mac or len(token) > 4096:
+        # Tokens are base64url: anything else is malformed (and compare_digest refuses
+        # non-ASCII strings with a TypeError).
+        if not dot or not payload or not mac or len(token) > 4096 or not token.isascii():
             raise TokenError("malformed token")
         if not hmac.compare_digest(mac, self._mac(payload)):
             raise TokenError("invalid token signature")
