@@ -52,11 +52,14 @@ def sandbox_id(sandbox: Any) -> str:
 
 
 def test_oversized_command_is_413_on_http_execute(server: Server, sandbox_id: str) -> None:
-    """A 10 MB command on /execute is 413 PayloadTooLarge naming the limit, not a 500."""
+    """A command over the kernel's argument limit on /execute is 413 PayloadTooLarge naming the
+    limit, not a 500; a 10 MB one is refused as a body over the server's limit."""
     with server.http() as http:
-        r = http.post(f"/dp/{sandbox_id}/execute", json={"command": "true #" + "x" * 10 * MiB})
+        r = http.post(f"/dp/{sandbox_id}/execute", json={"command": "true #" + "x" * 200_000})
         message = _envelope(r, 413, "PayloadTooLarge")
         assert str(MAX_ARG_BYTES) in message and "file" in message
+        r = http.post(f"/dp/{sandbox_id}/execute", json={"command": "true #" + "x" * 10 * MiB})
+        assert "--max-body-bytes" in _envelope(r, 413, "PayloadTooLarge")
         # The server is unharmed and the sandbox still runs commands.
         ok = http.post(f"/dp/{sandbox_id}/execute", json={"command": "echo fine"})
         assert ok.json()["stdout"] == "fine\n"
@@ -67,9 +70,10 @@ def test_oversized_environment_is_413(server: Server, sandbox_id: str) -> None:
     many = {f"V{i}": "y" * 1000 for i in range(MAX_EXEC_BYTES // 1000)}
     one = {"BIG": "y" * MAX_ARG_BYTES}
     with server.http() as http:
-        for env in (many, one):
+        for env in (many, one):  # many: over the body limit too, which answers first
             r = http.post(f"/dp/{sandbox_id}/execute", json={"command": "true", "env": env})
-            assert "environment" in _envelope(r, 413, "PayloadTooLarge")
+            message = _envelope(r, 413, "PayloadTooLarge")
+            assert "environment" in message or "--max-body-bytes" in message
 
 
 def test_command_at_the_limit_runs(server: Server, sandbox_id: str) -> None:
@@ -226,6 +230,18 @@ def test_non_ascii_download_token_is_401(server: Server, sandbox_id: str) -> Non
             "/boxes", {"fs_capacity_bytes": 10**30}, "fs_capacity_bytes", id="fs-capacity"
         ),
         pytest.param("/snapshots?offset=" + "9" * 30, None, "offset", id="offset"),
+        pytest.param(
+            "/templates",
+            {"name": "huge", "image": "local/busybox", "resources": {"storage": "900Ti"}},
+            "larger than this server's storage pool",
+            id="template-storage-over-pool",
+        ),
+        pytest.param(
+            "/boxes",
+            {"fs_capacity_bytes": 1 << 49},
+            "larger than this server's storage pool",
+            id="fs-capacity-over-pool",
+        ),
     ],
 )
 def test_sizes_have_sane_maxima(

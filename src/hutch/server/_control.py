@@ -107,6 +107,17 @@ async def workspace_sandboxes(svc: Services, who: Principal) -> list[Sandbox]:
 # -- templates ---------------------------------------------------------------------------------
 
 
+def fits_pool(svc: Services, storage: int) -> None:
+    """A disk limit larger than the whole storage pool could never be honoured: 422."""
+    if storage > svc.config.storage_pool_bytes:
+        raise ApiError(
+            ErrorType.VALIDATION,
+            f"A disk limit of {storage} bytes is larger than this server's storage pool "
+            f"({svc.config.storage_pool_bytes} bytes); ask for less, or start the server with a "
+            "larger --storage-pool-size",
+        )
+
+
 @router.post("/templates", status_code=201)
 async def create_template(
     body: TemplateCreate, svc: Services = Depends(services), who: Principal = Depends(principal)
@@ -117,6 +128,8 @@ async def create_template(
             "Volumes are not supported by this hutch server yet; "
             "create the template without volume_mounts",
         )
+    if body.resources.storage:
+        fits_pool(svc, parse_memory(body.resources.storage, field="storage", check_host=False))
     row = Template(
         id=uuid.uuid4().hex,
         workspace_id=who.workspace_id,
@@ -395,6 +408,8 @@ async def create_sandbox(
     if missing:
         raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
     origin = await _origin(svc, who, body)
+    if origin.storage is not None:
+        fits_pool(svc, origin.storage)
     if origin.template is None:
         check_granularity(svc, body.idle_ttl_seconds, "idle_ttl_seconds")
         check_granularity(svc, body.delete_after_stop_seconds, "delete_after_stop_seconds")
