@@ -44,7 +44,15 @@ from hutch.runtime._interface import (
     SandboxSpec,
     SpawnError,
 )
-from hutch.runtime.runc import _cgroups, _network, _spawner, _spec, _storage, _userns
+from hutch.runtime.runc import (
+    _cgroups,
+    _keyring,
+    _network,
+    _spawner,
+    _spec,
+    _storage,
+    _userns,
+)
 from hutch.runtime.runc._overlay import mount_overlay
 from hutch.runtime.runc._process import (
     DetachedProcess,
@@ -113,6 +121,8 @@ class RuncRuntime(Runtime):
         self.bundles.mkdir(parents=True, exist_ok=True)
         self._runc_bin = shutil.which(runc) or runc
         _become_subreaper()
+        self._keyring_ok = True
+        self._private_keyring()
         self._init_pids: dict[str, int] = {}
         self._env: dict[str, dict[str, str]] = {}
         self._init_bin = _spawner.build_init(data_dir / "bin")
@@ -168,6 +178,21 @@ class RuncRuntime(Runtime):
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _private_keyring(self) -> None:
+        """Before starting runc: the session keyring its containers inherit is a private one.
+
+        Containers run with ``--no-new-keyring`` (see _keyring). Should the kernel refuse
+        keyrings, they inherit the server's own, still out of their reach: seccomp denies them
+        every keyring call.
+        """
+        if not self._keyring_ok:
+            return
+        try:
+            _keyring.join_private_session()
+        except _keyring.KeyringError as exc:
+            self._keyring_ok = False
+            log.warning("no private session keyring for sandboxes (%s); they inherit ours", exc)
+
     async def _runc(
         self, *args: str, log: Path | None = None, stdin: int | None = None
     ) -> tuple[int, str]:
@@ -179,6 +204,7 @@ class RuncRuntime(Runtime):
         """
         log_args = ["--log", str(log), "--log-format", "text"] if log else []
         pipe = asyncio.subprocess.DEVNULL if log else asyncio.subprocess.PIPE
+        self._private_keyring()
         proc = await asyncio.create_subprocess_exec(
             self._runc_bin,
             "--root",
@@ -247,6 +273,8 @@ class RuncRuntime(Runtime):
             try:
                 rc, out = await self._runc(
                     *(["create"] if egress else ["run", "-d"]),
+                    # No keyring per container: one uid's key quota would cap sandboxes per host.
+                    "--no-new-keyring",
                     "--pid-file",
                     str(bundle / "init.pid"),
                     "--bundle",
@@ -609,6 +637,7 @@ class RuncRuntime(Runtime):
         ours = [os.fdopen(out_r, "rb", 0), os.fdopen(err_r, "rb", 0), os.fdopen(in_w, "wb", 0)]
         try:
             try:
+                self._private_keyring()
                 runc = await asyncio.create_subprocess_exec(
                     self._runc_bin,
                     *args,
@@ -715,6 +744,7 @@ class RuncRuntime(Runtime):
             listener.listen(1)
             listener.setblocking(False)
             try:
+                self._private_keyring()
                 runc = await asyncio.create_subprocess_exec(
                     self._runc_bin,
                     *args,
