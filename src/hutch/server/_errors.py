@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hutch.protocol._errors import ErrorType, make_error
+from hutch.runtime._interface import SpawnError
 
 log = logging.getLogger("hutch.server")
 
@@ -80,6 +81,11 @@ def install(app: FastAPI) -> None:
             )
         else:
             wire = make_error(ErrorType.INTERNAL, str(exc.detail), exc.status_code)
+        return JSONResponse(wire.envelope(), status_code=wire.status)
+
+    @app.exception_handler(SpawnError)  # e.g. the sandbox is at its process limit
+    async def _spawn(_: Request, exc: SpawnError) -> JSONResponse:
+        wire = make_error(ErrorType.COMMAND_ERROR, f"Command could not start: {exc}")
         return JSONResponse(wire.envelope(), status_code=wire.status)
 
     @app.exception_handler(Exception)
