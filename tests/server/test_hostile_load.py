@@ -38,7 +38,7 @@ FILL = (
 
 @pytest.fixture(scope="module")
 def bomb_template(client: SandboxClient, py_template: str) -> str:
-    """Python (for a fork bomb that survives EAGAIN) with a quarter of a CPU."""
+    """Python (for a fork bomb that survives EAGAIN) with a tenth of a CPU."""
     client.create_template("bomb", "local/python:3.11", cpu="100m", memory="512Mi")
     return "bomb"
 

@@ -73,3 +73,24 @@ async def test_at_the_process_limit_a_command_is_refused_until_processes_are_fre
     finally:
         await filler.close()
     assert await run(runtime, spec.id, sh("echo ok")) == (b"ok\n", b"", 0)
+
+
+@pytest.mark.root
+async def test_killing_a_command_puts_the_sandboxs_cpu_quota_back(
+    runtime: RuncRuntime, image: Image
+) -> None:
+    """A command's kill runs with the sandbox's CPU quota lifted, and the quota is back after it
+    (concurrent kills included)."""
+    spec = make_spec(image, cpu_millis=100)
+    await runtime.create(spec)
+    quota = base.CGROUP / "cpu" / "hutch" / spec.id / "cpu.cfs_quota_us"
+    before = quota.read_text()
+    assert before.strip() != "-1"
+    procs = [await runtime.exec(spec.id, ExecSpec(argv=sh("sleep 300 & sleep 300"))) for _ in "ab"]
+    try:
+        await asyncio.gather(*(p.kill() for p in procs))
+        assert [await asyncio.wait_for(p.wait(), QUICK) for p in procs] == [137, 137]
+    finally:
+        for p in procs:
+            await p.close()
+    assert quota.read_text() == before
