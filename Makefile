@@ -72,6 +72,7 @@ bench: deps
 	-$(PY) bench/tunnel.py
 	-$(PY) bench/network.py
 	-$(PY) bench/snapshots.py
+	-$(PY) bench/density.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info test-output ui/node_modules $(UI_STATIC)

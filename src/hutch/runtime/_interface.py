@@ -28,6 +28,13 @@ class SpawnError(RuntimeError_):
     """A process could not be started inside a sandbox."""
 
 
+class ResourceExhausted(SpawnError):
+    """The sandbox is at one of its limits (processes): nothing more starts until it frees some.
+
+    The sandbox itself is fine; its caller's mistake, not the server's (a client error).
+    """
+
+
 #: ``none``: loopback only. ``egress``: an address on a host bridge, out through NAT; no route to
 #: other sandboxes or to the host's own services.
 NetworkMode = Literal["none", "egress"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -38,13 +39,22 @@ from hutch.runtime import _fs, _netns, _users
 from hutch.runtime._interface import (
     ExecSpec,
     NetworkMode,
+    ResourceExhausted,
     Runtime,
     RuntimeError_,
     SandboxNotFound,
     SandboxSpec,
     SpawnError,
 )
-from hutch.runtime.runc import _cgroups, _network, _spawner, _spec, _storage, _userns
+from hutch.runtime.runc import (
+    _cgroups,
+    _keyring,
+    _network,
+    _spawner,
+    _spec,
+    _storage,
+    _userns,
+)
 from hutch.runtime.runc._overlay import mount_overlay
 from hutch.runtime.runc._process import (
     DetachedProcess,
@@ -60,11 +70,12 @@ MNT_DETACH = 2
 PR_SET_CHILD_SUBREAPER = 36
 HOME = "/home/user"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 PUBLIC_ROOT = Path("/run/hutch")  # see RuncRuntime._shared
 GiB = 1 << 30
 DEFAULT_STORAGE_POOL = 256 * GiB  # sparse: takes host disk only as sandboxes write
 DEFAULT_STORAGE_LIMIT = 10 * GiB  # per sandbox, when its template names none
+#: How long a sandbox's processes may take to die once SIGKILLed (unthrottled, thawed).
+KILL_TIMEOUT = 5.0
 
 
 def _umount(target: str) -> None:
@@ -113,6 +124,8 @@ class RuncRuntime(Runtime):
         self.bundles.mkdir(parents=True, exist_ok=True)
         self._runc_bin = shutil.which(runc) or runc
         _become_subreaper()
+        self._keyring_ok = True
+        self._private_keyring()
         self._init_pids: dict[str, int] = {}
         self._env: dict[str, dict[str, str]] = {}
         self._init_bin = _spawner.build_init(data_dir / "bin")
@@ -169,6 +182,21 @@ class RuncRuntime(Runtime):
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _private_keyring(self) -> None:
+        """Before starting runc: the session keyring its containers inherit is a private one.
+
+        Containers run with ``--no-new-keyring`` (see _keyring). Should the kernel refuse
+        keyrings, they inherit the server's own, still out of their reach: seccomp denies them
+        every keyring call.
+        """
+        if not self._keyring_ok:
+            return
+        try:
+            _keyring.join_private_session()
+        except _keyring.KeyringError as exc:
+            self._keyring_ok = False
+            log.warning("no private session keyring for sandboxes (%s); they inherit ours", exc)
+
     async def _runc(
         self, *args: str, log: Path | None = None, stdin: int | None = None
     ) -> tuple[int, str]:
@@ -180,6 +208,7 @@ class RuncRuntime(Runtime):
         """
         log_args = ["--log", str(log), "--log-format", "text"] if log else []
         pipe = asyncio.subprocess.DEVNULL if log else asyncio.subprocess.PIPE
+        self._private_keyring()
         proc = await asyncio.create_subprocess_exec(
             self._runc_bin,
             "--root",
@@ -248,6 +277,8 @@ class RuncRuntime(Runtime):
             try:
                 rc, out = await self._runc(
                     *(["create"] if egress else ["run", "-d"]),
+                    # No keyring per container: one uid's key quota would cap sandboxes per host.
+                    "--no-new-keyring",
                     "--pid-file",
                     str(bundle / "init.pid"),
                     "--bundle",
@@ -416,19 +447,30 @@ class RuncRuntime(Runtime):
         if pid is None:
             with contextlib.suppress(FileNotFoundError, ValueError):
                 pid = int((bundle / "init.pid").read_text())
-        # Killing the PID namespace's init makes the kernel SIGKILL every process in it.
-        await self._runc("kill", sandbox_id, "KILL")
-        if pid:
-            await self._wait_pid_gone(pid, 5.0)
+        # The kill runs unthrottled and thawed (see _cgroups): a fork bomb beside a CPU hog
+        # under the sandbox's CPU limit otherwise starves its own dying processes for seconds.
         parent = _spec.cgroup_parent(sandbox_id)
-        for child in (_cgroups.FREEZER / parent.lstrip("/")).glob("*/"):
-            await _cgroups.kill_all(child)
-            _cgroups.remove_tree(child)
+        cgroups = _cgroups.sandbox_cgroups(parent)
+        _cgroups.lift_cpu_limit(cgroups)
+        _cgroups.thaw(cgroups)
+        if not cgroups:  # no cgroup to find its processes by: runc knows its init
+            await self._runc("kill", sandbox_id, "KILL")
+        elif not await _cgroups.kill_sandbox(cgroups, KILL_TIMEOUT):
+            raise RuntimeError_(
+                f"sandbox {sandbox_id}: processes survived SIGKILL for {KILL_TIMEOUT:.0f} s "
+                f"(pids {sorted(_cgroups.members(cgroups))[:10]}); try again"
+            )
+        if pid:
+            await self._wait_pid_gone(pid, KILL_TIMEOUT)
         rc, out = await self._runc("delete", sandbox_id)
         if rc != 0 and "does not exist" not in out:
             await self._runc("delete", "--force", sandbox_id)
-        for ctl in CGROUP_ROOT.iterdir():
-            _cgroups.remove_tree(ctl / parent.lstrip("/"))
+        left = await _cgroups.remove_sandbox(_cgroups.sandbox_cgroups(parent))
+        if left:
+            raise RuntimeError_(
+                f"sandbox {sandbox_id}: cgroup {left[0]} is still busy after its processes were "
+                "killed; try again"
+            )
         # A stopped sandbox holds no address; starting it plugs it in again.
         await self.network.detach(sandbox_id)
         rootfs = str(self._shared(sandbox_id) / "rootfs")
@@ -576,8 +618,31 @@ class RuncRuntime(Runtime):
         finally:
             os.close(root)
 
+    def _check_pids(self, sandbox_id: str, errno_: int = 0) -> None:
+        """Raise :class:`ResourceExhausted` if the sandbox is at its process limit (or ``errno_``
+        is the EAGAIN of a fork its limit refused).
+
+        Checked before a command is asked of the init: at the limit its fork fails anyway, and a
+        sandbox at its limit is often one whose processes also eat its CPU quota, where the
+        init's answer would be slow in coming.
+        """
+        pids = _cgroups.ROOT / "pids" / _spec.cgroup_parent(sandbox_id).lstrip("/")
+        if not (pids / "pids.max").exists():
+            pids = _cgroups.ROOT / _spec.cgroup_parent(sandbox_id).lstrip("/")  # cgroup v2
+        try:
+            limit = (pids / "pids.max").read_text().strip()
+            current = int((pids / "pids.current").read_text())
+        except (OSError, ValueError):
+            return
+        if errno_ == errno.EAGAIN or (limit != "max" and current >= int(limit)):
+            raise ResourceExhausted(
+                f"the sandbox is at its limit of {limit} processes; end some of its processes "
+                "(or kill the command that forks them) and try again"
+            )
+
     async def exec(self, sandbox_id: str, spec: ExecSpec) -> RuncProcess:
         bundle = self._bundle(sandbox_id)
+        self._check_pids(sandbox_id)
         user = await self._credentials(sandbox_id, spec.user)
         cmd_id = uuid.uuid4().hex
         cgroup = _cgroups.command_cgroup(_spec.cgroup_parent(sandbox_id), cmd_id)
@@ -591,7 +656,7 @@ class RuncRuntime(Runtime):
         env.update(spec.env)
         spawner = self._spawners.get(sandbox_id)
         if spawner is not None and not spawner.closed:
-            return await self._spawn(spawner, cgroup, spec, env, user)
+            return await self._spawn(sandbox_id, spawner, cgroup, spec, env, user)
         spec_file = bundle / "exec" / f"{cmd_id}.json"
         pid_file = bundle / "exec" / f"{cmd_id}.pid"
         spec_file.write_text(
@@ -626,6 +691,7 @@ class RuncRuntime(Runtime):
         ours = [os.fdopen(out_r, "rb", 0), os.fdopen(err_r, "rb", 0), os.fdopen(in_w, "wb", 0)]
         try:
             try:
+                self._private_keyring()
                 runc = await asyncio.create_subprocess_exec(
                     self._runc_bin,
                     *args,
@@ -660,6 +726,7 @@ class RuncRuntime(Runtime):
 
     async def _spawn(
         self,
+        sandbox_id: str,
         spawner: _spawner.Spawner,
         cgroup: Path,
         spec: ExecSpec,
@@ -688,6 +755,7 @@ class RuncRuntime(Runtime):
                 f.close()
             _cgroups.remove_if_empty(cgroup)
             if isinstance(exc, _spawner.SpawnerError):
+                self._check_pids(sandbox_id, exc.errno)
                 raise SpawnError(
                     f"could not start {spec.argv[0]!r} in {spec.cwd!r}: {exc}"
                 ) from exc
@@ -732,6 +800,7 @@ class RuncRuntime(Runtime):
             listener.listen(1)
             listener.setblocking(False)
             try:
+                self._private_keyring()
                 runc = await asyncio.create_subprocess_exec(
                     self._runc_bin,
                     *args,

@@ -153,6 +153,10 @@ class Spawner:
         self._spawning: dict[int, asyncio.Future[Spawned]] = {}
         self._on_exit: dict[int, Callable[[int], None]] = {}
         self._early_exits: dict[int, int] = {}
+        #: Spawns given up on (timed out, cancelled) whose SPAWNED may still come: the init answers
+        #: every SPAWN, late or not, and the late answer must be consumed, not taken for a
+        #: confused init. An id leaves once its answer (and, for a child, its EXITED) came.
+        self._abandoned: set[int] = set()
         self.closed = False
         self._loop.add_reader(sock.fileno(), self._readable)
 
@@ -179,10 +183,13 @@ class Spawner:
         fut: asyncio.Future[Spawned] = self._loop.create_future()
         self._spawning[ident] = fut
         try:
-            fds = [payload, *(stdio or ())]
-            await self._send(header, fds)
-        finally:
-            os.close(payload)
+            try:
+                await self._send(header, [payload, *(stdio or ())])
+            finally:
+                os.close(payload)
+        except BaseException:
+            self._spawning.pop(ident, None)  # never sent: no answer will come
+            raise
         try:
             return await asyncio.wait_for(asyncio.shield(fut), SPAWN_TIMEOUT)
         except BaseException as exc:
@@ -191,6 +198,9 @@ class Spawner:
                 spawned = fut.result()
                 if spawned.master is not None:
                     os.close(spawned.master)
+                self._abandoned.add(ident)  # its EXITED is still to come
+            elif not fut.done():
+                self._abandoned.add(ident)
             self._send_nowait(_SHORT.pack(ABORT, 0, ident))
             if isinstance(exc, TimeoutError):
                 raise SpawnerError("the sandbox's init did not answer") from None
@@ -213,6 +223,7 @@ class Spawner:
         if self.closed:
             return
         self.closed = True
+        self._abandoned.clear()
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
         for fut in self._spawning.values():
@@ -281,8 +292,18 @@ class Spawner:
             cb = self._on_exit.pop(ident, None)
             if cb is not None:
                 cb(value)
+            elif ident in self._abandoned:
+                self._abandoned.discard(ident)
             elif ident < self._next:
                 self._early_exits[ident] = value
+            return
+        if kind == SPAWNED and ident in self._abandoned:
+            # The late answer to a spawn given up on; the ABORT sent then makes its child, if
+            # any, exit without running (its EXITED follows).
+            for fd in fds:
+                os.close(fd)
+            if value != 0 or not fds:
+                self._abandoned.discard(ident)
             return
         fut = self._spawning.get(ident)
         if kind != SPAWNED or fut is None or fut.done():
