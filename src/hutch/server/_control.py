@@ -14,12 +14,13 @@ from sqlalchemy.exc import IntegrityError
 
 from hutch.protocol._errors import ErrorType
 from hutch.protocol._exec import ExecProtocolError, RunConfig
-from hutch.runtime._interface import SandboxNotFound
+from hutch.runtime._interface import RuntimeError_, SandboxNotFound
 from hutch.runtime._resources import parse_cpu, parse_memory
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError, not_found
 from hutch.server._manager import (
+    DELETING,
     FAILED,
     PROVISIONING,
     READY,
@@ -56,6 +57,7 @@ STATE_HINT = {
     READY: "stop it first",
     STOPPED: "start it first",
     FAILED: "delete it and create a new one",
+    DELETING: "it is being deleted; send the delete again if it stays so",
 }
 #: Resources of a sandbox made from the default image (the SDKs' template defaults).
 DEFAULT_CPU, DEFAULT_MEMORY = "500m", "512Mi"
@@ -573,5 +575,12 @@ async def delete_sandbox(
     name: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Response:
     row = await _sandbox(svc, who, name)
-    await svc.manager.destroy(row.id)
+    try:
+        await svc.manager.destroy(row.id)
+    except RuntimeError_ as exc:  # recorded as deleting: a retry (or a restart) finishes it
+        raise ApiError(
+            ErrorType.IN_USE,
+            f"Sandbox '{name}' could not be removed yet ({exc}); it is marked deleting: "
+            "send the delete again",
+        ) from exc
     return Response(status_code=204)
