@@ -14,7 +14,7 @@ import typer
 from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime.images import RegistryConfig
 from hutch.runtime.runc._network import DEFAULT_SUBNET, EgressConfig, HostPort
-from hutch.server._config import ServerConfig, default_data_dir
+from hutch.server._config import SERVICE_DOMAIN, ServerConfig, default_data_dir
 
 if TYPE_CHECKING:
     from hutch.server._admin import WorkspaceInfo
@@ -126,6 +126,11 @@ def serve(
     ),
     service_public_url: str | None = typer.Option(
         None, help="Base URL clients reach the service port at (default: from each request)"
+    ),
+    service_domain: str | None = typer.Option(
+        None,
+        help="Give each service an origin of its own, <sandbox id>-<port>.DOMAIN (needs wildcard "
+        "DNS to the service port; *.localhost works in browsers on this machine)",
     ),
     database_url: str | None = typer.Option(
         None, help="SQLAlchemy async URL [default: SQLite in the data dir]"
@@ -286,6 +291,12 @@ def serve(
         raise typer.Exit(2) from exc
     config.service_port = service_sock.getsockname()[1]
     config.service_public_url = service_public_url
+    if service_domain is not None:
+        domain = service_domain.strip(".").lower()
+        if not SERVICE_DOMAIN.fullmatch(domain):
+            typer.echo(f"error: --service-domain {service_domain!r} is not a DNS name", err=True)
+            raise typer.Exit(2)
+        config.service_domain = domain
     app = create_app(config)
     settings: dict[str, Any] = {
         "log_level": log_level,

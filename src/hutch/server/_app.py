@@ -34,6 +34,7 @@ from hutch.server._deps import Services
 from hutch.server._limits import BodyLimits
 from hutch.server._manager import SandboxManager
 from hutch.server._openapi import EnvelopedAPI
+from hutch.server._service import AUTH_PREFIX, HOST_SIGN_IN, PREFIX, service_host
 from hutch.server._tokens import TokenSigner
 from hutch.sessions import SessionManager
 from hutch.store import Database
@@ -58,31 +59,71 @@ class _SplitOrigins:
     """With a service listener (``--service-port``), each listener serves only its own paths:
     the service port only ``/svc``/``/svc-auth`` (a service's pages never share an origin with
     the API or the web UI, whose session they could otherwise use), the API port everything else.
+
+    With ``--service-domain`` the service port serves each service on a host of its own,
+    ``<id>-<port>.<domain>``: the request is routed by its ``Host`` (its path becomes the
+    service's ``/svc/<id>/<port>/…``), and nothing is served there by path alone.
     """
 
-    def __init__(self, app: ASGIApp, service_port: int) -> None:
+    def __init__(self, app: ASGIApp, service_port: int, service_domain: str | None) -> None:
         self.app = app
         self.service_port = service_port
+        self.service_domain = service_domain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             server = scope.get("server")
             on_service = server is not None and server[1] == self.service_port
             path = scope["path"]
-            is_service = path in ("/svc", "/svc-auth") or path.startswith(("/svc/", "/svc-auth/"))
-            if on_service != is_service and path != "/healthz":
-                where = (
-                    f"service URLs are served on port {self.service_port}, their own origin"
-                    if is_service
-                    else "this port serves service URLs only; use the API's port"
+            if on_service and self.service_domain and path != "/healthz":
+                if not self._route_by_host(scope):
+                    await self._refuse(
+                        scope,
+                        receive,
+                        send,
+                        f"No such endpoint: {path} (this port serves each service at its own "
+                        f"host, <sandbox id>-<port>.{self.service_domain}: use the service_url)",
+                    )
+                    return
+            else:
+                is_service = path in ("/svc", "/svc-auth") or path.startswith(
+                    ("/svc/", "/svc-auth/")
                 )
-                wire = make_error(ErrorType.NOT_FOUND, f"No such endpoint: {path} ({where})")
-                if scope["type"] == "http":
-                    await JSONResponse(wire.envelope(), status_code=404)(scope, receive, send)
-                else:
-                    await send({"type": "websocket.close", "code": 1008})
-                return
+                if on_service != is_service and path != "/healthz":
+                    where = (
+                        f"service URLs are served on port {self.service_port}, their own origin"
+                        if is_service
+                        else "this port serves service URLs only; use the API's port"
+                    )
+                    await self._refuse(scope, receive, send, f"No such endpoint: {path} ({where})")
+                    return
         await self.app(scope, receive, send)
+
+    def _route_by_host(self, scope: Scope) -> bool:
+        """Rewrite a request to ``<id>-<port>.<domain>`` as one to that service's path."""
+        host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+        named = service_host(self.service_domain or "", host)
+        if named is None:
+            return False
+        sandbox_id, port = named
+        path = scope["path"]
+        if path == HOST_SIGN_IN:
+            prefix, rest = f"{AUTH_PREFIX}/{sandbox_id}/{port}", ""
+        else:
+            prefix, rest = f"{PREFIX}/{sandbox_id}/{port}", path
+        scope["path"] = prefix + rest
+        raw = scope.get("raw_path")
+        if isinstance(raw, bytes):
+            scope["raw_path"] = prefix.encode() + (raw if rest else b"")
+        return True
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, message: str) -> None:
+        wire = make_error(ErrorType.NOT_FOUND, message)
+        if scope["type"] == "http":
+            await JSONResponse(wire.envelope(), status_code=404)(scope, receive, send)
+        else:
+            await send({"type": "websocket.close", "code": 1008})
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -152,7 +193,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(_tunnel.router)
     _ui.install(app)
     if config.service_port is not None:
-        app.add_middleware(_SplitOrigins, service_port=config.service_port)
+        app.add_middleware(
+            _SplitOrigins,
+            service_port=config.service_port,
+            service_domain=config.service_domain,
+        )
     # Outermost: no other layer may read a body before it is authenticated and bounded.
     app.add_middleware(
         BodyLimits,

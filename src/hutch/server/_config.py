@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,12 @@ def default_data_dir() -> Path:
     return Path.home() / ".local/share/hutch"
 
 
+#: A DNS name (labels of letters, digits and hyphens) for ``--service-domain``.
+SERVICE_DOMAIN = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+)
+
+
 @dataclass
 class ServerConfig:
     data_dir: Path = field(default_factory=default_data_dir)
@@ -34,6 +41,11 @@ class ServerConfig:
     #: Absolute base URL clients reach the service listener at (behind a proxy); default: the
     #: request's scheme and host with ``service_port``.
     service_public_url: str | None = None
+    #: With it, every service gets an origin of its own, host ``<sandbox id>-<port>.<domain>``
+    #: (wildcard DNS to the service listener, e.g. ``*.localhost`` locally), so services of
+    #: different sandboxes cannot read one another in a browser; without it they share the
+    #: service listener's origin, apart by path.
+    service_domain: str | None = None
     #: Largest accepted upload, bytes.
     max_upload_bytes: int = 512 * 1024**2
     #: Largest request body of every other route (control-plane JSON), bytes; see _limits.

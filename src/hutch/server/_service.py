@@ -38,9 +38,11 @@ is in flight (at most :data:`MAX_WS_MESSAGE` bytes); at most :data:`MAX_WEBSOCKE
 Activity: an HTTP exchange marks the sandbox busy while it runs (``manager.active``); WebSocket
 messages count as activity (``manager.touch``), an idle open socket does not.
 
-Every service of every sandbox is served from the server's own origin, under its own path. Path
-scoping keeps cookies and redirects apart, but it is not a browser security boundary; see the
-README ("Service URLs") for what that means when the web UI is used in the same browser.
+By default every service of every sandbox is served from the service listener's origin, under its
+own path. Path scoping keeps cookies and redirects apart, but it is not a browser security
+boundary. With ``--service-domain`` each service is served at a host of its own
+(``<id>-<port>.<domain>``, routed by ``_app._SplitOrigins``), with no path prefix: an origin per
+service, which is one.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterable
@@ -98,6 +101,9 @@ TOKEN_HEADER: Final = "x-langsmith-sandbox-service-token"
 TOKEN_COOKIE: Final = "hutch_service_token"
 PREFIX: Final = "/svc"
 AUTH_PREFIX: Final = "/svc-auth"
+#: The browser sign-in on a service's own host (``--service-domain``): a path no app is likely
+#: to need, answered by hutch, never passed to the service.
+HOST_SIGN_IN: Final = "/.hutch/sign-in"
 DEFAULT_EXPIRES: Final = 600
 MAX_EXPIRES: Final = 86400
 #: Largest read from either side of an HTTP exchange or a WebSocket socket.
@@ -229,6 +235,34 @@ def _prefix_path(base: str, sandbox_id: str, port: int) -> str:
     return f"{urlsplit(base).path.rstrip('/')}{PREFIX}/{sandbox_id}/{port}"
 
 
+def service_host(domain: str, host: str) -> tuple[str, int] | None:
+    """The (sandbox id, port) a ``Host`` of ``<id>-<port>.<domain>[:port]`` names, else None."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    match = _SERVICE_HOST.fullmatch(name.lower())
+    if match is None or match["domain"] != domain:
+        return None
+    port = int(match["port"])
+    return (match["id"], port) if 1 <= port <= 65535 else None
+
+
+_SERVICE_HOST = re.compile(r"(?P<id>[0-9a-f]{32})-(?P<port>[0-9]{1,5})\.(?P<domain>.+)")
+
+
+def service_origin(
+    conn: HTTPConnection, svc: Services, sandbox_id: str, port: int
+) -> tuple[str, str]:
+    """Where one service is reached: its origin (``scheme://host[:port]``) and its path prefix
+    there (no trailing slash). With ``--service-domain`` each service has a host of its own and
+    no prefix; else all share the service listener's origin, apart by path."""
+    base = public_base(conn, svc)
+    parts = urlsplit(base)
+    domain = svc.config.service_domain
+    if domain:
+        netloc = f"{sandbox_id}-{port}.{domain}" + (f":{parts.port}" if parts.port else "")
+        return f"{parts.scheme}://{netloc}", ""
+    return f"{parts.scheme}://{parts.netloc}", _prefix_path(base, sandbox_id, port)
+
+
 @control_router.post("/boxes/{name}/service-url")
 async def create_service_url(
     name: str,
@@ -255,10 +289,15 @@ async def create_service_url(
     token = svc.tokens.sign(
         TOKEN_KIND, {"sb": row.id, "port": body.port, "ws": row.workspace_id}, expires
     )
-    base = public_base(request, svc)
+    origin, prefix = service_origin(request, svc, row.id, body.port)
+    sign_in = (
+        f"{origin}{HOST_SIGN_IN}"
+        if svc.config.service_domain
+        else f"{public_base(request, svc)}{AUTH_PREFIX}/{row.id}/{body.port}"
+    )
     return {
-        "service_url": f"{base}{PREFIX}/{row.id}/{body.port}/",
-        "browser_url": f"{base}{AUTH_PREFIX}/{row.id}/{body.port}?token={token}",
+        "service_url": f"{origin}{prefix}/",
+        "browser_url": f"{sign_in}?token={token}",
         "token": token,
         "expires_at": iso(datetime.fromtimestamp(expires, UTC)),
     }
@@ -357,10 +396,8 @@ async def browser_sign_in(
     number = _port(port)
     token = request.query_params.get("token")
     _, claims = await _authorize(svc, token, sandbox_id, number)
-    base = public_base(request, svc)
-    prefix = _prefix_path(base, sandbox_id, number)
-    root = f"{base}{PREFIX}/{sandbox_id}/{number}/"
-    response = RedirectResponse(root, status_code=303)
+    origin, prefix = service_origin(request, svc, sandbox_id, number)
+    response = RedirectResponse(f"{origin}{prefix}/", status_code=303)
     response.set_cookie(
         TOKEN_COOKIE,
         str(token),
@@ -419,16 +456,15 @@ class Route:
 
     @classmethod
     def of(cls, conn: HTTPConnection, svc: Services, sandbox_id: str, port: int) -> Route:
-        base = public_base(conn, svc)
-        parts = urlsplit(base)
+        origin, prefix = service_origin(conn, svc, sandbox_id, port)
         return cls(
             sandbox_id=sandbox_id,
             port=port,
-            origin=f"{parts.scheme}://{parts.netloc}",
-            public_prefix=_prefix_path(base, sandbox_id, port),
+            origin=origin,
+            public_prefix=prefix,
             local_prefix=f"{PREFIX}/{sandbox_id}/{port}",
             proto="https" if is_https(conn, svc.config.public_url) else "http",
-            host=conn.headers.get("host") or parts.netloc,
+            host=conn.headers.get("host") or urlsplit(origin).netloc,
             client=conn.client.host if conn.client else None,
         )
 
