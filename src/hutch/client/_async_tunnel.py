@@ -8,7 +8,9 @@ A tunnel listens on ``127.0.0.1:<local_port>``. Each accepted connection becomes
 yamux session (this side is the client) carried by one WebSocket to the sandbox's ``/tunnel``:
 the stream starts with the 3-byte connect header, waits for the server's status byte and then
 copies bytes both ways under yamux flow control. The protocol logic is
-:class:`hutch.protocol._yamux.Session`; this module is its asyncio driver.
+:class:`hutch.protocol._yamux.Session`, driven by the
+:class:`~hutch.protocol._yamux_driver.YamuxDriver` the server uses too; this module adapts the
+``websockets`` connection to it and opens one stream per local connection.
 
 Behaviour, and where it differs from langsmith's SDK:
 
@@ -27,7 +29,7 @@ Behaviour, and where it differs from langsmith's SDK:
 
 Bounds, in bytes: per stream, data received and not yet written to the local socket stays within
 the 256 KiB yamux window; a local socket is read only while the send window is open; queued
-output stays within :data:`MAX_OUTPUT` plus one message in flight.
+output stays within :data:`~hutch.protocol._yamux_driver.MAX_OUTPUT` plus one message in flight.
 
 ``websockets`` is an optional dependency (``pip install 'hutch[ws]'``), imported when a tunnel
 opens.
@@ -36,12 +38,10 @@ opens.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import logging
 import socket
-from collections import deque
 from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -55,20 +55,8 @@ from hutch.client._errors import (
     TunnelUnsupportedVersionError,
 )
 from hutch.protocol._errors import parse_error
-from hutch.protocol._yamux import (
-    INITIAL_WINDOW,
-    DataReceived,
-    GoAway,
-    ProtocolError,
-    Session,
-    StreamEOF,
-    StreamReset,
-    StreamState,
-    StreamStatus,
-    WindowUpdated,
-    YamuxError,
-    encode_stream_header,
-)
+from hutch.protocol._yamux import StreamStatus, YamuxError, encode_stream_header
+from hutch.protocol._yamux_driver import READ_CHUNK, Stream, TransportClosed, YamuxDriver, splice
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
@@ -87,12 +75,6 @@ _PING_INTERVAL: Final = 30.0
 _PING_TIMEOUT: Final = 60.0
 #: Largest incoming message accepted: hutch sends at most 1 MiB (§6.2); be generous to others.
 _MAX_INCOMING: Final = 16 * 1024 * 1024
-#: Largest WebSocket message sent.
-MAX_MESSAGE: Final = 1024 * 1024
-#: Stream data queued for the WebSocket before writers wait.
-MAX_OUTPUT: Final = 2 * MAX_MESSAGE
-#: Largest read from a local socket (also capped by the stream's send window).
-READ_CHUNK: Final = INITIAL_WINDOW
 #: Streams open at once on one session; local connections beyond it are closed.
 MAX_STREAMS: Final = 1024
 _LISTEN_BACKLOG: Final = 128
@@ -133,219 +115,60 @@ def _upgrade_detail(status: int, body: bytes | bytearray | None, fallback: str) 
     return parse_error(status, data, fallback).message
 
 
-class _Channel:
-    """One stream: received bytes waiting for the local socket, and the wake-ups."""
-
-    __slots__ = ("eof", "inbox", "inbox_bytes", "readable", "reset", "stream_id", "writable")
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-        self.inbox: deque[bytes] = deque()
-        self.inbox_bytes = 0
-        self.eof = False
-        self.reset = False
-        self.readable = asyncio.Event()  # bytes, EOF or reset arrived
-        self.writable = asyncio.Event()  # window grew, output was taken, or reset
-
-    def take(self, limit: int | None = None) -> bytes:
-        """Remove and return received bytes: all of them, or up to ``limit`` of the first chunk."""
-        if limit is None or limit >= self.inbox_bytes:
-            data = b"".join(self.inbox)
-            self.inbox.clear()
-        else:  # from the first chunk only: enough for the status byte
-            first = self.inbox.popleft()
-            data, rest = first[:limit], first[limit:]
-            if rest:
-                self.inbox.appendleft(rest)
-        self.inbox_bytes -= len(data)
-        return data
-
-    def kill(self) -> None:
-        self.reset = True
-        self.readable.set()
-        self.writable.set()
-
-
-class _Connection:
-    """One WebSocket and the yamux client session on it, with its reader and flusher tasks."""
+class _WebSocketTransport:
+    """A ``websockets`` client connection as the driver's message transport."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
-        self.session = Session(client=True, max_streams=MAX_STREAMS, max_output_buffer=MAX_OUTPUT)
-        self.channels: dict[int, _Channel] = {}
-        self.dead = False
-        self._closing = False  # the flusher returns once the queue is empty
-        self._output = asyncio.Event()
-        self._output_waiters: set[_Channel] = set()
-        self._tasks = (
-            asyncio.create_task(self._read_loop(), name="hutch-tunnel-reader"),
-            asyncio.create_task(self._flush_loop(), name="hutch-tunnel-flusher"),
-        )
 
-    # ------------------------------------------------------------------ streams
-
-    def open_stream(self) -> _Channel:
-        """A new stream; raises :class:`YamuxError` when the session takes no more."""
-        if self.dead:
-            raise YamuxError("the tunnel session has ended")
-        stream_id = self.session.open_stream()
-        channel = _Channel(stream_id)
-        self.channels[stream_id] = channel
-        self.kick()
-        return channel
-
-    def forget(self, channel: _Channel) -> None:
-        """The local side is done with ``channel``: RST it unless it closed cleanly both ways."""
-        self.session.reset_stream(channel.stream_id)
-        self.channels.pop(channel.stream_id, None)
-        self._output_waiters.discard(channel)
-        self.kick()
-
-    async def send_all(self, channel: _Channel, data: bytes) -> None:
-        """Queue ``data`` on the stream, waiting for window and output room as needed.
-
-        Raises ``ConnectionResetError`` when the stream or the session is gone.
-        """
-        view = memoryview(data)
-        while view:
-            if channel.reset:
-                raise ConnectionResetError(errno.ECONNRESET, "tunnel stream reset")
-            sent = self.session.send(channel.stream_id, view)
-            if sent:
-                view = view[sent:]
-                self.kick()
-                continue
-            channel.writable.clear()
-            if self.session.send_window(channel.stream_id) > 0:
-                self._output_waiters.add(channel)
-            await channel.writable.wait()
-
-    async def wait_send_window(self, channel: _Channel) -> int:
-        """The stream's send window, once it is open."""
-        while True:
-            if channel.reset:
-                raise ConnectionResetError(errno.ECONNRESET, "tunnel stream reset")
-            window = self.session.send_window(channel.stream_id)
-            if window > 0:
-                return window
-            channel.writable.clear()
-            await channel.writable.wait()
-
-    async def wait_readable(self, channel: _Channel) -> None:
-        """Until the stream has bytes or EOF; raises ``ConnectionResetError`` on reset."""
-        while not (channel.inbox_bytes or channel.eof):
-            if channel.reset:
-                raise ConnectionResetError(errno.ECONNRESET, "tunnel stream reset")
-            channel.readable.clear()
-            await channel.readable.wait()
-
-    def consumed(self, channel: _Channel, count: int) -> None:
-        self.session.consumed(channel.stream_id, count)
-        self.kick()
-
-    def close_stream(self, channel: _Channel) -> None:
-        """Send FIN, if the stream can still send."""
-        if self.session.stream_state(channel.stream_id) in (
-            StreamState.OPEN,
-            StreamState.REMOTE_CLOSED,
-        ):
-            self.session.close_stream(channel.stream_id)
-            self.kick()
-
-    # ------------------------------------------------------------------ driver
-
-    def kick(self) -> None:
-        if self.session.pending_output_bytes:
-            self._output.set()
-
-    def _die(self) -> None:
-        if not self.dead:
-            self.dead = True
-            for channel in self.channels.values():
-                channel.kill()
-
-    async def _read_loop(self) -> None:
+    async def send(self, data: bytes) -> None:
         from websockets.exceptions import ConnectionClosed
 
         try:
-            async for message in self.ws:
-                data = message.encode() if isinstance(message, str) else message
-                self.session.receive_data(data)
-                for event in self.session.events():
-                    self._on_event(event)
-                self.kick()
-                if self.dead:
-                    return
-        except ConnectionClosed:
-            pass
-        finally:
-            self._die()
+            await self.ws.send(data)
+        except ConnectionClosed as exc:
+            raise TransportClosed from exc
 
-    def _on_event(self, event: object) -> None:
-        if isinstance(event, DataReceived):
-            channel = self.channels.get(event.stream_id)
-            if channel is not None:
-                channel.inbox.append(event.data)
-                channel.inbox_bytes += len(event.data)
-                channel.readable.set()
-        elif isinstance(event, WindowUpdated):
-            channel = self.channels.get(event.stream_id)
-            if channel is not None:
-                channel.writable.set()
-        elif isinstance(event, StreamEOF):
-            channel = self.channels.get(event.stream_id)
-            if channel is not None:
-                channel.eof = True
-                channel.readable.set()
-        elif isinstance(event, StreamReset):
-            channel = self.channels.get(event.stream_id)
-            if channel is not None:
-                channel.kill()
-        elif isinstance(event, GoAway):
-            # The server is ending the session (§6.3 step 7): every stream is reset.
-            logger.info("tunnel: the server ended the session (GO_AWAY %d)", event.code)
-            self._die()
-        elif isinstance(event, ProtocolError):
-            logger.warning("tunnel: the server broke the yamux protocol: %s", event.message)
-            self._die()
-
-    async def _flush_loop(self) -> None:
+    async def recv(self) -> bytes:
         from websockets.exceptions import ConnectionClosed
 
         try:
-            while True:
-                if not self.session.pending_output_bytes:
-                    if self._closing:
-                        return
-                    self._output.clear()
-                    await self._output.wait()
-                    continue
-                data = self.session.data_to_send(MAX_MESSAGE)
-                for channel in self._output_waiters:
-                    channel.writable.set()
-                self._output_waiters.clear()
-                await self.ws.send(data)
-        except ConnectionClosed:
-            self._die()
+            message = await self.ws.recv()
+        except ConnectionClosed as exc:
+            raise TransportClosed from exc
+        return message.encode() if isinstance(message, str) else message
 
-    async def aclose(self) -> None:
-        """GO_AWAY (§6.3 step 7), flush what is queued, close the WebSocket; stop both tasks."""
-        reader, flusher = self._tasks
-        if not self.dead:
-            self.session.go_away()
-        self._die()
-        reader.cancel()
-        # The flusher sends what is queued (the GO_AWAY) and returns; the server may be
-        # unreachable, so only briefly.
-        self._closing = True
-        self._output.set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await asyncio.wait({flusher})
-        flusher.cancel()
-        await asyncio.gather(reader, flusher, return_exceptions=True)
+    async def close(self) -> None:
         self.ws.close_timeout = _CLOSE_TIMEOUT
         await self.ws.close()
+
+
+class _Connection:
+    """One WebSocket and the yamux client session on it, driven by a task of its own."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.driver = YamuxDriver(
+            _WebSocketTransport(ws),
+            client=True,
+            logger=logger,
+            label="tunnel",
+            max_streams=MAX_STREAMS,
+        )
+        self._task = asyncio.create_task(self.driver.run(), name="hutch-tunnel-session")
+
+    @property
+    def dead(self) -> bool:
+        """True once the session can carry no new streams."""
+        return self.driver.dead
+
+    async def aclose(self) -> None:
+        """GO_AWAY (§6.3 step 7), flush what is queued, close the WebSocket; stop the driver."""
+        try:
+            await self.driver.aclose(_CLOSE_TIMEOUT)
+        finally:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 class AsyncTunnel:
@@ -555,55 +378,61 @@ class AsyncTunnel:
 
     async def _serve(self, sock: socket.socket) -> None:
         """One local connection, start to end; failures are logged, never raised (§6.3)."""
-        channel: _Channel | None = None
-        conn: _Connection | None = None
+        stream: Stream | None = None
         try:
             conn = await self._live_connection()
-            channel = conn.open_stream()
+            stream = conn.driver.open_stream()
             reader, writer = await asyncio.open_connection(sock=sock, limit=READ_CHUNK)
         except (SandboxClientError, YamuxError, OSError) as exc:
             logger.warning("tunnel: dropping a connection to port %d: %s", self._remote_port, exc)
             sock.close()
-            if conn is not None and channel is not None:
-                conn.forget(channel)
+            if stream is not None:
+                stream.forget()
             return
         except BaseException:
             sock.close()
             raise
-        clean = False
         try:
-            try:
-                await conn.send_all(channel, encode_stream_header(self._remote_port))
-                await conn.wait_readable(channel)
-            except ConnectionResetError:
-                # RST before the status byte: the server refused the stream itself (a server
-                # caps the streams of one tunnel), or the session ended.
-                logger.warning(
-                    "tunnel: the server refused a connection to port %d before answering "
-                    "(too many connections on one tunnel, or the session ended)",
-                    self._remote_port,
-                )
-                return
-            status = channel.take(1)
-            if status:
-                conn.consumed(channel, 1)
-            if status != bytes((StreamStatus.OK,)):
-                self._log_refusal(status)
-                conn.close_stream(channel)
-                clean = True  # close the local connection politely
-                return
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._to_local(conn, channel, writer))
-                tg.create_task(self._to_remote(conn, channel, reader))
-            clean = True
-        except* (OSError, YamuxError) as group:
-            logger.debug("tunnel: connection to port %d ended: %r", self._remote_port, group)
-        finally:
-            if clean:
-                writer.close()
+            answer = await self._connect_stream(stream)
+            if answer:
+                failure = await splice(stream, reader, writer)
+                if failure is not None:
+                    logger.debug(
+                        "tunnel: connection to port %d ended: %r", self._remote_port, failure
+                    )
+            elif answer is False:
+                writer.close()  # refused: close the local connection politely
             else:
                 writer.transport.abort()
-            conn.forget(channel)
+        except BaseException:
+            writer.transport.abort()
+            raise
+        finally:
+            stream.forget()
+
+    async def _connect_stream(self, stream: Stream) -> bool | None:
+        """Send the connect header and read the status byte: True when the server said OK,
+        False when it refused (logged), None when the stream was reset first (logged)."""
+        try:
+            await stream.send_all(encode_stream_header(self._remote_port))
+            await stream.wait_readable()
+        except ConnectionResetError:
+            # RST before the status byte: the server refused the stream itself (a server
+            # caps the streams of one tunnel), or the session ended.
+            logger.warning(
+                "tunnel: the server refused a connection to port %d before answering "
+                "(too many connections on one tunnel, or the session ended)",
+                self._remote_port,
+            )
+            return None
+        status = stream.take(1)
+        if status:
+            stream.consumed(1)
+        if status == bytes((StreamStatus.OK,)):
+            return True
+        self._log_refusal(status)
+        stream.close()
+        return False
 
     def _log_refusal(self, status: bytes) -> None:
         """Log why the server refused a stream, as the TunnelError it stands for (§6.3 step 3)."""
@@ -628,31 +457,3 @@ class AsyncTunnel:
         else:
             error = TunnelError("the server closed the stream without a status")
         logger.warning("tunnel: connection to port %d refused: %s", port, error)
-
-    async def _to_local(
-        self, conn: _Connection, channel: _Channel, writer: asyncio.StreamWriter
-    ) -> None:
-        """Stream → local socket: write, drain, then report consumed (re-opening the window)."""
-        while True:
-            await conn.wait_readable(channel)
-            if channel.inbox_bytes:
-                data = channel.take()
-                writer.write(data)
-                await writer.drain()
-                conn.consumed(channel, len(data))
-            else:  # EOF: pass the half-close on
-                if writer.can_write_eof():
-                    writer.write_eof()
-                return
-
-    async def _to_remote(
-        self, conn: _Connection, channel: _Channel, reader: asyncio.StreamReader
-    ) -> None:
-        """Local socket → stream, never reading more than the send window admits."""
-        while True:
-            window = await conn.wait_send_window(channel)
-            data = await reader.read(min(window, READ_CHUNK))
-            if not data:
-                conn.close_stream(channel)  # FIN
-                return
-            await conn.send_all(channel, data)
