@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hutch.protocol import _yamux_driver
-from hutch.protocol._yamux import INITIAL_WINDOW
+from hutch.protocol._yamux import INITIAL_WINDOW, Flag, FrameType, encode_header
 from hutch.protocol._yamux_driver import (
     Stream,
     StreamHandler,
@@ -320,3 +320,64 @@ def test_the_driver_imports_no_transport_library() -> None:
         if isinstance(node, ast.ImportFrom)
     }
     assert not names & {"websockets", "starlette", "fastapi", "httpx"}
+
+
+class _StuckPeer:
+    """A transport whose peer never takes a message: ``send`` waits until ``unstick``."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.gate = asyncio.Event()
+
+    async def send(self, data: bytes) -> None:
+        await self.gate.wait()
+
+    async def recv(self) -> bytes:
+        data = await self.inbox.get()
+        if data is None:
+            raise TransportClosed
+        return data
+
+    async def close(self) -> None:
+        self.gate.set()
+        self.inbox.put_nowait(None)
+
+
+async def test_a_peer_that_takes_nothing_is_dropped_after_send_timeout() -> None:
+    """With send_timeout set, a message the transport does not take in time ends the session."""
+    driver = YamuxDriver(_StuckPeer(), client=True, send_timeout=0.05)
+    run = asyncio.create_task(driver.run())
+    stream = driver.open_stream()  # queues the SYN, which the stuck peer never takes
+    await within(run)
+    assert driver.dead and stream.reset
+
+
+async def yield_to_others() -> None:
+    """Let every other task run until it waits on something (event-loop turns, no wall time)."""
+    for _ in range(1000):
+        await asyncio.sleep(0)
+
+
+async def test_the_reader_pauses_while_control_replies_pile_up() -> None:
+    """Input that only makes control replies (PING ACKs) stops being read once the replies
+    exceed output_limit, so a peer that does not read cannot grow this side's output."""
+    transport = _StuckPeer()
+    limit = 12 * 100
+    driver = YamuxDriver(transport, client=False, output_limit=limit)
+    run = asyncio.create_task(driver.run())
+    ping = encode_header(FrameType.PING, Flag.SYN, 0, 7)
+    for _ in range(50):
+        transport.inbox.put_nowait(ping * 10)  # 10 PINGs a message: 120 bytes of replies
+    await yield_to_others()
+    # The queued replies went past the limit by less than one message's worth, and the reader
+    # stopped there: input is left unread, and stays so.
+    assert limit < driver.session.pending_output_bytes <= limit + 120
+    unread = transport.inbox.qsize()
+    assert unread > 0
+    await yield_to_others()
+    assert transport.inbox.qsize() == unread
+    transport.gate.set()  # the peer reads again: everything is answered
+    await yield_to_others()
+    assert transport.inbox.qsize() == 0 and driver.session.pending_output_bytes == 0
+    await within(driver.aclose(PROMPT))
+    await within(run)
