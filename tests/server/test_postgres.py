@@ -1,6 +1,7 @@
 """``hutch serve --database-url postgresql+asyncpg://…``: a real server on a throwaway
 PostgreSQL cluster creates, runs, lists and deletes sandboxes, filters snapshots and registries
-by name case-insensitively, enforces quotas, and keeps its rows across a restart."""
+by name case-insensitively, enforces quotas, keeps its rows across a restart, and shares the
+database with a second server without touching that one's sandboxes."""
 
 from __future__ import annotations
 
@@ -132,3 +133,44 @@ def test_keys_and_quotas_from_the_cli_reach_a_postgresql_server(
 def _accepted(server: Server, key: str) -> bool:
     with server.http(key) as http:
         return http.get(f"{API}/boxes").status_code == 200
+
+
+def test_two_servers_on_one_database_leave_each_others_sandboxes_alone(
+    tmp_path: Path, busybox_tar: Path, postgres_cluster: Cluster
+) -> None:
+    """Two servers (own data dirs and ports) share one PostgreSQL database: starting and
+    restarting either reconciles only the sandboxes it runs, so each one's sandbox stays
+    ready and runs commands (a start-up of the other would otherwise record it stopped)."""
+    url = postgres_cluster.createdb()
+    data = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        data.append(data_dir_with_busybox(tmp_path / name, busybox_tar))
+    servers: list[Server] = []
+    try:
+        servers.append(start_server(data[0], "--database-url", url))
+        with servers[0].client() as client:
+            client.create_template("two", "local/busybox", cpu="250m", memory="128Mi")
+            client.create_sandbox(template_name="two", name="on-a")
+        servers.append(start_server(data[1], "--database-url", url))
+        with servers[1].client() as client:
+            client.create_sandbox(template_name="two", name="on-b")
+        stop_server(servers[0])  # a restart of A reconciles again, with B's row there
+        servers[0] = start_server(data[0], "--database-url", url)
+        mine = list(zip(servers, ("on-a", "on-b"), strict=True))
+        for server, name in mine:
+            with server.client() as client:
+                assert {s.name: s.status for s in client.list_sandboxes()} == {
+                    "on-a": "ready",
+                    "on-b": "ready",
+                }
+                result = client.get_sandbox(name).run("echo alive")
+                assert (result.stdout, result.exit_code) == ("alive\n", 0)
+        for server, name in mine:
+            with server.client() as client:
+                client.delete_sandbox(name)
+    finally:
+        for server in servers:
+            stop_server(server)
+        for d in data:
+            remove_all_sandboxes(d)

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, create_engine, inspect, select, text
 
 from hutch.store import Base, Database, Sandbox, Template, Workspace
-from hutch.store.migrations import BASELINE
+from hutch.store.migrations import head
+from hutch.store.migrations._baseline import baseline_metadata
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -64,11 +65,11 @@ def _tables(conn: Connection) -> set[str]:
 
 async def test_a_fresh_database_gets_exactly_the_models_schema(db: Database) -> None:
     """Migrating an empty database leaves no difference from the models (tables, columns,
-    types, nullability, server defaults, constraints) and records the baseline revision."""
+    types, nullability, server defaults, constraints, indexes) and records the newest revision."""
     async with db.engine.connect() as conn:
         assert await conn.run_sync(_diffs) == []
         versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
-    assert [v for (v,) in versions] == [BASELINE]
+    assert [v for (v,) in versions] == [head()]
 
 
 async def test_migrating_again_changes_nothing(db: Database) -> None:
@@ -91,7 +92,7 @@ async def test_concurrent_migrations_wait_for_each_other(database_url: str) -> N
         async with dbs[0].engine.connect() as conn:
             assert await conn.run_sync(_diffs) == []
             rows = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
-        assert rows == [(BASELINE,)]
+        assert rows == [(head(),)]
     finally:
         for d in dbs:
             await d.aclose()
@@ -124,20 +125,19 @@ async def test_a_first_version_sqlite_database_is_upgraded_with_its_rows(tmp_pat
         assert template.network == "none"
         assert {"snapshots", "snapshot_tags", "registries"} <= tables
         assert "schema_version" not in tables
-        assert versions == [(BASELINE,)]
+        assert versions == [(head(),)]
         # Columns the old ALTERs added carry their old spelling of a type; none is missing.
         assert [d for d in diffs if d[0] in ("add_table", "add_column", "remove_column")] == []
 
 
 async def test_an_up_to_date_old_database_is_only_stamped(tmp_path: Path) -> None:
-    """A database that went through every old step keeps its schema and rows; only the
-    bookkeeping changes hands (schema_version → alembic_version)."""
-    db = Database.in_dir(tmp_path)
-    await db.migrate()
-    await db.aclose()
+    """A database that went through every old step keeps its rows and is stamped at the
+    baseline, then upgraded like any other (schema_version → alembic_version)."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'hutch.db'}")
+    baseline_metadata().create_all(engine)  # every old step's schema: the baseline
+    engine.dispose()
     with sqlite3.connect(tmp_path / "hutch.db") as conn:  # as the old migrator left it
         conn.executescript(
-            "DROP TABLE alembic_version;"
             "CREATE TABLE schema_version (version INTEGER NOT NULL, PRIMARY KEY (version));"
             "INSERT INTO schema_version VALUES (1),(2),(3),(4),(5),(6),(7),(8);"
             "INSERT INTO workspaces (id, name, created_at) VALUES ('w', 'w', '2024-01-01');"

@@ -87,6 +87,9 @@ class Sandbox(Base):
     fs_capacity_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     #: False: what it writes is thrown away at each stop (it restarts with its first files).
     persistent: Mapped[bool] = mapped_column(default=True, server_default=true())
+    #: The server (node) that runs it: only that one reconciles and reaps it (None: a row from
+    #: before nodes, claimed by the first server to start).
+    node: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
 
 
 class Snapshot(Base):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 from hutch.store.migrations import _legacy
@@ -20,12 +21,19 @@ BASELINE = "0001"
 _SCRIPTS = Path(__file__).parent
 
 
-def _config(conn: Connection) -> Config:
+def _config(conn: Connection | None = None) -> Config:
     # No alembic.ini: the script directory is this package, the connection the caller's.
     config = Config()
     config.set_main_option("script_location", str(_SCRIPTS))
     config.attributes["connection"] = conn
     return config
+
+
+def head() -> str:
+    """The newest revision (what a migrated database records)."""
+    revision = ScriptDirectory.from_config(_config()).get_current_head()
+    assert revision is not None
+    return revision
 
 
 def upgrade(conn: Connection) -> None:
