@@ -9,6 +9,8 @@ DEB_PACKAGES := runc skopeo catatonit mmdebstrap busybox-static python3-venv gcc
 	docker-registry apache2-utils chromium
 # Egress networking: the CNI plugins, and the tools hutch and its tests drive the host with.
 DEB_PACKAGES += containernetworking-plugins iptables iproute2 nftables
+# The store and server suites also run on a throwaway PostgreSQL cluster (tests/postgres.py).
+DEB_PACKAGES += postgresql
 PYTEST_ARGS ?=
 
 .PHONY: demo test check deps system-deps venv ui images gen bench clean

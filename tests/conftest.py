@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from hutch import SandboxClient
+from tests.postgres import Cluster, start_cluster
 from tests.registry import Registry, start_registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -251,3 +252,19 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
         yield reg
     finally:
         reg.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session (Debian's binaries, a free port)."""
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Cluster) -> str:
+    """A ``postgresql+asyncpg://`` URL of a fresh empty database."""
+    return postgres_cluster.createdb()

@@ -39,6 +39,14 @@ DataDir = typer.Option(
     help="Server state directory [default: $HUTCH_DATA_DIR or /var/lib/hutch]",
 )
 
+DatabaseUrl = typer.Option(
+    None,
+    "--database-url",
+    envvar="HUTCH_DATABASE_URL",
+    help="SQLAlchemy async URL of the store, e.g. postgresql+asyncpg://… [default: SQLite in "
+    "the data dir]",
+)
+
 DefaultRegistry = typer.Option(
     "docker.io",
     "--default-registry",
@@ -132,9 +140,7 @@ def serve(
         help="Give each service an origin of its own, <sandbox id>-<port>.DOMAIN (needs wildcard "
         "DNS to the service port; *.localhost works in browsers on this machine)",
     ),
-    database_url: str | None = typer.Option(
-        None, help="SQLAlchemy async URL [default: SQLite in the data dir]"
-    ),
+    database_url: str | None = DatabaseUrl,
     log_level: str = typer.Option("info", help="uvicorn log level"),
     max_upload_bytes: int = typer.Option(
         ServerConfig.max_upload_bytes, min=1, help="Largest file upload accepted, in bytes"
@@ -427,15 +433,22 @@ def image_gc(data_dir: Path | None = DataDir) -> None:
     typer.echo(f"freed {result.freed_layers} layers ({result.freed_bytes // 1024} KiB){kept}")
 
 
-def _admin(data_dir: Path | None, action: Callable[[Database], Awaitable[T]]) -> T:
-    """Run ``action`` on the data dir's database (migrated first); errors exit 1 with a message."""
+def _admin(
+    data_dir: Path | None, database_url: str | None, action: Callable[[Database], Awaitable[T]]
+) -> T:
+    """Run ``action`` on the server's database (``database_url``, else the data dir's SQLite),
+    migrated first; errors exit 1 with a message."""
     import asyncio
 
     from hutch.server._admin import AdminError
     from hutch.store import Database
 
     async def run() -> T:
-        db = Database.in_dir(data_dir or default_data_dir())
+        db = (
+            Database(database_url)
+            if database_url
+            else Database.in_dir(data_dir or default_data_dir())
+        )
         try:
             await db.migrate()
             return await action(db)
@@ -455,11 +468,12 @@ def keys_create(
     name: str = typer.Option("", help="A label for the key"),
     admin: bool = typer.Option(False, "--admin", help="An admin key"),
     data_dir: Path | None = DataDir,
+    database_url: str | None = DatabaseUrl,
 ) -> None:
     """Create a key and print it (it is stored hashed: this is the only time it is shown)."""
     from hutch.server._admin import create_key
 
-    key, key_id = _admin(data_dir, lambda db: create_key(db, workspace, name, admin))
+    key, key_id = _admin(data_dir, database_url, lambda db: create_key(db, workspace, name, admin))
     typer.echo(key)
     typer.echo(
         f"key id {key_id} in workspace {workspace!r}; a running server accepts it within a second",
@@ -471,21 +485,24 @@ def keys_create(
 def keys_list(
     workspace: str | None = typer.Option(None, "--workspace", "-w", help="Only this workspace"),
     data_dir: Path | None = DataDir,
+    database_url: str | None = DatabaseUrl,
 ) -> None:
     """List keys (ids, never the keys themselves)."""
     from hutch.server._admin import list_keys
 
-    for k in _admin(data_dir, lambda db: list_keys(db, workspace)):
+    for k in _admin(data_dir, database_url, lambda db: list_keys(db, workspace)):
         flags = " admin" if k.is_admin else ""
         typer.echo(f"{k.id}  {k.workspace}  {k.created_at:%Y-%m-%d %H:%M}  {k.name}{flags}")
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str, data_dir: Path | None = DataDir) -> None:
+def keys_revoke(
+    key_id: str, data_dir: Path | None = DataDir, database_url: str | None = DatabaseUrl
+) -> None:
     """Delete a key; a running server refuses it within a second."""
     from hutch.server._admin import revoke_key
 
-    _admin(data_dir, lambda db: revoke_key(db, key_id))
+    _admin(data_dir, database_url, lambda db: revoke_key(db, key_id))
     typer.echo(f"revoked {key_id}")
 
 
@@ -501,11 +518,13 @@ def _show(w: WorkspaceInfo) -> str:
 
 
 @ws_app.command("list")
-def workspaces_list(data_dir: Path | None = DataDir) -> None:
+def workspaces_list(
+    data_dir: Path | None = DataDir, database_url: str | None = DatabaseUrl
+) -> None:
     """Workspaces with their sandbox count and quotas ("-": the server's default)."""
     from hutch.server._admin import list_workspaces
 
-    for w in _admin(data_dir, list_workspaces):
+    for w in _admin(data_dir, database_url, list_workspaces):
         typer.echo(_show(w))
 
 
@@ -517,6 +536,7 @@ def workspaces_quota(
     memory: str | None = typer.Option(None, help='Most memory in use at once, e.g. "8Gi"'),
     clear: bool = typer.Option(False, "--clear", help="Unset every limit first"),
     data_dir: Path | None = DataDir,
+    database_url: str | None = DatabaseUrl,
 ) -> None:
     """Set a workspace's quotas (a create past one answers 429 QuotaExceeded)."""
     from hutch.runtime._resources import QuantityError, parse_cpu, parse_memory
@@ -529,6 +549,7 @@ def workspaces_quota(
         raise typer.BadParameter(str(exc)) from exc
     info = _admin(
         data_dir,
+        database_url,
         lambda db: set_quota(
             db,
             workspace,

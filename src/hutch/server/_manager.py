@@ -17,13 +17,16 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import secrets
+import socket
 import string
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import delete, or_, select, update
 from starlette.websockets import WebSocket
@@ -40,6 +43,22 @@ from hutch.sessions import SessionManager
 from hutch.store import Database, Sandbox, Template, utcnow
 
 log = logging.getLogger("hutch.server")
+
+
+def node_id(data_dir: Path) -> str:
+    """This server's node id: made at its first start and kept in the data dir, so it survives
+    restarts and two servers (each with a data dir of its own) on one database never share it."""
+    path = data_dir / "node-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    node = f"{socket.gethostname()[:48]}-{uuid.uuid4().hex}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(node + "\n")
+    return node
+
 
 PROVISIONING, READY, FAILED, STOPPED = "provisioning", "ready", "failed", "stopped"
 #: Recorded before a delete acts, so a delete a crash interrupted is finished at restart.
@@ -95,6 +114,9 @@ class SandboxManager:
         self.images = images
         self.config = config
         self.sessions = sessions
+        #: Sandboxes of other nodes (servers on the same database) are theirs to reconcile
+        #: and reap.
+        self.node = node_id(config.data_dir)
         self._done: dict[str, asyncio.Future[Outcome]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -139,8 +161,13 @@ class SandboxManager:
         Only a sandbox being created or deleted loses its files here: one whose container is
         gone (a stop cut short, a host reboot) is recorded stopped, its files kept.
         """
+        async with self.db.session() as s, s.begin():
+            # Rows from before nodes were recorded belong to the only server there was.
+            await s.execute(update(Sandbox).where(Sandbox.node.is_(None)).values(node=self.node))
         async with self.db.session() as s:
-            rows = (await s.execute(select(Sandbox))).scalars().all()
+            rows = (
+                (await s.execute(select(Sandbox).where(Sandbox.node == self.node))).scalars().all()
+            )
         known = {r.id for r in rows}
         for r in rows:
             if r.status == DELETING:
@@ -305,8 +332,8 @@ class SandboxManager:
     async def _set_status(self, sandbox_id: str, status: str, message: str | None) -> None:
         await self._update(sandbox_id, status=status, status_message=message)
 
-    @staticmethod
     def new_row(
+        self,
         workspace_id: str,
         name: str,
         *,
@@ -334,6 +361,7 @@ class SandboxManager:
             ttl_seconds=ttl or None,
             idle_ttl_seconds=idle_ttl or None,
             delete_after_stop_seconds=delete_after_stop or None,
+            node=self.node,
         )
 
     def _spec(self, row: Sandbox, image: Image, storage_bytes: int | None = None) -> SandboxSpec:
@@ -550,11 +578,12 @@ class SandboxManager:
                 (
                     await s.execute(
                         select(Sandbox).where(
+                            Sandbox.node == self.node,
                             or_(
                                 Sandbox.ttl_seconds.is_not(None),
                                 Sandbox.idle_ttl_seconds.is_not(None),
                                 Sandbox.delete_after_stop_seconds.is_not(None),
-                            )
+                            ),
                         )
                     )
                 )

@@ -1,18 +1,22 @@
 """Database engine, sessions and schema migrations.
 
-SQLite (aiosqlite) in the data directory is the embedded default; any SQLAlchemy async URL
-(``postgresql+asyncpg://…``) works for several replicas. Migrations are an ordered list of steps,
-each applied once and recorded in ``schema_version``.
+SQLite (aiosqlite) in the data directory is the embedded default; ``postgresql+asyncpg://…``
+serves several replicas. Migrations are Alembic revisions (``hutch.store.migrations``), run under
+a lock so that servers starting together migrate one at a time: PostgreSQL's advisory lock, or
+an flock on a file next to the SQLite database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, event, func, inspect, select, text
+from sqlalchemy import ColumnElement, event, func, make_url, text
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -20,9 +24,10 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import QueryableAttribute
 
-from hutch.store._models import Base, SchemaVersion
+from hutch.store import migrations
 
-Step = Callable[[AsyncConnection], Awaitable[None]]
+#: ``pg_advisory_xact_lock`` key of schema migrations (any constant; "hutch" in ASCII).
+_PG_MIGRATION_LOCK = 0x6875746368
 
 
 def contains_ci(
@@ -31,57 +36,6 @@ def contains_ci(
     """``column`` contains ``text``, case-insensitively (LIKE wildcards in ``text`` are literal)."""
     needle = text.lower().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
     return func.lower(column).like(f"%{needle}%", escape="\\")
-
-
-async def _v1_initial(conn: AsyncConnection) -> None:
-    await conn.run_sync(Base.metadata.create_all)
-
-
-async def _create_missing_tables(conn: AsyncConnection) -> None:
-    await conn.run_sync(lambda c: Base.metadata.create_all(c, checkfirst=True))
-
-
-def _add_columns(table: str, columns: dict[str, str]) -> Step:
-    """A step adding ``columns`` (name → SQL type) that ``table`` lacks.
-
-    A database made by :func:`_v1_initial` after the column joined the models has it already.
-    """
-
-    async def step(conn: AsyncConnection) -> None:
-        have = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns(table)})
-        for name, sql_type in columns.items():
-            if name not in have:
-                await conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
-
-    return step
-
-
-MIGRATIONS: list[Step] = [
-    _v1_initial,
-    # Start/stop and stop-anchored deletion.
-    _add_columns("sandboxes", {"stopped_at": "TIMESTAMP", "delete_after_stop_seconds": "INTEGER"}),
-    # Workspace quotas.
-    _add_columns(
-        "workspaces",
-        {"max_sandboxes": "INTEGER", "max_cpu_millis": "INTEGER", "max_memory_bytes": "INTEGER"},
-    ),
-    # Network mode; rows made before it were loopback-only.
-    _add_columns("templates", {"network": "VARCHAR(16) NOT NULL DEFAULT 'none'"}),
-    _add_columns("sandboxes", {"network": "VARCHAR(16) NOT NULL DEFAULT 'none'"}),
-    # Snapshots, tags, registries (new tables), and what sandboxes keep of them.
-    _create_missing_tables,
-    _add_columns(
-        "sandboxes",
-        {
-            "snapshot_id": "VARCHAR(64)",
-            "run_config": "TEXT",
-            "labels": "TEXT",
-            "fs_capacity_bytes": "BIGINT",
-        },
-    ),
-    # Non-persistent sandboxes; rows made before it kept their files.
-    _add_columns("sandboxes", {"persistent": "BOOLEAN NOT NULL DEFAULT 1"}),
-]
 
 
 class Database:
@@ -99,13 +53,29 @@ class Database:
         return cls(f"sqlite+aiosqlite:///{data_dir / 'hutch.db'}")
 
     async def migrate(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(SchemaVersion.__table__.create, checkfirst=True)  # type: ignore[attr-defined]
-            done = {v for (v,) in (await conn.execute(select(SchemaVersion.version))).all()}
-            for number, step in enumerate(MIGRATIONS, start=1):
-                if number not in done:
-                    await step(conn)
-                    await conn.execute(SchemaVersion.__table__.insert().values(version=number))  # type: ignore[attr-defined]
+        """Bring the schema to the newest revision; concurrent callers wait for each other."""
+        async with self._sqlite_migration_lock(), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Held to the end of this transaction, which on PostgreSQL holds the DDL too.
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
+            await conn.run_sync(migrations.upgrade)
+
+    @asynccontextmanager
+    async def _sqlite_migration_lock(self) -> AsyncIterator[None]:
+        """An flock on ``<database>.migrate-lock`` (SQLite runs DDL outside transactions, so
+        its own locks cannot cover a whole migration); nothing for other databases."""
+        url = make_url(self.url)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            yield
+            return
+        fd = os.open(f"{url.database}.migrate-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     async def aclose(self) -> None:
         await self.engine.dispose()

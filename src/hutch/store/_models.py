@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, true
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -16,11 +16,6 @@ class Base(DeclarativeBase):
     pass
 
 
-class SchemaVersion(Base):
-    __tablename__ = "schema_version"
-    version: Mapped[int] = mapped_column(Integer, primary_key=True)
-
-
 class Workspace(Base):
     __tablename__ = "workspaces"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -29,7 +24,7 @@ class Workspace(Base):
     #: Quotas (None: the server's default; see hutch.server._quota).
     max_sandboxes: Mapped[int | None] = mapped_column(nullable=True)
     max_cpu_millis: Mapped[int | None] = mapped_column(nullable=True)
-    max_memory_bytes: Mapped[int | None] = mapped_column(nullable=True)
+    max_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ApiKey(Base):
@@ -68,7 +63,7 @@ class Sandbox(Base):
     template_name: Mapped[str | None] = mapped_column(String(63), nullable=True)
     image: Mapped[str] = mapped_column(Text)
     cpu_millis: Mapped[int | None] = mapped_column(nullable=True)
-    memory_bytes: Mapped[int | None] = mapped_column(nullable=True)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     #: The template's network mode when the sandbox was made.
     network: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     status: Mapped[str] = mapped_column(String(32))
@@ -89,9 +84,12 @@ class Sandbox(Base):
     #: Free-form labels as a JSON object.
     labels: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: Disk limit of its writable layer, when one was asked for (else the server's default).
-    fs_capacity_bytes: Mapped[int | None] = mapped_column(nullable=True)
+    fs_capacity_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     #: False: what it writes is thrown away at each stop (it restarts with its first files).
     persistent: Mapped[bool] = mapped_column(default=True, server_default=true())
+    #: The server (node) that runs it: only that one reconciles and reaps it (None: a row from
+    #: before nodes, claimed by the first server to start).
+    node: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
 
 
 class Snapshot(Base):
@@ -109,8 +107,8 @@ class Snapshot(Base):
     docker_image: Mapped[str | None] = mapped_column(Text, nullable=True)
     image: Mapped[str] = mapped_column(Text)
     image_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
-    fs_capacity_bytes: Mapped[int] = mapped_column(default=0)
-    fs_used_bytes: Mapped[int | None] = mapped_column(nullable=True)
+    fs_capacity_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    fs_used_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     source_sandbox_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     #: Captured from a sandbox: the runtime holds a layer under this snapshot's id.
     has_layer: Mapped[bool] = mapped_column(default=False)
