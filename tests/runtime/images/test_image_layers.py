@@ -277,14 +277,37 @@ def sentinel(tmp_path: Path) -> Path:
     return path
 
 
+def _host_view() -> dict[Path, tuple[int, int] | None]:
+    """Inode and mtime of each host path an escape would make (None: absent). Compared before
+    and after a test rather than required absent: a machine may hold an unrelated ``/tmp/x``,
+    and what matters is that the layer neither made nor changed one."""
+    view: dict[Path, tuple[int, int] | None] = {}
+    for name in ESCAPE_NAMES:
+        for root in ("/etc", "/", "/tmp"):
+            path = Path(root, name)
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                view[path] = None
+            else:
+                view[path] = (st.st_ino, st.st_mtime_ns)
+    return view
+
+
+_HOST_BEFORE: dict[Path, tuple[int, int] | None] = {}
+
+
+@pytest.fixture(autouse=True)
+def _host_before() -> None:
+    _HOST_BEFORE.clear()
+    _HOST_BEFORE.update(_host_view())
+
+
 def assert_nothing_escaped(tmp_path: Path, sentinel: Path, store: ImageStore) -> None:
     assert sorted(p.name for p in sentinel.iterdir()) == ["keep"]
     assert (sentinel / "keep").read_text() == "original"
     assert "trusted.overlay.opaque" not in os.listxattr(sentinel)
-    for name in ESCAPE_NAMES:
-        assert not Path("/etc", name).exists()
-        assert not Path("/", name).exists()
-        assert not Path("/tmp", name).exists()
+    assert _host_view() == _HOST_BEFORE
     # Whatever is left under tmp_path (the store is emptied on failure) must not be an escape.
     for path in tmp_path.rglob("*"):
         if store.root in path.parents:
