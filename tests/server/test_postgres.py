@@ -140,7 +140,8 @@ def test_two_servers_on_one_database_leave_each_others_sandboxes_alone(
 ) -> None:
     """Two servers (own data dirs and ports) share one PostgreSQL database: starting and
     restarting either reconciles only the sandboxes it runs, so each one's sandbox stays
-    ready and runs commands (a start-up of the other would otherwise record it stopped)."""
+    ready and runs commands (a start-up of the other would otherwise record it stopped); a
+    server refuses (421) to stop, delete, capture or run commands in the other's sandbox."""
     url = postgres_cluster.createdb()
     data = []
     for name in ("a", "b"):
@@ -166,6 +167,22 @@ def test_two_servers_on_one_database_leave_each_others_sandboxes_alone(
                 }
                 result = client.get_sandbox(name).run("echo alive")
                 assert (result.stdout, result.exit_code) == ("alive\n", 0)
+        # Through B, A's sandbox is listed but not acted on: 421 naming the other server, and
+        # its record and container are untouched.
+        with servers[1].http() as http:
+            on_a = http.get("/api/v2/sandboxes/boxes/on-a").json()
+            for method, path, body in (
+                ("POST", "/api/v2/sandboxes/boxes/on-a/stop", None),
+                ("DELETE", "/api/v2/sandboxes/boxes/on-a", None),
+                ("POST", "/api/v2/sandboxes/boxes/on-a/snapshot", {"name": "nope"}),
+                ("POST", f"/dp/{on_a['id']}/execute", {"command": "echo via-b"}),
+            ):
+                r = http.request(method, path, json=body)
+                assert r.status_code == 421, (path, r.text)
+                assert "another hutch server" in r.json()["detail"]["message"]
+        with servers[0].client() as client:
+            assert client.get_sandbox("on-a").status == "ready"
+            assert client.get_sandbox("on-a").run("echo still").stdout == "still\n"
         for server, name in mine:
             with server.client() as client:
                 client.delete_sandbox(name)

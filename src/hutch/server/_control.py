@@ -95,6 +95,22 @@ async def sandbox_by_name(svc: Services, who: Principal, name: str) -> Sandbox:
 _sandbox = sandbox_by_name
 
 
+def on_this_node(svc: Services, row: Sandbox) -> Sandbox:
+    """The sandbox, if this server runs it; else 421 naming the node that does.
+
+    Servers sharing one database each run their own sandboxes: another node's container is
+    not here, and acting on its record (a stop, a delete) would break it under that node.
+    """
+    if row.node is not None and row.node != svc.manager.node:
+        raise ApiError(
+            ErrorType.NOT_READY,
+            f"Sandbox '{row.name}' runs on another hutch server (node {row.node}); send "
+            "requests for it to that server",
+            status=421,
+        )
+    return row
+
+
 async def workspace_sandboxes(svc: Services, who: Principal) -> list[Sandbox]:
     """The workspace's sandboxes, oldest first."""
     async with svc.db.session() as s:
@@ -530,7 +546,7 @@ async def _lifecycle(
     who: Principal,
 ) -> dict[str, Any]:
     """Apply the manager's ``stop`` or ``start`` to a sandbox and answer it, or the error."""
-    row = await _sandbox(svc, who, name)
+    row = on_this_node(svc, await _sandbox(svc, who, name))
     try:
         row = await op(row.id)
     except WrongState as exc:
@@ -574,7 +590,7 @@ async def start_sandbox(
 async def delete_sandbox(
     name: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Response:
-    row = await _sandbox(svc, who, name)
+    row = on_this_node(svc, await _sandbox(svc, who, name))
     try:
         await svc.manager.destroy(row.id)
     except RuntimeError_ as exc:  # recorded as deleting: a retry (or a restart) finishes it

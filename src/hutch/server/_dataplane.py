@@ -27,6 +27,7 @@ from hutch.runtime._interface import SandboxNotFound
 from hutch.server import _ranges
 from hutch.server._auth import Principal
 from hutch.server._commands import HOME, CommandRequest, exec_spec, sandbox_root
+from hutch.server._control import on_this_node
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._exec import run_to_completion
@@ -77,6 +78,7 @@ async def ready_sandbox(svc: Services, who: Principal, sandbox_id: str) -> Sandb
         raise ApiError(
             ErrorType.NOT_FOUND, f"Sandbox '{sandbox_id}' not found; it may have been deleted"
         )
+    on_this_node(svc, row)
     if row.status == STOPPED and row.template_id is None:
         row = await _resume(svc, row)
     if row.status == STOPPED:

@@ -17,7 +17,7 @@ from hutch.protocol._errors import ErrorType
 from hutch.runtime._resources import QuantityError, parse_memory
 from hutch.runtime.images import Credentials, ImageError, normalize_reference
 from hutch.server._auth import Principal
-from hutch.server._control import SANDBOX_HINT, parse_run_config, sandbox_by_name
+from hutch.server._control import SANDBOX_HINT, on_this_node, parse_run_config, sandbox_by_name
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._manager import READY, STOPPED
@@ -270,7 +270,7 @@ async def capture_snapshot(
     except SnapshotError as exc:
         raise _api(exc) from None
     override = parse_run_config(body.run_config)
-    row = await sandbox_by_name(svc, who, name)
+    row = on_this_node(svc, await sandbox_by_name(svc, who, name))
     mgr = svc.manager
     async with mgr.lock(row.id):
         row = await sandbox_by_name(svc, who, name)
