@@ -1,4 +1,8 @@
-"""The runc implementation of the runtime seam.
+"""The runc implementation of the runtime seam: :class:`RuncRuntime` and its lifecycle.
+
+Create, start, stop and delete of sandboxes, their snapshots (capture, spare clones) and the
+runc calls behind them live here; the bundle preparation is in :mod:`._bundle`, commands and
+connections in :mod:`._exec`, and the class composes the three.
 
 Layout under ``data_dir``::
 
@@ -24,27 +28,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
-import uuid
 from pathlib import Path
-from typing import BinaryIO
 
-from hutch.runtime import _fs, _netns, _users
+from hutch.runtime import _fs
 from hutch.runtime._interface import (
-    ExecSpec,
     NetworkMode,
-    ResourceExhausted,
     Runtime,
     RuntimeError_,
     SandboxNotFound,
     SandboxSpec,
-    SpawnError,
 )
 from hutch.runtime.runc import (
     _cgroups,
@@ -55,22 +53,18 @@ from hutch.runtime.runc import (
     _storage,
     _userns,
 )
-from hutch.runtime.runc._overlay import mount_overlay
-from hutch.runtime.runc._process import (
-    DetachedProcess,
-    PtyProcess,
-    RuncProcess,
-    check_peer_is_root,
-)
+from hutch.runtime.runc._bundle import HOME, PUBLIC_ROOT, BundleMixin
+from hutch.runtime.runc._exec import ExecMixin
+from hutch.runtime.runc._process import RuncProcess
+
+# RuncProcess is what exec returns; callers may keep importing it from here.
+__all__ = ["RuncProcess", "RuncRuntime"]
 
 log = logging.getLogger("hutch.runtime")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 PR_SET_CHILD_SUBREAPER = 36
-HOME = "/home/user"
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PUBLIC_ROOT = Path("/run/hutch")  # see RuncRuntime._shared
 GiB = 1 << 30
 DEFAULT_STORAGE_POOL = 256 * GiB  # sparse: takes host disk only as sandboxes write
 DEFAULT_STORAGE_LIMIT = 10 * GiB  # per sandbox, when its template names none
@@ -107,7 +101,10 @@ def _is_mounted(target: str) -> bool:
         return any(line.split()[4] == target for line in f)
 
 
-class RuncRuntime(Runtime):
+class RuncRuntime(ExecMixin, BundleMixin, Runtime):
+    """Lifecycle of runc sandboxes: create, start, stop, delete, snapshots; composes the bundle
+    preparation (:mod:`_bundle`) and the commands (:mod:`_exec`)."""
+
     def __init__(
         self,
         data_dir: Path,
@@ -226,21 +223,6 @@ class RuncRuntime(Runtime):
                 text = log.read_text(errors="replace").strip()
         return proc.returncode or 0, text
 
-    def _bundle(self, sandbox_id: str) -> Path:
-        if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
-            raise SandboxNotFound(f"invalid sandbox id {sandbox_id!r}")
-        return self.bundles / sandbox_id
-
-    def init_pid(self, sandbox_id: str) -> int:
-        pid = self._init_pids.get(sandbox_id)
-        if pid is None:
-            try:
-                pid = int((self._bundle(sandbox_id) / "init.pid").read_text())
-            except (FileNotFoundError, ValueError) as exc:
-                raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
-            self._init_pids[sandbox_id] = pid
-        return pid
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> None:
@@ -306,98 +288,6 @@ class RuncRuntime(Runtime):
         if old is not None:
             old.close()
         self._spawners[sandbox_id] = _spawner.Spawner(ours)
-
-    def _shared(self, sandbox_id: str) -> Path:
-        """Where the sandbox's root filesystem is mounted and the files bind-mounted into it live.
-
-        runc prepares the root filesystem from inside the sandbox's user namespace, as a host
-        nobody: these paths must be reachable for it, so with a user namespace they are under
-        ``/run/hutch`` (directories 0711) rather than in the data dir (0700). Without one they are
-        the bundle.
-        """
-        if self._public is None:
-            return self._bundle(sandbox_id)
-        self._bundle(sandbox_id)  # validates the id
-        return self._public / sandbox_id
-
-    def _prepare_bundle(self, spec: SandboxSpec, bundle: Path) -> None:
-        bundle.mkdir(mode=0o700)
-        for d in ("exec", "empty"):
-            (bundle / d).mkdir()
-        shared = self._shared(spec.id)
-        if shared != bundle:
-            shared.mkdir(mode=0o711)
-            shared.chmod(0o711)
-        (shared / "rootfs").mkdir()
-        limit = spec.storage_bytes or self.storage_limit_bytes
-        try:
-            if spec.snapshot is not None:  # its files: a copy-on-write clone, nothing copied
-                self.storage.clone(spec.snapshot, spec.id, limit)
-            else:  # the sandbox's root owns its writable layer's top
-                self.storage.allocate(spec.id, limit, self.file_owner(spec.id))
-        except _storage.StorageError as exc:
-            raise RuntimeError_(str(exc)) from exc
-        (shared / "hostname").write_text(spec.hostname + "\n")
-        (shared / "hosts").write_text(
-            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"127.0.1.1\t{spec.hostname}\n"
-        )
-        # Loopback only: an empty resolver config, so lookups fail fast.
-        (shared / "resolv.conf").write_text(
-            self.network.resolv_conf()
-            if spec.network == "egress"
-            else "# no network: this sandbox has loopback only\n"
-        )
-        uid, gid = self.file_owner(spec.id)
-        for name in ("hostname", "hosts", "resolv.conf"):  # the sandbox's root may edit them
-            (shared / name).chmod(0o644)
-            os.chown(shared / name, uid, gid)
-        self._mount_rootfs(spec, bundle)
-
-    def _mount_rootfs(self, spec: SandboxSpec, bundle: Path) -> None:
-        """Overlay the image's layers under the sandbox's writable layer; write env and config."""
-        shared = self._shared(spec.id)
-        layer = self.storage.path(spec.id)
-        rootfs = str(shared / "rootfs")
-        layers = [str(p) for p in reversed(spec.image.layers)] or [str(bundle / "empty")]
-        upper, work = str(layer / "upper"), str(layer / "work")
-        if self._userns_fd is None:
-            mount_overlay(rootfs, layers, upper, work)
-        else:
-            try:
-                with _userns.idmapped_layers(layers, self._userns_fd, bundle / "lower") as shifted:
-                    mount_overlay(rootfs, shifted, upper, work)
-            except _userns.UsernsError as exc:
-                raise RuntimeError_(str(exc)) from exc
-        env = self.sandbox_env(spec)
-        self._env[spec.id] = env
-        (bundle / "env.json").write_text(json.dumps(env))
-        (bundle / "env.json").chmod(0o600)
-        init = str(self._init_bin) if self._init_bin else None
-        cfg = _spec.config(spec, rootfs, str(shared), env, init, self.idmap)
-        (bundle / "config.json").write_text(json.dumps(cfg))
-        (bundle / "config.json").chmod(0o600)
-
-    @staticmethod
-    def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
-        env: dict[str, str] = {"PATH": DEFAULT_PATH}
-        for item in spec.image.config.env:
-            k, _, v = item.partition("=")
-            if k:
-                env[k] = v
-        env.update({"HOME": HOME, "HOSTNAME": spec.hostname})
-        env.update(spec.env)
-        return env
-
-    def env_of(self, sandbox_id: str) -> dict[str, str]:
-        env = self._env.get(sandbox_id)
-        if env is None:
-            try:
-                env = json.loads((self._bundle(sandbox_id) / "env.json").read_text())
-            except FileNotFoundError as exc:
-                raise SandboxNotFound(f"sandbox {sandbox_id} does not exist") from exc
-            self._env[sandbox_id] = env
-        return dict(env)
 
     async def _runc_ids(self) -> set[str]:
         rc, out = await self._runc("list", "-q")
@@ -577,282 +467,3 @@ class RuncRuntime(Runtime):
         if rc != 0:
             return False
         return bool(json.loads(out).get("status") == "running")
-
-    def file_owner(self, sandbox_id: str) -> tuple[int, int]:
-        if self.idmap is None:
-            return 0, 0
-        return self.idmap.base, self.idmap.base
-
-    def root_fd(self, sandbox_id: str) -> int:
-        pid = self.init_pid(sandbox_id)
-        try:
-            return os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError as exc:
-            self._init_pids.pop(sandbox_id, None)
-            raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
-
-    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
-        # The socket is made in the network namespace of the sandbox's init, from a throwaway
-        # thread (see _netns); 10 s bounds a connect to a listener whose backlog is full.
-        pid = self.init_pid(sandbox_id)
-        try:
-            return await _netns.aconnect_in_netns(pid, "127.0.0.1", port, timeout=10.0)
-        except (FileNotFoundError, ProcessLookupError, _netns.SharedNamespaceError) as exc:
-            self._init_pids.pop(sandbox_id, None)
-            raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
-
-    # -- processes -----------------------------------------------------------------------------
-
-    async def _credentials(self, sandbox_id: str, user: str | None) -> _users.Credentials | None:
-        """Resolve ``user`` against the sandbox's /etc/passwd and /etc/group (see _users).
-
-        None stays None: the command runs as the init does (root, no supplementary groups).
-        """
-        if user is None:
-            return None
-        root = self.root_fd(sandbox_id)
-        try:
-            return await asyncio.to_thread(_users.resolve_in, root, user)
-        except _users.UserError as exc:
-            raise SpawnError(str(exc)) from exc
-        finally:
-            os.close(root)
-
-    def _check_pids(self, sandbox_id: str, errno_: int = 0) -> None:
-        """Raise :class:`ResourceExhausted` if the sandbox is at its process limit (or ``errno_``
-        is the EAGAIN of a fork its limit refused).
-
-        Checked before a command is asked of the init: at the limit its fork fails anyway, and a
-        sandbox at its limit is often one whose processes also eat its CPU quota, where the
-        init's answer would be slow in coming.
-        """
-        pids = _cgroups.ROOT / "pids" / _spec.cgroup_parent(sandbox_id).lstrip("/")
-        if not (pids / "pids.max").exists():
-            pids = _cgroups.ROOT / _spec.cgroup_parent(sandbox_id).lstrip("/")  # cgroup v2
-        try:
-            limit = (pids / "pids.max").read_text().strip()
-            current = int((pids / "pids.current").read_text())
-        except (OSError, ValueError):
-            return
-        if errno_ == errno.EAGAIN or (limit != "max" and current >= int(limit)):
-            raise ResourceExhausted(
-                f"the sandbox is at its limit of {limit} processes; end some of its processes "
-                "(or kill the command that forks them) and try again"
-            )
-
-    async def exec(self, sandbox_id: str, spec: ExecSpec) -> RuncProcess:
-        bundle = self._bundle(sandbox_id)
-        self._check_pids(sandbox_id)
-        user = await self._credentials(sandbox_id, spec.user)
-        cmd_id = uuid.uuid4().hex
-        cgroup = _cgroups.command_cgroup(_spec.cgroup_parent(sandbox_id), cmd_id)
-        try:
-            _cgroups.create(cgroup)
-        except FileNotFoundError as exc:
-            raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
-        env = self.env_of(sandbox_id)
-        if spec.pty:
-            env.setdefault("TERM", "xterm-256color")
-        env.update(spec.env)
-        spawner = self._spawners.get(sandbox_id)
-        if spawner is not None and not spawner.closed:
-            return await self._spawn(sandbox_id, spawner, cgroup, spec, env, user)
-        spec_file = bundle / "exec" / f"{cmd_id}.json"
-        pid_file = bundle / "exec" / f"{cmd_id}.pid"
-        spec_file.write_text(
-            json.dumps(
-                _spec.process(
-                    list(spec.argv),
-                    env,
-                    spec.cwd,
-                    terminal=spec.pty,
-                    size=(spec.rows, spec.cols),
-                    user=user,
-                )
-            )
-        )
-        args = [
-            "--root",
-            str(self.state_root),
-            "exec",
-            "--process",
-            str(spec_file),
-            "--cgroup",
-            f"freezer:{cmd_id}",
-            "--pid-file",
-            str(pid_file),
-        ]
-        if spec.pty:
-            return await self._exec_pty(args, sandbox_id, cgroup, spec_file, pid_file)
-        in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        # Our ends, as file objects: closing one twice (here and by its transport) is harmless.
-        ours = [os.fdopen(out_r, "rb", 0), os.fdopen(err_r, "rb", 0), os.fdopen(in_w, "wb", 0)]
-        try:
-            try:
-                self._private_keyring()
-                runc = await asyncio.create_subprocess_exec(
-                    self._runc_bin,
-                    *args,
-                    "--detach",
-                    sandbox_id,
-                    stdin=in_r,
-                    stdout=out_w,
-                    stderr=err_w,
-                )
-            finally:
-                for fd in (in_r, out_w, err_w):
-                    os.close(fd)
-            proc = DetachedProcess(cgroup, spec_file, pid_file)
-            await proc._connect(*ours)
-        except OSError as exc:
-            for f in ours:
-                f.close()
-            _cgroups.remove_if_empty(cgroup)
-            raise SpawnError(f"could not start runc: {exc}") from exc
-        try:
-            code = await asyncio.shield(runc.wait())
-        except BaseException:
-            # Cancelled while runc starts the command: follow it anyway, then kill and reap it.
-            async def _abandon() -> None:
-                proc._adopt(await runc.wait())
-                await proc.close()
-
-            await asyncio.shield(_abandon())
-            raise
-        proc._adopt(code)
-        return proc
-
-    async def _spawn(
-        self,
-        sandbox_id: str,
-        spawner: _spawner.Spawner,
-        cgroup: Path,
-        spec: ExecSpec,
-        env: dict[str, str],
-        user: _users.Credentials | None = None,
-    ) -> RuncProcess:
-        """Start a command through the sandbox's init (see :mod:`_spawner`)."""
-        ours: list[BinaryIO] = []
-        theirs: tuple[int, int, int] | None = None
-        if not spec.pty:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            ours = [os.fdopen(out_r, "rb", 0), os.fdopen(err_r, "rb", 0), os.fdopen(in_w, "wb", 0)]
-            theirs = (in_r, out_w, err_w)
-        try:
-            try:
-                spawned = await spawner.spawn(
-                    spec.argv, env, spec.cwd, theirs, rows=spec.rows, cols=spec.cols, user=user
-                )
-            finally:
-                for fd in theirs or ():
-                    os.close(fd)
-        except BaseException as exc:
-            for f in ours:
-                f.close()
-            _cgroups.remove_if_empty(cgroup)
-            if isinstance(exc, _spawner.SpawnerError):
-                self._check_pids(sandbox_id, exc.errno)
-                raise SpawnError(
-                    f"could not start {spec.argv[0]!r} in {spec.cwd!r}: {exc}"
-                ) from exc
-            raise
-        proc = (PtyProcess if spec.pty else DetachedProcess)(cgroup, None, None)
-        try:
-            if spawned.pid:
-                with contextlib.suppress(ProcessLookupError):  # already gone: EXITED follows
-                    (cgroup / "cgroup.procs").write_text(str(spawned.pid))
-            proc.pid = spawned.pid
-            if isinstance(proc, PtyProcess):
-                assert spawned.master is not None
-                master, spawned.master = spawned.master, None
-                await proc._connect_pty(master)
-            else:
-                await proc._connect(*ours)
-        except BaseException:
-            spawner.release(spawned.id, proc._exited, run=False)
-            if spawned.master is not None:
-                os.close(spawned.master)
-            for f in ours:
-                f.close()
-            await asyncio.shield(proc.close())
-            raise
-        spawner.release(spawned.id, proc._exited)
-        return proc
-
-    async def _exec_pty(
-        self, args: list[str], sandbox_id: str, cgroup: Path, spec_file: Path, pid_file: Path
-    ) -> RuncProcess:
-        """``runc exec --detach --tty``: runc passes the PTY master over a console socket.
-
-        The socket is abstract (no path-length limit, nothing left on disk) and only a root peer
-        is trusted to hand us a terminal.
-        """
-        loop = asyncio.get_running_loop()
-        name = f"hutch-console-{uuid.uuid4().hex}"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        master = -1
-        try:
-            listener.bind("\0" + name)
-            listener.listen(1)
-            listener.setblocking(False)
-            try:
-                self._private_keyring()
-                runc = await asyncio.create_subprocess_exec(
-                    self._runc_bin,
-                    *args,
-                    "--detach",
-                    "--tty",
-                    "--console-socket",
-                    "@" + name,
-                    sandbox_id,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE,
-                )
-            except OSError as exc:
-                raise SpawnError(f"could not start runc: {exc}") from exc
-            accept = asyncio.ensure_future(loop.sock_accept(listener))
-            exited = asyncio.ensure_future(runc.communicate())
-            try:
-                await asyncio.wait(
-                    [accept, exited], return_when=asyncio.FIRST_COMPLETED, timeout=30
-                )
-            finally:
-                if not accept.done():
-                    accept.cancel()
-            if accept.done() and not accept.cancelled() and accept.exception() is None:
-                conn, _ = accept.result()
-                with conn:
-                    check_peer_is_root(conn)
-                    conn.setblocking(True)
-                    conn.settimeout(10)
-                    _msg, fds, _flags, _addr = await asyncio.to_thread(
-                        socket.recv_fds, conn, 1024, 1
-                    )
-                if not fds:
-                    raise SpawnError("runc sent no terminal over the console socket")
-                master = fds[0]
-                for extra in fds[1:]:
-                    os.close(extra)
-            _out, err = await exited
-            if runc.returncode != 0 or master < 0:
-                raise SpawnError(
-                    (err or b"").decode(errors="replace").strip()
-                    or f"runc exec failed ({runc.returncode})"
-                )
-            proc = PtyProcess(cgroup, spec_file, pid_file)
-            await proc._connect_pty(master)
-            master = -1
-            proc._adopt(0)
-            return proc
-        except BaseException:
-            if master >= 0:
-                os.close(master)
-            _cgroups.remove_if_empty(cgroup)
-            raise
-        finally:
-            listener.close()

@@ -1,0 +1,314 @@
+"""Commands of the runc runtime: starting processes in a running sandbox, and connecting to it.
+
+A command starts through the sandbox's init (its control socket, see :mod:`_spawner`); a
+sandbox adopted from an earlier server has none, and its commands start with ``runc exec``
+(pipes, or a PTY handed over a console socket). ``connect`` opens a TCP connection inside the
+sandbox's network namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from hutch.runtime import _netns, _users
+from hutch.runtime._interface import ExecSpec, ResourceExhausted, SandboxNotFound, SpawnError
+from hutch.runtime.runc import _cgroups, _spawner, _spec
+from hutch.runtime.runc._bundle import BundleMixin
+from hutch.runtime.runc._process import (
+    DetachedProcess,
+    PtyProcess,
+    RuncProcess,
+    check_peer_is_root,
+)
+
+
+class ExecMixin(BundleMixin):
+    """The commands part of :class:`~hutch.runtime.runc.RuncRuntime` (it sets these)."""
+
+    state_root: Path
+    _runc_bin: str
+    _spawners: dict[str, _spawner.Spawner]
+
+    if TYPE_CHECKING:
+
+        def _private_keyring(self) -> None: ...
+
+    def root_fd(self, sandbox_id: str) -> int:
+        pid = self.init_pid(sandbox_id)
+        try:
+            return os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            self._init_pids.pop(sandbox_id, None)
+            raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
+
+    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
+        # The socket is made in the network namespace of the sandbox's init, from a throwaway
+        # thread (see _netns); 10 s bounds a connect to a listener whose backlog is full.
+        pid = self.init_pid(sandbox_id)
+        try:
+            return await _netns.aconnect_in_netns(pid, "127.0.0.1", port, timeout=10.0)
+        except (FileNotFoundError, ProcessLookupError, _netns.SharedNamespaceError) as exc:
+            self._init_pids.pop(sandbox_id, None)
+            raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
+
+    async def _credentials(self, sandbox_id: str, user: str | None) -> _users.Credentials | None:
+        """Resolve ``user`` against the sandbox's /etc/passwd and /etc/group (see _users).
+
+        None stays None: the command runs as the init does (root, no supplementary groups).
+        """
+        if user is None:
+            return None
+        root = self.root_fd(sandbox_id)
+        try:
+            return await asyncio.to_thread(_users.resolve_in, root, user)
+        except _users.UserError as exc:
+            raise SpawnError(str(exc)) from exc
+        finally:
+            os.close(root)
+
+    def _check_pids(self, sandbox_id: str, errno_: int = 0) -> None:
+        """Raise :class:`ResourceExhausted` if the sandbox is at its process limit (or ``errno_``
+        is the EAGAIN of a fork its limit refused).
+
+        Checked before a command is asked of the init: at the limit its fork fails anyway, and a
+        sandbox at its limit is often one whose processes also eat its CPU quota, where the
+        init's answer would be slow in coming.
+        """
+        pids = _cgroups.ROOT / "pids" / _spec.cgroup_parent(sandbox_id).lstrip("/")
+        if not (pids / "pids.max").exists():
+            pids = _cgroups.ROOT / _spec.cgroup_parent(sandbox_id).lstrip("/")  # cgroup v2
+        try:
+            limit = (pids / "pids.max").read_text().strip()
+            current = int((pids / "pids.current").read_text())
+        except (OSError, ValueError):
+            return
+        if errno_ == errno.EAGAIN or (limit != "max" and current >= int(limit)):
+            raise ResourceExhausted(
+                f"the sandbox is at its limit of {limit} processes; end some of its processes "
+                "(or kill the command that forks them) and try again"
+            )
+
+    async def exec(self, sandbox_id: str, spec: ExecSpec) -> RuncProcess:
+        bundle = self._bundle(sandbox_id)
+        self._check_pids(sandbox_id)
+        user = await self._credentials(sandbox_id, spec.user)
+        cmd_id = uuid.uuid4().hex
+        cgroup = _cgroups.command_cgroup(_spec.cgroup_parent(sandbox_id), cmd_id)
+        try:
+            _cgroups.create(cgroup)
+        except FileNotFoundError as exc:
+            raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
+        env = self.env_of(sandbox_id)
+        if spec.pty:
+            env.setdefault("TERM", "xterm-256color")
+        env.update(spec.env)
+        spawner = self._spawners.get(sandbox_id)
+        if spawner is not None and not spawner.closed:
+            return await self._spawn(sandbox_id, spawner, cgroup, spec, env, user)
+        spec_file = bundle / "exec" / f"{cmd_id}.json"
+        pid_file = bundle / "exec" / f"{cmd_id}.pid"
+        spec_file.write_text(
+            json.dumps(
+                _spec.process(
+                    list(spec.argv),
+                    env,
+                    spec.cwd,
+                    terminal=spec.pty,
+                    size=(spec.rows, spec.cols),
+                    user=user,
+                )
+            )
+        )
+        args = [
+            "--root",
+            str(self.state_root),
+            "exec",
+            "--process",
+            str(spec_file),
+            "--cgroup",
+            f"freezer:{cmd_id}",
+            "--pid-file",
+            str(pid_file),
+        ]
+        if spec.pty:
+            return await self._exec_pty(args, sandbox_id, cgroup, spec_file, pid_file)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        # Our ends, as file objects: closing one twice (here and by its transport) is harmless.
+        ours = [os.fdopen(out_r, "rb", 0), os.fdopen(err_r, "rb", 0), os.fdopen(in_w, "wb", 0)]
+        try:
+            try:
+                self._private_keyring()
+                runc = await asyncio.create_subprocess_exec(
+                    self._runc_bin,
+                    *args,
+                    "--detach",
+                    sandbox_id,
+                    stdin=in_r,
+                    stdout=out_w,
+                    stderr=err_w,
+                )
+            finally:
+                for fd in (in_r, out_w, err_w):
+                    os.close(fd)
+            proc = DetachedProcess(cgroup, spec_file, pid_file)
+            await proc._connect(*ours)
+        except OSError as exc:
+            for f in ours:
+                f.close()
+            _cgroups.remove_if_empty(cgroup)
+            raise SpawnError(f"could not start runc: {exc}") from exc
+        try:
+            code = await asyncio.shield(runc.wait())
+        except BaseException:
+            # Cancelled while runc starts the command: follow it anyway, then kill and reap it.
+            async def _abandon() -> None:
+                proc._adopt(await runc.wait())
+                await proc.close()
+
+            await asyncio.shield(_abandon())
+            raise
+        proc._adopt(code)
+        return proc
+
+    async def _spawn(
+        self,
+        sandbox_id: str,
+        spawner: _spawner.Spawner,
+        cgroup: Path,
+        spec: ExecSpec,
+        env: dict[str, str],
+        user: _users.Credentials | None = None,
+    ) -> RuncProcess:
+        """Start a command through the sandbox's init (see :mod:`_spawner`)."""
+        ours: list[BinaryIO] = []
+        theirs: tuple[int, int, int] | None = None
+        if not spec.pty:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            ours = [os.fdopen(out_r, "rb", 0), os.fdopen(err_r, "rb", 0), os.fdopen(in_w, "wb", 0)]
+            theirs = (in_r, out_w, err_w)
+        try:
+            try:
+                spawned = await spawner.spawn(
+                    spec.argv, env, spec.cwd, theirs, rows=spec.rows, cols=spec.cols, user=user
+                )
+            finally:
+                for fd in theirs or ():
+                    os.close(fd)
+        except BaseException as exc:
+            for f in ours:
+                f.close()
+            _cgroups.remove_if_empty(cgroup)
+            if isinstance(exc, _spawner.SpawnerError):
+                self._check_pids(sandbox_id, exc.errno)
+                raise SpawnError(
+                    f"could not start {spec.argv[0]!r} in {spec.cwd!r}: {exc}"
+                ) from exc
+            raise
+        proc = (PtyProcess if spec.pty else DetachedProcess)(cgroup, None, None)
+        try:
+            if spawned.pid:
+                with contextlib.suppress(ProcessLookupError):  # already gone: EXITED follows
+                    (cgroup / "cgroup.procs").write_text(str(spawned.pid))
+            proc.pid = spawned.pid
+            if isinstance(proc, PtyProcess):
+                assert spawned.master is not None
+                master, spawned.master = spawned.master, None
+                await proc._connect_pty(master)
+            else:
+                await proc._connect(*ours)
+        except BaseException:
+            spawner.release(spawned.id, proc._exited, run=False)
+            if spawned.master is not None:
+                os.close(spawned.master)
+            for f in ours:
+                f.close()
+            await asyncio.shield(proc.close())
+            raise
+        spawner.release(spawned.id, proc._exited)
+        return proc
+
+    async def _exec_pty(
+        self, args: list[str], sandbox_id: str, cgroup: Path, spec_file: Path, pid_file: Path
+    ) -> RuncProcess:
+        """``runc exec --detach --tty``: runc passes the PTY master over a console socket.
+
+        The socket is abstract (no path-length limit, nothing left on disk) and only a root peer
+        is trusted to hand us a terminal.
+        """
+        loop = asyncio.get_running_loop()
+        name = f"hutch-console-{uuid.uuid4().hex}"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        master = -1
+        try:
+            listener.bind("\0" + name)
+            listener.listen(1)
+            listener.setblocking(False)
+            try:
+                self._private_keyring()
+                runc = await asyncio.create_subprocess_exec(
+                    self._runc_bin,
+                    *args,
+                    "--detach",
+                    "--tty",
+                    "--console-socket",
+                    "@" + name,
+                    sandbox_id,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+            except OSError as exc:
+                raise SpawnError(f"could not start runc: {exc}") from exc
+            accept = asyncio.ensure_future(loop.sock_accept(listener))
+            exited = asyncio.ensure_future(runc.communicate())
+            try:
+                await asyncio.wait(
+                    [accept, exited], return_when=asyncio.FIRST_COMPLETED, timeout=30
+                )
+            finally:
+                if not accept.done():
+                    accept.cancel()
+            if accept.done() and not accept.cancelled() and accept.exception() is None:
+                conn, _ = accept.result()
+                with conn:
+                    check_peer_is_root(conn)
+                    conn.setblocking(True)
+                    conn.settimeout(10)
+                    _msg, fds, _flags, _addr = await asyncio.to_thread(
+                        socket.recv_fds, conn, 1024, 1
+                    )
+                if not fds:
+                    raise SpawnError("runc sent no terminal over the console socket")
+                master = fds[0]
+                for extra in fds[1:]:
+                    os.close(extra)
+            _out, err = await exited
+            if runc.returncode != 0 or master < 0:
+                raise SpawnError(
+                    (err or b"").decode(errors="replace").strip()
+                    or f"runc exec failed ({runc.returncode})"
+                )
+            proc = PtyProcess(cgroup, spec_file, pid_file)
+            await proc._connect_pty(master)
+            master = -1
+            proc._adopt(0)
+            return proc
+        except BaseException:
+            if master >= 0:
+                os.close(master)
+            _cgroups.remove_if_empty(cgroup)
+            raise
+        finally:
+            listener.close()
