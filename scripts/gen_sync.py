@@ -26,6 +26,7 @@ CLIENT = ROOT / "src" / "hutch" / "client"
 # second paragraph with "Written by hand." and end it with "after editing." (replaced below).
 PAIRS = [
     (CLIENT / "_async_client.py", CLIENT / "_sync_client.py"),
+    (CLIENT / "_async_http.py", CLIENT / "_sync_http.py"),
     (CLIENT / "_async_stream.py", CLIENT / "_sync_stream.py"),
     (CLIENT / "_async_snapshots.py", CLIENT / "_sync_snapshots.py"),
     (CLIENT / "_async_sandbox_files.py", CLIENT / "_sync_sandbox_files.py"),
@@ -46,6 +47,8 @@ REPLACEMENTS = {
     "_async_sandbox_files": "_sync_sandbox_files",
     "AsyncServiceURL": "ServiceURL",
     "_async_client": "_sync_client",
+    "AsyncHttpBase": "HttpBase",
+    "_async_http": "_sync_http",
     "AsyncTunnel": "Tunnel",
     "_async_tunnel": "_sync_tunnel",
     "AsyncRetryTransport": "RetryTransport",

@@ -2,8 +2,8 @@
 
 The policy does no I/O: given an attempt number and what happened, it says how long to wait before
 sending again, or that it is time to stop. The httpx transports that drive it are
-``AsyncRetryTransport`` in ``_async_client.py`` and its generated sync twin ``RetryTransport`` in
-``_sync_client.py``; they live there so the sync one is generated along with the client.
+``AsyncRetryTransport`` in ``_async_http.py`` and its generated sync twin ``RetryTransport`` in
+``_sync_http.py``; they live there so the sync one is generated along with the client.
 """
 
 from __future__ import annotations
