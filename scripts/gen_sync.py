@@ -27,6 +27,7 @@ CLIENT = ROOT / "src" / "hutch" / "client"
 PAIRS = [
     (CLIENT / "_async_client.py", CLIENT / "_sync_client.py"),
     (CLIENT / "_async_http.py", CLIENT / "_sync_http.py"),
+    (CLIENT / "_async_sandbox.py", CLIENT / "_sync_sandbox.py"),
     (CLIENT / "_async_stream.py", CLIENT / "_sync_stream.py"),
     (CLIENT / "_async_snapshots.py", CLIENT / "_sync_snapshots.py"),
     (CLIENT / "_async_sandbox_files.py", CLIENT / "_sync_sandbox_files.py"),
@@ -49,6 +50,7 @@ REPLACEMENTS = {
     "_async_client": "_sync_client",
     "AsyncHttpBase": "HttpBase",
     "_async_http": "_sync_http",
+    "_async_sandbox": "_sync_sandbox",
     "AsyncTunnel": "Tunnel",
     "_async_tunnel": "_sync_tunnel",
     "AsyncRetryTransport": "RetryTransport",

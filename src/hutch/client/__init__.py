@@ -3,7 +3,8 @@
 Import from :mod:`hutch`; this package's own modules are private.
 """
 
-from hutch.client._async_client import AsyncSandbox, AsyncSandboxClient
+from hutch.client._async_client import AsyncSandboxClient
+from hutch.client._async_sandbox import AsyncSandbox
 from hutch.client._async_sandbox_files import AsyncServiceURL
 from hutch.client._async_stream import AsyncCommandHandle
 from hutch.client._async_tunnel import AsyncTunnel
@@ -48,7 +49,8 @@ from hutch.client._models import (
     SnapshotTag,
     VolumeMountSpec,
 )
-from hutch.client._sync_client import Sandbox, SandboxClient
+from hutch.client._sync_client import SandboxClient
+from hutch.client._sync_sandbox import Sandbox
 from hutch.client._sync_sandbox_files import ServiceURL
 from hutch.client._sync_stream import CommandHandle
 from hutch.client._sync_tunnel import Tunnel

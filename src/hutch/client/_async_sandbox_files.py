@@ -1,5 +1,5 @@
 """The file, download-link and service-URL methods of
-:class:`~hutch.client._async_client.AsyncSandbox`, and :class:`AsyncServiceURL`.
+:class:`~hutch.client._async_sandbox.AsyncSandbox`, and :class:`AsyncServiceURL`.
 
 Written by hand. ``scripts/gen_sync.py`` generates the sync twin (``_sync_sandbox_files.py``)
 from this file: keep every async-only name in that script's replacement table, and run it
