@@ -85,6 +85,7 @@ from hutch.server._schemas import iso
 from hutch.server._tokens import TokenError
 from hutch.server._websession import COOKIE as UI_COOKIE
 from hutch.server._websession import is_https
+from hutch.server._ws import refuse
 from hutch.store import Sandbox
 
 log = logging.getLogger("hutch.server")
@@ -957,10 +958,6 @@ async def _ws_handshake(
     return proto, events[1:]
 
 
-async def _deny(ws: WebSocket, exc: ApiError) -> None:
-    await ws.send_denial_response(JSONResponse(exc.wire.envelope(), status_code=exc.wire.status))
-
-
 def _open_sockets(ws: WebSocket) -> dict[str, int]:
     """Open proxied WebSockets per sandbox id, kept with the app."""
     state = ws.app.state
@@ -984,7 +981,7 @@ async def service_ws(ws: WebSocket, sandbox_id: str, port: str, path: str) -> No
             )
         sock = await _connect(svc, row, number)
     except ApiError as exc:
-        await _deny(ws, exc)
+        await refuse(ws, exc)
         return
     counts[row.id] = counts.get(row.id, 0) + 1
     try:
@@ -995,7 +992,7 @@ async def service_ws(ws: WebSocket, sandbox_id: str, port: str, path: str) -> No
                     ws, Route.of(ws, svc, row.id, number), reader, writer
                 )
             except ApiError as exc:
-                await _deny(ws, exc)
+                await refuse(ws, exc)
                 return
             await ws.accept(subprotocol=proto.subprotocol)
             await _touch(svc, row.id)
