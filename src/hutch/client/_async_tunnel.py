@@ -45,7 +45,7 @@ from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from hutch.client._async_ws_open import Settings, backoff, open_websocket, websocket_url
+from hutch.client._async_ws_open import open_websocket
 from hutch.client._errors import (
     SandboxClientError,
     TunnelConnectionRefusedError,
@@ -53,6 +53,7 @@ from hutch.client._errors import (
     TunnelPortNotAllowedError,
     TunnelUnsupportedVersionError,
 )
+from hutch.client._ws_open import Settings, backoff, websocket_url
 from hutch.protocol._yamux import StreamStatus, YamuxError, encode_stream_header
 from hutch.protocol._yamux_driver import READ_CHUNK, Stream, TransportClosed, YamuxDriver, splice
 

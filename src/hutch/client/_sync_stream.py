@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hutch.client import _backend
-from hutch.client._sync_ws_open import Settings, backoff, open_websocket, websocket_url
+from hutch.client._sync_ws_open import open_websocket
 from hutch.client._errors import (
     CommandTimeoutError,
     SandboxAPIError,
@@ -26,6 +26,7 @@ from hutch.client._errors import (
     SandboxOperationError,
 )
 from hutch.client._models import ExecutionResult, OutputChunk
+from hutch.client._ws_open import Settings, backoff, websocket_url
 from hutch.protocol._exec import (
     ClientMessage,
     CloseStdin,
