@@ -10,15 +10,13 @@ command is streamed, so ``import hutch`` works without it and ``run()`` falls ba
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import json
 import logging
-import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hutch.client import _backend
+from hutch.client._async_ws_open import open_websocket
 from hutch.client._errors import (
     CommandTimeoutError,
     SandboxAPIError,
@@ -27,7 +25,7 @@ from hutch.client._errors import (
     SandboxOperationError,
 )
 from hutch.client._models import ExecutionResult, OutputChunk
-from hutch.protocol._errors import parse_error
+from hutch.client._ws_open import Settings, backoff, websocket_url
 from hutch.protocol._exec import (
     ClientMessage,
     CloseStdin,
@@ -68,38 +66,14 @@ _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Closing a connection we are done with. After exit or error the server closes first, so this
 # wait is short; kill() does not wait at all (spec §4.4).
 _DONE_CLOSE_TIMEOUT = 1.0
-_BACKOFF_BASE = 0.5
-_BACKOFF_MAX = 8.0
 
 OutputCallback = Callable[[str], Any]
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before reconnect attempt ``attempt`` (from 1): 0.5 doubling, at most 8 (§4.7)."""
-    return min(_BACKOFF_BASE * 2.0 ** (attempt - 1), _BACKOFF_MAX)
-
-
-def ws_url(dataplane_url: str) -> str:
-    """The exec WebSocket URL of a data plane (spec §3.1, §4.1)."""
-    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
-        if dataplane_url[: len(http)].lower() == http:
-            return f"{ws}{dataplane_url[len(http) :]}/execute/ws"
-    return f"{dataplane_url}/execute/ws"
 
 
 async def _close(ws: ClientConnection, timeout: float) -> None:
     """Close ``ws``, waiting at most ``timeout`` seconds for the server's close frame."""
     ws.close_timeout = timeout
     await ws.close()
-
-
-def _upgrade_detail(status: int, body: bytes | bytearray | None, fallback: str) -> str:
-    """The server's own words from a refused upgrade, if it sent hutch's error envelope."""
-    try:
-        data = json.loads(body or b"")
-    except ValueError:
-        return fallback
-    return parse_error(status, data, fallback).message
 
 
 def _protocol_error(exc: ExecProtocolError) -> SandboxAPIError:
@@ -140,16 +114,23 @@ _MAX_QUEUE = 4
 #: tens of MiB) bounds how much output can be in flight when a connection dies: the server keeps
 #: ~15 MiB of sent output for replays, and a reconnect must find everything it did not get.
 _RECEIVE_BUFFER = 1 << 20
+_SETTINGS = Settings(
+    missing=WEBSOCKETS_REQUIRED,
+    refused="WebSocket upgrade rejected by server",
+    unreachable="Failed to connect to sandbox",
+    open_timeout=_OPEN_TIMEOUT,
+    close_timeout=_CLOSE_TIMEOUT,
+    ping_interval=_PING_INTERVAL,
+    ping_timeout=_PING_TIMEOUT,
+    max_size=_MAX_MESSAGE_BYTES,
+    max_queue=_MAX_QUEUE,
+    receive_buffer=_RECEIVE_BUFFER,
+)
 
 
-def _cap_receive_buffer(conn: object) -> None:
-    sock = getattr(conn, "socket", None)
-    if sock is None:
-        transport = getattr(conn, "transport", None)
-        sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
+def ws_url(dataplane_url: str) -> str:
+    """The exec WebSocket URL of a data plane (spec §3.1, §4.1)."""
+    return websocket_url(dataplane_url, "/execute/ws")
 
 
 class ExecEndpoint:
@@ -169,41 +150,16 @@ class ExecEndpoint:
             ImportError: ``websockets`` is not installed.
             SandboxConnectionError: The upgrade was refused or the server could not be reached.
         """
-        try:
-            from websockets.asyncio.client import connect
-            from websockets.exceptions import InvalidStatus, WebSocketException
-        except ImportError as exc:
-            raise ImportError(WEBSOCKETS_REQUIRED) from exc
-        try:
-            # Entering connect()'s context is the one form both the asyncio and the sync client
-            # accept without a warning (websockets 17.1 deprecates a bare sync connect()); the
-            # handle closes the connection itself.
-            conn = await connect(
-                self.url,
-                additional_headers=self.headers,
-                open_timeout=_OPEN_TIMEOUT,
-                ping_interval=_PING_INTERVAL,
-                ping_timeout=_PING_TIMEOUT,
-                close_timeout=_CLOSE_TIMEOUT,
-                max_size=_MAX_MESSAGE_BYTES,
-                max_queue=_MAX_QUEUE,
-            ).__aenter__()
-            _cap_receive_buffer(conn)
-            return conn
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status == 404:
-                raise SandboxConnectionError(
-                    "The sandbox server does not support WebSocket command execution (endpoint "
-                    f"{self.url} returned 404); update the server, or call run() with "
-                    "wait=True and no callbacks to execute over HTTP"
-                ) from exc
-            detail = _upgrade_detail(status, exc.response.body, str(exc))
-            raise SandboxConnectionError(
-                f"WebSocket upgrade rejected by server (HTTP {status}): {detail}"
-            ) from exc
-        except (OSError, WebSocketException) as exc:  # TimeoutError is an OSError
-            raise SandboxConnectionError(f"Failed to connect to sandbox: {exc}") from exc
+        return await open_websocket(
+            self.url,
+            self.headers,
+            _SETTINGS,
+            not_found=(
+                "The sandbox server does not support WebSocket command execution (endpoint "
+                f"{self.url} returned 404); update the server, or call run() with "
+                "wait=True and no callbacks to execute over HTTP"
+            ),
+        )
 
     async def resume(self, request: Reconnect) -> ClientConnection:
         """Open a connection and send ``request`` on it.

@@ -39,22 +39,21 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import socket
 from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
+from hutch.client._async_ws_open import open_websocket
 from hutch.client._errors import (
     SandboxClientError,
-    SandboxConnectionError,
     TunnelConnectionRefusedError,
     TunnelError,
     TunnelPortNotAllowedError,
     TunnelUnsupportedVersionError,
 )
-from hutch.protocol._errors import parse_error
+from hutch.client._ws_open import Settings, backoff, websocket_url
 from hutch.protocol._yamux import StreamStatus, YamuxError, encode_stream_header
 from hutch.protocol._yamux_driver import READ_CHUNK, Stream, TransportClosed, YamuxDriver, splice
 
@@ -78,17 +77,22 @@ _MAX_INCOMING: Final = 16 * 1024 * 1024
 #: Streams open at once on one session; local connections beyond it are closed.
 MAX_STREAMS: Final = 1024
 _LISTEN_BACKLOG: Final = 128
-_BACKOFF_BASE: Final = 0.5
-_BACKOFF_MAX: Final = 8.0
+_SETTINGS: Final = Settings(
+    missing=WEBSOCKETS_REQUIRED,
+    refused="Tunnel WebSocket upgrade rejected by server",
+    unreachable="Failed to open a tunnel to the sandbox",
+    open_timeout=_OPEN_TIMEOUT,
+    close_timeout=_CLOSE_TIMEOUT,
+    ping_interval=_PING_INTERVAL,
+    ping_timeout=_PING_TIMEOUT,
+    max_size=_MAX_INCOMING,
+    compress=False,
+)
 
 
 def tunnel_url(dataplane_url: str) -> str:
     """The tunnel WebSocket URL of a data plane (spec §6.1)."""
-    url = dataplane_url.rstrip("/")
-    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
-        if url[: len(http)].lower() == http:
-            return f"{ws}{url[len(http) :]}/tunnel"
-    return f"{url}/tunnel"
+    return websocket_url(dataplane_url.rstrip("/"), "/tunnel")
 
 
 def check_arguments(remote_port: int, local_port: int, max_reconnects: int) -> None:
@@ -101,18 +105,6 @@ def check_arguments(remote_port: int, local_port: int, max_reconnects: int) -> N
         )
     if max_reconnects < 0:
         raise ValueError(f"max_reconnects must be >= 0 (got {max_reconnects})")
-
-
-def _backoff(attempt: int) -> float:
-    return min(_BACKOFF_BASE * 2.0 ** (attempt - 1), _BACKOFF_MAX)
-
-
-def _upgrade_detail(status: int, body: bytes | bytearray | None, fallback: str) -> str:
-    try:
-        data = json.loads(body or b"")
-    except ValueError:
-        return fallback
-    return parse_error(status, data, fallback).message
 
 
 class _WebSocketTransport:
@@ -280,31 +272,7 @@ class AsyncTunnel:
     # ------------------------------------------------------------------ internals
 
     async def _connect(self) -> _Connection:
-        try:
-            from websockets.asyncio.client import connect
-            from websockets.exceptions import InvalidStatus, WebSocketException
-        except ImportError as exc:
-            raise ImportError(WEBSOCKETS_REQUIRED) from exc
-        try:
-            ws = await connect(
-                self._url,
-                additional_headers=self._headers,
-                open_timeout=_OPEN_TIMEOUT,
-                close_timeout=_CLOSE_TIMEOUT,
-                ping_interval=_PING_INTERVAL,
-                ping_timeout=_PING_TIMEOUT,
-                max_size=_MAX_INCOMING,
-                compression=None,
-            ).__aenter__()
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            detail = _upgrade_detail(status, exc.response.body, str(exc))
-            raise SandboxConnectionError(
-                f"Tunnel WebSocket upgrade rejected by server (HTTP {status}): {detail}"
-            ) from exc
-        except (OSError, WebSocketException) as exc:  # TimeoutError is an OSError
-            raise SandboxConnectionError(f"Failed to open a tunnel to the sandbox: {exc}") from exc
-        return _Connection(ws)
+        return _Connection(await open_websocket(self._url, self._headers, _SETTINGS))
 
     def _listen(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -366,7 +334,7 @@ class AsyncTunnel:
                     last = exc
                     logger.debug("tunnel: reconnect attempt %d failed: %s", attempt, exc)
                     if attempt < self._max_reconnects:
-                        await asyncio.sleep(_backoff(attempt))
+                        await asyncio.sleep(backoff(attempt))
                     continue
                 logger.debug("tunnel: reconnected (attempt %d)", attempt)
                 return self._conn

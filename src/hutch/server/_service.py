@@ -41,7 +41,7 @@ from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response, WebSocket
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
@@ -58,6 +58,7 @@ from hutch.server._service_http import relay_http as relay_http  # re-exported f
 from hutch.server._service_ws import _touch, _ws_handshake, _WsRelay
 from hutch.server._tokens import TokenError
 from hutch.server._websession import is_https
+from hutch.server._ws import refuse
 from hutch.store import Sandbox
 
 log = logging.getLogger("hutch.server")
@@ -303,10 +304,6 @@ async def service_http(
 # -- WebSocket ------------------------------------------------------------------------------------
 
 
-async def _deny(ws: WebSocket, exc: ApiError) -> None:
-    await ws.send_denial_response(JSONResponse(exc.wire.envelope(), status_code=exc.wire.status))
-
-
 def _open_sockets(ws: WebSocket) -> dict[str, int]:
     """Open proxied WebSockets per sandbox id, kept with the app."""
     state = ws.app.state
@@ -330,7 +327,7 @@ async def service_ws(ws: WebSocket, sandbox_id: str, port: str, path: str) -> No
             )
         sock = await _connect(svc, row, number)
     except ApiError as exc:
-        await _deny(ws, exc)
+        await refuse(ws, exc)
         return
     counts[row.id] = counts.get(row.id, 0) + 1
     try:
@@ -341,7 +338,7 @@ async def service_ws(ws: WebSocket, sandbox_id: str, port: str, path: str) -> No
                     ws, _route(ws, svc, row.id, number), reader, writer
                 )
             except ApiError as exc:
-                await _deny(ws, exc)
+                await refuse(ws, exc)
                 return
             await ws.accept(subprotocol=proto.subprotocol)
             await _touch(svc, row.id)

@@ -38,7 +38,6 @@ import logging
 from typing import Final
 
 from fastapi import APIRouter, WebSocket
-from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from hutch.protocol._yamux import (
@@ -56,9 +55,8 @@ from hutch.protocol._yamux_driver import (
     splice,
 )
 from hutch.runtime._interface import SandboxNotFound
-from hutch.server._dataplane import ready_sandbox
 from hutch.server._deps import Services
-from hutch.server._errors import ApiError
+from hutch.server._ws import serve_sandbox_socket
 from hutch.store import Sandbox
 
 log = logging.getLogger("hutch.server")
@@ -79,24 +77,14 @@ CLOSE_NORMAL: Final = 1000
 
 @router.websocket("/dp/{sandbox_id}/tunnel")
 async def tunnel_ws(ws: WebSocket, sandbox_id: str) -> None:
-    svc: Services = ws.app.state.services
-    try:
-        who = svc.keys.authenticate(ws.headers.get("x-api-key"))
-        row = await ready_sandbox(svc, who, sandbox_id)
-    except ApiError as exc:
-        # Refuse the upgrade with an HTTP status, in the usual envelope (as /execute/ws does).
-        await ws.send_denial_response(
-            JSONResponse(exc.wire.envelope(), status_code=exc.wire.status)
-        )
-        return
-    await ws.accept()
-    svc.sockets.add(ws)
-    tunnel = _Tunnel(ws, svc, row)
-    try:
-        await tunnel.driver.run()
-    finally:
-        svc.sockets.discard(ws)
-        await tunnel.driver.transport.close()
+    async def serve(svc: Services, row: Sandbox) -> None:
+        tunnel = _Tunnel(ws, svc, row)
+        try:
+            await tunnel.driver.run()
+        finally:
+            await tunnel.driver.transport.close()
+
+    await serve_sandbox_socket(ws, sandbox_id, serve, cookies=False)
 
 
 class _WebSocketTransport:

@@ -16,15 +16,14 @@ import contextlib
 import logging
 
 from fastapi import APIRouter, WebSocket
-from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from hutch.protocol import _exec as proto
 from hutch.protocol._errors import ErrorType
 from hutch.server._commands import CommandRequest, start_command
-from hutch.server._dataplane import ready_sandbox
-from hutch.server._deps import Services, authenticate
+from hutch.server._deps import Services
 from hutch.server._errors import ApiError
+from hutch.server._ws import serve_sandbox_socket
 from hutch.sessions import (
     CommandNotFound,
     CommandSession,
@@ -59,24 +58,11 @@ async def _fail(ws: WebSocket, error_type: str, message: str) -> None:
 
 @router.websocket("/dp/{sandbox_id}/execute/ws")
 async def execute_ws(ws: WebSocket, sandbox_id: str) -> None:
-    svc: Services = ws.app.state.services
-    try:
-        who = authenticate(ws)
-        row = await ready_sandbox(svc, who, sandbox_id)
-    except ApiError as exc:
-        # Refuse the upgrade with an HTTP status (spec §4.1), in the usual envelope.
-        await ws.send_denial_response(
-            JSONResponse(exc.wire.envelope(), status_code=exc.wire.status)
-        )
-        return
-    await ws.accept()
-    svc.sockets.add(ws)
-    try:
-        await _serve(ws, svc, row)
-    except WebSocketDisconnect:
-        pass
-    finally:
-        svc.sockets.discard(ws)
+    async def serve(svc: Services, row: Sandbox) -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            await _serve(ws, svc, row)
+
+    await serve_sandbox_socket(ws, sandbox_id, serve, cookies=True)
 
 
 async def _serve(ws: WebSocket, svc: Services, row: Sandbox) -> None:
