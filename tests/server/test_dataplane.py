@@ -425,6 +425,24 @@ def test_upload_needs_one_file_part(server: Server, sandbox: Sandbox, neighbour:
     _still_serving(server, sandbox, neighbour)
 
 
+def test_upload_part_header_is_bounded(
+    server: Server, sandbox: Sandbox, neighbour: Sandbox
+) -> None:
+    """A multipart part whose header runs for a megabyte is a 422, not held in memory."""
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\nX-Pad: '
+        + b"a" * MiB
+        + b"\r\n\r\ndata\r\n--b--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    with server.http() as http:
+        r = http.post(
+            f"{_dp(sandbox)}/upload", params={"path": "/tmp/h"}, content=body, headers=headers
+        )
+    assert "header" in _envelope(r, 422, "ValidationError")
+    _still_serving(server, sandbox, neighbour)
+
+
 def test_huge_content_length_refused_before_body(
     server: Server, sandbox: Sandbox, neighbour: Sandbox
 ) -> None:

@@ -204,6 +204,10 @@ def _boundary(content_type: str | None) -> bytes:
     return boundary
 
 
+#: Longest header name or value of a multipart part (they are held in memory while parsed).
+MAX_PART_HEADER = 8 * 1024
+
+
 class _FilePart:
     """Parses a multipart/form-data body fed in pieces; hands out the bytes of its file part
     named ``file`` as they arrive (no I/O). Other parts are skipped, never kept; more than one
@@ -252,6 +256,8 @@ class _FilePart:
 
     def _add(self, which: int, piece: bytes) -> None:
         self._header[which] += piece
+        if len(self._header[which]) > MAX_PART_HEADER:  # the body's limit is the file's
+            raise _not_multipart(f"a part header is longer than {MAX_PART_HEADER} bytes")
 
     def _header_end(self) -> None:
         name, value = self._header

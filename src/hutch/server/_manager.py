@@ -171,9 +171,7 @@ class SandboxManager:
         known = {r.id for r in rows}
         for r in rows:
             if r.status == DELETING:
-                await self.runtime.delete(r.id)
-                async with self.db.session() as s, s.begin():
-                    await s.execute(delete(Sandbox).where(Sandbox.id == r.id))
+                await self.destroy(r.id)
             elif r.status in (READY, STOPPED):
                 if (r.status == READY) == await self.runtime.is_running(r.id):
                     continue
@@ -206,14 +204,15 @@ class SandboxManager:
                 await self.runtime.discard_writes(
                     row.id, snapshot=row.snapshot_id, storage_bytes=row.fs_capacity_bytes
                 )
-        except SandboxNotFound:
-            message = "Its files are gone from the host; delete it and create a new one"
-            await self._set_status(row.id, FAILED, message)
-            raise WrongState(row.name, FAILED, "ready") from None
-        except RuntimeError_ as exc:  # starting it again would bring back what it wrote
-            log.warning("sandbox %s: could not reset its files: %s", row.name, exc)
-            message = f"Could not reset its files ({exc}); delete it and create a new one"
-            await self._set_status(row.id, FAILED, message)
+        except (SandboxNotFound, RuntimeError_) as exc:
+            # Files gone, or a reset that failed (starting again would bring back its writes).
+            log.warning("sandbox %s could not be stopped cleanly: %s", row.name, exc)
+            failure = (
+                "Its files are gone from the host"
+                if isinstance(exc, SandboxNotFound)
+                else f"Could not reset its files ({exc})"
+            )
+            await self._set_status(row.id, FAILED, f"{failure}; delete it and create a new one")
             raise WrongState(row.name, FAILED, "ready") from None
         now = utcnow()
         await self._update(
@@ -476,8 +475,7 @@ class SandboxManager:
             return await s.get(Sandbox, sandbox_id)
 
     async def _row(self, sandbox_id: str) -> Sandbox:
-        async with self.db.session() as s:
-            row = await s.get(Sandbox, sandbox_id)
+        row = await self._find(sandbox_id)
         if row is None:
             raise SandboxNotFound(f"sandbox {sandbox_id} was deleted")
         return row

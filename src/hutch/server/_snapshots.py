@@ -17,7 +17,13 @@ from hutch.protocol._errors import ErrorType
 from hutch.runtime._resources import QuantityError, parse_memory
 from hutch.runtime.images import Credentials, ImageError, normalize_reference
 from hutch.server._auth import Principal
-from hutch.server._control import SANDBOX_HINT, on_this_node, parse_run_config, sandbox_by_name
+from hutch.server._control import (
+    SANDBOX_HINT,
+    fits_pool,
+    on_this_node,
+    parse_run_config,
+    sandbox_by_name,
+)
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
 from hutch.server._manager import READY, STOPPED
@@ -94,12 +100,7 @@ def _capacity(svc: Services, value: int | None) -> int:
         parse_memory(str(value), field="fs_capacity_bytes", check_host=False)
     except QuantityError as exc:
         raise ApiError(ErrorType.VALIDATION, f"Invalid request: {exc}") from None
-    if value > svc.config.storage_pool_bytes:
-        raise ApiError(
-            ErrorType.VALIDATION,
-            f"fs_capacity_bytes {value} is larger than this server's storage pool "
-            f"({svc.config.storage_pool_bytes} bytes); ask for less",
-        )
+    fits_pool(svc, value)
     return value
 
 

@@ -232,10 +232,7 @@ class StoragePool:
         if (staging / sandbox_id).exists():  # a reset a crash interrupted
             _destroy(staging, sandbox_id)
         if snapshot_id is not None and (self.snapshots / snapshot_id / "upper").is_dir():
-            try:
-                os.rename(self.root / SPARES / snapshot_id, staging / sandbox_id)
-            except FileNotFoundError:
-                self._clone_into(snapshot_id, staging, sandbox_id)
+            self._take_clone(snapshot_id, staging, sandbox_id)
         else:
             self._new_layer(staging, sandbox_id, owner)
         try:
@@ -304,18 +301,22 @@ class StoragePool:
         here, which waits for a transaction commit (a few milliseconds to tens under load).
         """
         path = self.path(sandbox_id)
-        try:
-            os.rename(self.root / SPARES / snapshot_id, path)
-        except FileNotFoundError:
-            self._clone_into(snapshot_id, self.root, sandbox_id)
-        except OSError as exc:
-            raise StorageError(f"cannot create the sandbox's storage: {exc}") from exc
+        self._take_clone(snapshot_id, self.root, sandbox_id)
         try:
             self.set_limit(path, limit_bytes)
         except BaseException:
             self.release(sandbox_id)
             raise
         return path
+
+    def _take_clone(self, snapshot_id: str, parent: Path, name: str) -> None:
+        """A writable clone of the snapshot as ``parent/name``: its spare, else a new one."""
+        try:
+            os.rename(self.root / SPARES / snapshot_id, parent / name)
+        except FileNotFoundError:
+            self._clone_into(snapshot_id, parent, name)
+        except OSError as exc:
+            raise StorageError(f"cannot create the sandbox's storage: {exc}") from exc
 
     def _clone_into(self, snapshot_id: str, parent: Path, name: str) -> None:
         source = self.snapshots / snapshot_id
