@@ -234,7 +234,11 @@ def test_run_background_process_returns_promptly(sandbox: Sandbox) -> None:
     result = sandbox.run("(while :; do echo tick; sleep 0.05; done) & echo main")
     assert time.monotonic() - start < PROMPT
     assert result.exit_code == 0
-    assert result.stdout.startswith("main\n")
+    # The background loop may print before or after "main"; what matters is that the answer
+    # came while the loop still runs, with "main" in it and the loop's output not awaited.
+    lines = result.stdout.splitlines()
+    assert "main" in lines
+    assert set(lines) <= {"main", "tick"}
 
 
 def test_run_utf8_round_trip(server: Server, sandbox: Sandbox) -> None:
