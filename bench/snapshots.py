@@ -58,14 +58,16 @@ def ok(r: httpx.Response) -> dict[str, Any]:
     return r.json() if r.content else {}
 
 
-def create_and_exec(http: httpx.Client, body: dict[str, Any]) -> tuple[float, str]:
+def create_and_exec(http: httpx.Client, body: dict[str, Any]) -> tuple[float, float, str]:
+    """Seconds to the created sandbox and to its first command's answer; its name."""
     t0 = time.perf_counter()
     box = ok(http.post(f"{API}/boxes", json=body))
+    created = time.perf_counter() - t0
     out = ok(http.post(f"/dp/{box['id']}/execute", json={"command": "echo ok"}))
     elapsed = time.perf_counter() - t0
     if out["stdout"] != "ok\n":
         raise RuntimeError(f"unexpected output {out!r}")
-    return elapsed, box["name"]
+    return created, elapsed, box["name"]
 
 
 def fmt(label: str, s: Summary) -> str:
@@ -122,15 +124,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "from captured snapshot (64 MiB)": {"snapshot_id": captured["id"]},
             }
             times: dict[str, list[float]] = {k: [] for k in paths}
+            creates: dict[str, list[float]] = {k: [] for k in paths}
             rng = random.Random(1)
             for i in range(args.warmup + args.n):
                 order = list(paths.items())
                 rng.shuffle(order)  # no path always follows another's delete or refill
                 for label, body in order:
-                    elapsed, name = create_and_exec(http, body)
+                    created, elapsed, name = create_and_exec(http, body)
                     ok(http.delete(f"{API}/boxes/{name}"))
                     if i >= args.warmup:
                         times[label].append(elapsed)
+                        creates[label].append(created)
         cap = Summary.of(captures)
         summaries = {k: Summary.of(v) for k, v in times.items()}
         base = summaries["from image (baseline)"]
@@ -138,6 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("create + first exec:")
         for label, s in summaries.items():
             ratio = f"   {s.p50 / base.p50:.2f}x image" if label != "from image (baseline)" else ""
+            print(fmt("  " + label, s) + ratio)
+        print("of which the create alone:")
+        create_summaries = {k: Summary.of(v) for k, v in creates.items()}
+        create_base = create_summaries["from image (baseline)"]
+        for label, s in create_summaries.items():
+            ratio = (
+                f"   {s.p50 / create_base.p50:.2f}x image"
+                if label != "from image (baseline)"
+                else ""
+            )
             print(fmt("  " + label, s) + ratio)
         if args.json:
             print(

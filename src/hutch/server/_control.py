@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hutch.protocol._errors import ErrorType
 from hutch.protocol._exec import ExecProtocolError, RunConfig
@@ -64,8 +66,10 @@ DEFAULT_CPU, DEFAULT_MEMORY = "500m", "512Mi"
 LIFETIMES = ("ttl_seconds", "idle_ttl_seconds", "delete_after_stop_seconds")
 
 
-async def _template(svc: Services, who: Principal, name: str) -> Template:
-    async with svc.db.session() as s:
+async def _template(
+    svc: Services, who: Principal, name: str, session: AsyncSession | None = None
+) -> Template:
+    async with contextlib.nullcontext(session) if session else svc.db.session() as s:
         row = (
             await s.execute(
                 select(Template).where(
@@ -347,7 +351,9 @@ def body_run_config(body: SandboxCreate) -> RunConfig | None:
     return parse_run_config(body.run_config)
 
 
-async def _origin(svc: Services, who: Principal, body: SandboxCreate) -> Origin:
+async def _origin(
+    svc: Services, who: Principal, body: SandboxCreate, session: AsyncSession
+) -> Origin:
     refs = [r for r in (body.snapshot_id, body.snapshot, body.snapshot_name) if r]
     if len(set(refs)) > 1:
         raise ApiError(
@@ -360,7 +366,7 @@ async def _origin(svc: Services, who: Principal, body: SandboxCreate) -> Origin:
             "Invalid request: give template_name or a snapshot, not both",
         )
     if body.template_name:
-        tpl = await _template(svc, who, body.template_name)
+        tpl = await _template(svc, who, body.template_name, session)
         storage = body.fs_capacity_bytes or (
             parse_memory(tpl.storage, field="storage", check_host=False) if tpl.storage else None
         )
@@ -368,7 +374,7 @@ async def _origin(svc: Services, who: Principal, body: SandboxCreate) -> Origin:
     if not refs:
         return Origin(storage=body.fs_capacity_bytes)
     try:
-        snap = await svc.manager.snapshots.get(who.workspace_id, refs[0])
+        snap = await svc.manager.snapshots.get(who.workspace_id, refs[0], session)
     except SnapshotError as exc:
         raise ApiError(exc.error, str(exc)) from None
     if snap.status != SNAPSHOT_READY:
@@ -425,16 +431,19 @@ async def create_sandbox(
     missing = body.unsupported()
     if missing:
         raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
-    origin = await _origin(svc, who, body)
-    if origin.storage is not None:
-        fits_pool(svc, origin.storage)
-    if origin.template is None:
-        check_granularity(svc, body.idle_ttl_seconds, "idle_ttl_seconds")
-        check_granularity(svc, body.delete_after_stop_seconds, "delete_after_stop_seconds")
-    image, cpu, memory = _resources(svc, body, origin)
     mgr: SandboxManager = svc.manager
     async with mgr.quotas.lock(who.workspace_id):
-        await mgr.quotas.check(who.workspace_id, cpu, memory, new=True)
+        # What it is made from and what the workspace may still hold, read on one connection
+        # (a snapshot or template lookup costs no session of its own on the create path).
+        async with svc.db.session() as s:
+            origin = await _origin(svc, who, body, s)
+            if origin.storage is not None:
+                fits_pool(svc, origin.storage)
+            if origin.template is None:
+                check_granularity(svc, body.idle_ttl_seconds, "idle_ttl_seconds")
+                check_granularity(svc, body.delete_after_stop_seconds, "delete_after_stop_seconds")
+            image, cpu, memory = _resources(svc, body, origin)
+            await mgr.quotas.check(who.workspace_id, cpu, memory, new=True, session=s)
         row = await _insert_sandbox(svc, who, body, origin, (image, cpu, memory))
     snap = origin.snapshot
     mgr.start_provisioning(
@@ -462,9 +471,11 @@ async def create_sandbox(
             outcome.error or ErrorType.SANDBOX_CONFIG,
             outcome.message or "Sandbox provisioning failed",
         )
-    async with svc.db.session() as s:  # the provisioning task recorded status and updated_at
-        fresh = await s.get(Sandbox, row.id)
-    return sandbox_json(fresh or row, base, mgr.lifetime(fresh or row))
+    # The provisioning task recorded the status; its outcome says when, so no re-read.
+    row.status, row.status_message = outcome.status, outcome.message
+    if outcome.updated_at is not None:
+        row.updated_at = outcome.updated_at
+    return sandbox_json(row, base, mgr.lifetime(row))
 
 
 @router.get("/boxes")

@@ -82,6 +82,8 @@ class Outcome:
     status: str
     error: ErrorType | None = None
     message: str | None = None
+    #: When the status was recorded (None: not recorded by this process).
+    updated_at: datetime | None = None
 
 
 class WrongState(Exception):
@@ -308,7 +310,9 @@ class SandboxManager:
         finally:
             if row.id not in self._deleting:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._set_status(row.id, outcome.status, outcome.message))
+                    outcome.updated_at = await asyncio.shield(
+                        self._set_status(row.id, outcome.status, outcome.message)
+                    )
             if not fut.done():
                 fut.set_result(outcome)
             self._done.pop(row.id, None)
@@ -328,8 +332,8 @@ class SandboxManager:
         except TimeoutError:
             return None
 
-    async def _set_status(self, sandbox_id: str, status: str, message: str | None) -> None:
-        await self._update(sandbox_id, status=status, status_message=message)
+    async def _set_status(self, sandbox_id: str, status: str, message: str | None) -> datetime:
+        return await self._update(sandbox_id, status=status, status_message=message)
 
     def new_row(
         self,
@@ -480,13 +484,14 @@ class SandboxManager:
             raise SandboxNotFound(f"sandbox {sandbox_id} was deleted")
         return row
 
-    async def _update(self, sandbox_id: str, **values: object) -> None:
+    async def _update(self, sandbox_id: str, **values: object) -> datetime:
+        """Write ``values`` to the sandbox's row; returns the ``updated_at`` written."""
+        now = utcnow()
         async with self.db.session() as s, s.begin():
             await s.execute(
-                update(Sandbox)
-                .where(Sandbox.id == sandbox_id)
-                .values(updated_at=utcnow(), **values)
+                update(Sandbox).where(Sandbox.id == sandbox_id).values(updated_at=now, **values)
             )
+        return now
 
     # -- activity ------------------------------------------------------------------------------
 

@@ -14,10 +14,12 @@ neither of the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hutch.protocol._errors import ErrorType
 from hutch.server._errors import ApiError
@@ -54,8 +56,8 @@ class Quotas:
     def lock(self, workspace_id: str) -> asyncio.Lock:
         return self._locks[workspace_id]
 
-    async def limits(self, workspace_id: str) -> Limits:
-        async with self._db.session() as s:
+    async def limits(self, workspace_id: str, session: AsyncSession | None = None) -> Limits:
+        async with contextlib.nullcontext(session) if session else self._db.session() as s:
             ws = await s.get(Workspace, workspace_id)
         d = self._default
         if ws is None:
@@ -67,16 +69,23 @@ class Quotas:
         )
 
     async def check(
-        self, workspace_id: str, cpu_millis: int | None, memory_bytes: int | None, *, new: bool
+        self,
+        workspace_id: str,
+        cpu_millis: int | None,
+        memory_bytes: int | None,
+        *,
+        new: bool,
+        session: AsyncSession | None = None,
     ) -> None:
         """Raise 429 if one more sandbox (``new``), or one more running one, would not fit.
 
-        Call with :meth:`lock` held, and keep it until the sandbox's row is written.
+        Call with :meth:`lock` held, and keep it until the sandbox's row is written. With
+        ``session``, its reads share that session (one connection for a whole create).
         """
-        limits = await self.limits(workspace_id)
+        limits = await self.limits(workspace_id, session)
         if limits == Limits():
             return
-        async with self._db.session() as s:
+        async with contextlib.nullcontext(session) if session else self._db.session() as s:
             used = (
                 await s.execute(
                     select(

@@ -202,15 +202,17 @@ class Snapshots:
 
     # -- lookups -------------------------------------------------------------------------------
 
-    async def get(self, workspace_id: str, ref: str) -> Snapshot:
-        """The snapshot ``ref`` names in the workspace.
+    async def get(
+        self, workspace_id: str, ref: str, session: AsyncSession | None = None
+    ) -> Snapshot:
+        """The snapshot ``ref`` names in the workspace (read through ``session`` if given).
 
         Raises:
             SnapshotError: ``NotFound`` (saying what was looked for), ``ValidationError`` for a
                 reference that is neither an id nor a valid ``name[:tag]``.
         """
         kind, a, b = parse_ref(ref)
-        async with self.db.session() as s:
+        async with contextlib.nullcontext(session) if session else self.db.session() as s:
             if kind == "id":
                 row = (
                     await s.execute(

@@ -26,6 +26,7 @@ Every sandbox lives in cgroup ``/hutch/<id>``; each command in a freezer sub-cgr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import hashlib
@@ -77,6 +78,11 @@ def _umount(target: str) -> None:
         err = ctypes.get_errno()
         if err not in (22, 2):  # EINVAL: not a mount point; ENOENT: gone
             raise RuntimeError_(f"umount {target}: {os.strerror(err)}")
+
+
+def _lowest_priority() -> None:
+    # On Linux, PRIO_PROCESS with who=0 is the calling thread alone.
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
 
 
 def _become_subreaper() -> None:
@@ -152,6 +158,11 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
                 raise RuntimeError_(str(exc)) from exc
         #: Spare clones being made, by snapshot id (tasks owned here, awaited on close).
         self._refills: dict[str, asyncio.Task[None]] = {}
+        #: Their thread: at the lowest CPU priority, so a refill (a btrfs snapshot and its
+        #: commit) yields to the creates and commands it runs beside.
+        self._background = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="hutch-spares", initializer=_lowest_priority
+        )
         self.storage = _storage.StoragePool(data_dir, storage_pool_bytes)
         self.storage_limit_bytes = storage_limit_bytes
         try:
@@ -164,6 +175,7 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
         for refill in list(self._refills.values()):
             with contextlib.suppress(Exception):
                 await refill
+        self._background.shutdown()
         self.storage.close()
         if self._userns_fd is not None:
             os.close(self._userns_fd)
@@ -431,7 +443,9 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
 
         async def refill() -> None:
             try:
-                await asyncio.to_thread(self.storage.prepare_spare, snapshot_id)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._background, self.storage.prepare_spare, snapshot_id
+                )
             except _storage.StorageError as exc:
                 log.warning("no spare clone of snapshot %s: %s", snapshot_id, exc)
             finally:
