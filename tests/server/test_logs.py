@@ -135,6 +135,25 @@ def test_requests_and_transitions_share_the_request_id(logged: Logged) -> None:
     assert any(r["logger"] == "uvicorn.error" for r in records)  # its own log: formatted
 
 
+def test_stop_and_start_are_transitions(logged: Logged) -> None:
+    """Stopping and starting a sandbox log ready -> stopped and stopped -> ready, each with the
+    request id of the call that did it and how long it took."""
+    with logged.http() as http:
+        box = http.post(BOXES, json={"template_name": "bb"}).json()
+        for op in ("stop", "start"):
+            r = http.post(f"{BOXES}/{box['name']}/{op}", headers={"X-Request-Id": f"{op}-1"})
+            assert r.status_code == 200, r.text
+        assert http.delete(f"{BOXES}/{box['name']}").status_code == 204
+    assert wait_until(lambda: any('"start-1"' in line for line in logged.lines()), PROMPT)
+    records = logged.records()
+    stop = _one(records, event="sandbox.transition", request_id="stop-1")
+    start = _one(records, event="sandbox.transition", request_id="start-1")
+    assert (stop["from"], stop["to"], stop["reason"]) == ("ready", "stopped", "stop requested")
+    assert (start["from"], start["to"], start["reason"]) == ("stopped", "ready", "start requested")
+    for transition in (stop, start):
+        assert transition["sandbox_id"] == box["id"] and transition["duration_ms"] > 0
+
+
 def test_reaper_transitions_say_why(logged: Logged) -> None:
     """A sandbox past its ttl_seconds is deleted by the reaper: its transition's reason is the
     setting, and the reaper's action is counted."""

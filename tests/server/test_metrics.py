@@ -13,8 +13,17 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hutch import Sandbox, SandboxClient
-from tests.conftest import HUTCH, TIME_SCALE, Server, start_server, stop_server, wait_until
+from hutch import Sandbox, SandboxClient, SandboxClientError
+from tests.conftest import (
+    HUTCH,
+    TIME_SCALE,
+    Server,
+    remove_all_sandboxes,
+    start_server,
+    stop_server,
+    wait_until,
+)
+from tests.registry import Registry
 
 pytestmark = pytest.mark.root
 
@@ -195,3 +204,40 @@ def test_metrics_public_needs_no_key(public: Server) -> None:
     r = httpx.get(f"{public.url}/metrics", timeout=30)
     assert r.status_code == 200, r.text
     assert "hutch_sandboxes" in r.text and "hutch_http_requests_total" in r.text
+
+
+@pytest.fixture(scope="module")
+def pulling(
+    tmp_path_factory: pytest.TempPathFactory, registry: Registry, busybox_tar: Path
+) -> Iterator[tuple[Server, Registry]]:
+    """A server that pulls from the local registry, which holds ``srv/busybox:1``."""
+    registry.push(f"tarball:{busybox_tar}", "srv/busybox:1")
+    data = tmp_path_factory.mktemp("metrics-pull") / "data"
+    srv = start_server(data, "--insecure-registry", registry.host)
+    try:
+        yield srv, registry
+    finally:
+        stop_server(srv)
+        remove_all_sandboxes(data)
+
+
+def test_image_pulls_and_failed_creates(pulling: tuple[Server, Registry]) -> None:
+    """A pulled image counts one pull ok; an image the registry lacks counts a failed pull, a
+    failed create and a 422 ImagePull answer."""
+    server, registry = pulling
+    before = scrape(server)
+    with server.client() as client:
+        client.create_template("pulled", f"{registry.host}/srv/busybox:1", memory="64Mi")
+        client.create_template("missing", f"{registry.host}/srv/nothing-here:1", memory="64Mi")
+        sb = client.create_sandbox("pulled", timeout=120)
+        client.delete_sandbox(sb.name)
+        with pytest.raises(SandboxClientError) as failed:
+            client.create_sandbox("missing", timeout=120)
+        assert failed.value.status == 422
+    after = scrape(server)
+    assert delta(before, after, "hutch_image_pulls_total", outcome="ok") == 1
+    # The template's prefetch and the create each tried (the failure is not remembered).
+    assert delta(before, after, "hutch_image_pulls_total", outcome="error") >= 1
+    assert delta(before, after, "hutch_sandbox_creates_total", outcome="failed") == 1
+    assert delta(before, after, "hutch_sandbox_creates_total", outcome="ready") == 1
+    assert delta(before, after, "hutch_http_errors_total", error="ImagePull", status="422") == 1
