@@ -142,6 +142,17 @@ def serve(
     ),
     database_url: str | None = DatabaseUrl,
     log_level: str = typer.Option("info", help="uvicorn log level"),
+    log_format: str = typer.Option(
+        "json",
+        help="Log lines on stderr: json (one object per line: each request, each sandbox "
+        "lifecycle transition, every other message) or text",
+    ),
+    metrics_public: bool = typer.Option(
+        False,
+        "--metrics-public",
+        help="Serve GET /metrics without an API key (for a Prometheus scraper on a private "
+        "network) [default: it needs an admin key]",
+    ),
     max_upload_bytes: int = typer.Option(
         ServerConfig.max_upload_bytes, min=1, help="Largest file upload accepted, in bytes"
     ),
@@ -239,6 +250,13 @@ def serve(
         except ImageError as exc:
             typer.echo(f"error: --default-image: {exc}", err=True)
             raise typer.Exit(2) from exc
+    from hutch.server import _logs
+
+    if log_format not in _logs.LOG_FORMATS:
+        typer.echo(f"--log-format {log_format!r}: use json or text", err=True)
+        raise typer.Exit(2)
+    fmt: _logs.LogFormat = "json" if log_format == "json" else "text"
+    _logs.configure(fmt, log_level)
     if default_network not in NETWORK_MODES:
         typer.echo(f"--default-network {default_network!r}: use none or egress", err=True)
         raise typer.Exit(2)
@@ -275,6 +293,7 @@ def serve(
         ttl_granularity=ttl_granularity,
         default_network="egress" if default_network == "egress" else "none",
         egress=egress,
+        metrics_public=metrics_public,
     )
     from hutch.server._servers import DataDirBusy, lock_data_dir, run_servers
 
@@ -306,6 +325,9 @@ def serve(
     app = create_app(config)
     settings: dict[str, Any] = {
         "log_level": log_level,
+        # One formatter for every line on stderr; hutch.request replaces the access log.
+        "log_config": _logs.log_config(fmt, log_level),
+        "access_log": False,
         "ws": "websockets-sansio",
         "ws_max_size": 16 * 1024 * 1024,
         # No permessage-deflate: it cost ~30% of the server's CPU on output streams, and

@@ -35,7 +35,10 @@ def _envelope(r: httpx.Response, status: int, error: str) -> str:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
     body = r.json()
-    assert set(body) == {"detail"} and set(body["detail"]) == {"error", "message"}, body
+    assert set(body) == {"detail"} and set(body["detail"]) == {"error", "message", "request_id"}, (
+        body
+    )
+    assert body["detail"]["request_id"] == r.headers["x-request-id"], body
     assert body["detail"]["error"] == error, body
     assert "Traceback" not in r.text
     message: str = body["detail"]["message"]

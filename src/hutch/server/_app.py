@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hutch.protocol._errors import ErrorType, make_error
@@ -19,6 +19,7 @@ from hutch.server import (
     _dataplane,
     _errors,
     _files,
+    _observe,
     _registries,
     _service,
     _snapshots,
@@ -33,6 +34,7 @@ from hutch.server._config import ServerConfig
 from hutch.server._deps import Services
 from hutch.server._limits import BodyLimits
 from hutch.server._manager import SandboxManager
+from hutch.server._metrics import Metrics
 from hutch.server._openapi import EnvelopedAPI
 from hutch.server._service import AUTH_PREFIX, HOST_SIGN_IN, PREFIX, service_host
 from hutch.server._tokens import TokenSigner
@@ -121,12 +123,14 @@ class _SplitOrigins:
     async def _refuse(scope: Scope, receive: Receive, send: Send, message: str) -> None:
         wire = make_error(ErrorType.NOT_FOUND, message)
         if scope["type"] == "http":
-            await JSONResponse(wire.envelope(), status_code=404)(scope, receive, send)
+            await _errors.error_response(wire)(scope, receive, send)
         else:
             await send({"type": "websocket.close", "code": 1008})
 
 
 def create_app(config: ServerConfig) -> FastAPI:
+    metrics = Metrics()  # this application's own registry
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("uvicorn.error").addFilter(_DenialIsNotAnError())
@@ -150,7 +154,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             network=config.egress,
         )
         sessions = SessionManager(log_budget=config.session_log_budget)
-        manager = SandboxManager(db, runtime, images, config, sessions)
+        manager = SandboxManager(db, runtime, images, config, sessions, metrics)
+        manager.pulls.on_outcome = metrics.image_pull
         await manager.reconcile()
         manager.start_reaper()
         svc = Services(
@@ -178,6 +183,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     # The envelope for every error, even Starlette's own, and an OpenAPI document that says so.
     app = EnvelopedAPI(title="hutch", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    app.outermost = functools.partial(_observe.Observe, metrics=metrics)
     _errors.install(app)
     for prefix in CONTROL_PREFIXES:
         app.include_router(_control.router, prefix=prefix)
@@ -191,6 +197,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         app.include_router(extra.router)
     app.include_router(_ws_exec.router)
     app.include_router(_tunnel.router)
+    app.include_router(_observe.router)
     _ui.install(app)
     if config.service_port is not None:
         app.add_middleware(

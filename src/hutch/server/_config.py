@@ -87,3 +87,6 @@ class ServerConfig:
     default_network: NetworkMode = "none"
     #: How ``egress`` sandboxes are networked: bridge, subnet, DNS, allowed host ports.
     egress: EgressConfig = field(default_factory=EgressConfig)
+    #: ``GET /metrics`` without an API key (for a scraper on a private network); by default
+    #: it needs an admin key.
+    metrics_public: bool = False

@@ -21,6 +21,7 @@ from hutch.runtime._resources import parse_cpu, parse_memory
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError, not_found
+from hutch.server._logs import note_sandbox
 from hutch.server._manager import (
     DELETING,
     FAILED,
@@ -93,6 +94,7 @@ async def sandbox_by_name(svc: Services, who: Principal, name: str) -> Sandbox:
         ).scalar()
     if row is None:
         raise not_found("Sandbox", name, SANDBOX_HINT)
+    note_sandbox(row.id)  # for the request's log line
     return row
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import posixpath
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -138,6 +139,7 @@ async def execute(
     spec = exec_spec(
         svc, row, CommandRequest(command=body.command, shell=body.shell, env=body.env, cwd=body.cwd)
     )
+    began = time.perf_counter()
     async with svc.manager.active(row.id):  # a running command keeps the idle TTL off
         try:
             proc = await svc.runtime.exec(row.id, spec)
@@ -146,6 +148,10 @@ async def execute(
         result = await run_to_completion(
             proc, timeout=body.timeout or None, max_bytes=svc.config.max_exec_output_bytes
         )
+    metrics = svc.manager.metrics
+    metrics.exec_done("blocking", time.perf_counter() - began)
+    metrics.output("blocking", "stdout", len(result.stdout.encode()))
+    metrics.output("blocking", "stderr", len(result.stderr.encode()))
     return {"stdout": result.stdout, "stderr": result.stderr, "exit_code": result.exit_code}
 
 

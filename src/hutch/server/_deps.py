@@ -12,6 +12,7 @@ from hutch.runtime._interface import Runtime
 from hutch.runtime.images import ImageStore
 from hutch.server._auth import KeyRing, Principal
 from hutch.server._config import ServerConfig
+from hutch.server._logs import note_workspace
 from hutch.server._manager import SandboxManager
 from hutch.server._tokens import TokenSigner
 from hutch.server._websession import COOKIE, SAFE_METHODS, WebSessions, cookie_principal
@@ -48,14 +49,17 @@ def authenticate(conn: HTTPConnection) -> Principal:
     key = conn.headers.get("x-api-key")
     if key is None and COOKIE in conn.cookies:
         websocket = conn.scope["type"] == "websocket"
-        return cookie_principal(
+        who = cookie_principal(
             conn,
             svc.web_sessions,
             svc.keys,
             svc.config.public_url,
             changes_state=websocket or conn.scope["method"] not in SAFE_METHODS,
         )
-    return svc.keys.authenticate(key)
+    else:
+        who = svc.keys.authenticate(key)
+    note_workspace(who.workspace_id)  # for the request's log line
+    return who
 
 
 def principal(request: Request) -> Principal:

@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket
 
 from hutch.protocol._errors import ErrorType, WireError, error_for_status, make_error
 from hutch.runtime._interface import SpawnError
+from hutch.server._logs import current_request
 
 log = logging.getLogger("hutch.server")
 
@@ -118,33 +119,46 @@ def _http_wire(request: Request, exc: StarletteHTTPException) -> WireError:
     return make_error(error_for_status(status), str(exc.detail), status)
 
 
-def _json(wire: WireError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(wire.envelope(), status_code=wire.status, headers=headers)
+def error_response(wire: WireError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The envelope of ``wire`` with its status: every error answer of the server is made here.
+
+    Inside a request it also carries ``detail.request_id`` (the ``X-Request-Id`` of the answer
+    and of the request's log line; SDKs read only ``error`` and ``message``), and the request's
+    metrics learn its error type.
+    """
+    body = wire.envelope()
+    info = current_request()
+    if info is not None:
+        body["detail"]["request_id"] = info.request_id
+        info.error = wire.error
+    return JSONResponse(body, status_code=wire.status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _json(exc.wire, exc.headers)
+        return error_response(exc.wire, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _json(make_error(ErrorType.VALIDATION, _validation_message(exc)))
+        return error_response(make_error(ErrorType.VALIDATION, _validation_message(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _json(_http_wire(request, exc), exc.headers)
+        return error_response(_http_wire(request, exc), exc.headers)
 
     @app.exception_handler(SpawnError)
     async def _spawn(_: Request, exc: SpawnError) -> JSONResponse:
         # The command could not start in the sandbox (its pids limit, a missing shell): a fact
         # about the sandbox, as on the streaming transports, never a server fault.
-        return _json(make_error(ErrorType.COMMAND_ERROR, f"Command could not start: {exc}"))
+        return error_response(
+            make_error(ErrorType.COMMAND_ERROR, f"Command could not start: {exc}")
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _json(_internal(exc))
+        return error_response(_internal(exc))
 
 
 def _internal(exc: BaseException) -> WireError:
@@ -235,11 +249,11 @@ class Guard:
             if state["started"]:
                 raise
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            await _json(_internal(exc))(scope, receive, send)
+            await error_response(_internal(exc))(scope, receive, send)
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, wire: WireError) -> None:
-    response = _json(wire)
+    response = error_response(wire)
     if scope["type"] == "http":
         await response(scope, receive, send)
         return

@@ -31,14 +31,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hutch.protocol._errors import ErrorType, WireError, make_error
 from hutch.server._deps import authenticate
-from hutch.server._errors import ApiError
+from hutch.server._errors import ApiError, error_response
 
 #: Room for the multipart framing around an upload's file (boundaries, part headers).
 MULTIPART_OVERHEAD = 64 * 1024
@@ -127,9 +126,7 @@ def _too_large(size: int | None, rule: _Rule) -> WireError:
 async def _refuse(
     wire: WireError, headers: dict[str, str] | None, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    await JSONResponse(wire.envelope(), status_code=wire.status, headers=headers)(
-        scope, receive, send
-    )
+    await error_response(wire, headers)(scope, receive, send)
 
 
 class _Exchange:

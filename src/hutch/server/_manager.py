@@ -36,6 +36,7 @@ from hutch.runtime._interface import Runtime, RuntimeError_, SandboxNotFound, Sa
 from hutch.runtime.images import Credentials, Image, ImageError, ImagePuller, ImageStore
 from hutch.server._config import ServerConfig
 from hutch.server._lifetimes import Action, Deadline, Lifetime, next_deadline
+from hutch.server._metrics import Metrics
 from hutch.server._quota import Limits, Quotas
 from hutch.server._registry_auth import TemplateCredentials
 from hutch.server._snapshot_store import Snapshots
@@ -110,8 +111,11 @@ class SandboxManager:
         images: ImageStore,
         config: ServerConfig,
         sessions: SessionManager,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
+        #: Counts (and logs) the lifecycle transitions below.
+        self.metrics = metrics or Metrics()
         self.runtime = runtime
         self.images = images
         self.config = config
@@ -186,6 +190,7 @@ class SandboxManager:
             elif r.status == PROVISIONING:
                 # A create interrupted by the restart: remove what it made, record the failure.
                 await self.runtime.delete(r.id)
+                self.metrics.changed(r, FAILED, "provisioning interrupted by a restart")
                 await self._set_status(
                     r.id,
                     FAILED,
@@ -200,6 +205,7 @@ class SandboxManager:
     async def _finish_stop(self, row: Sandbox, message: str | None = None) -> None:
         """Stop the sandbox's container (idempotent), throw away what a non-persistent one
         wrote, and record it stopped (or failed, when its files are gone)."""
+        began = time.monotonic()
         try:
             await self.runtime.stop(row.id)
             if not row.persistent:
@@ -214,12 +220,14 @@ class SandboxManager:
                 if isinstance(exc, SandboxNotFound)
                 else f"Could not reset its files ({exc})"
             )
+            self.metrics.changed(row, FAILED, failure)
             await self._set_status(row.id, FAILED, f"{failure}; delete it and create a new one")
             raise WrongState(row.name, FAILED, "ready") from None
         now = utcnow()
         await self._update(
             row.id, status=STOPPED, status_message=message, stopped_at=now, last_active_at=now
         )
+        self.metrics.changed(row, STOPPED, message or "stop requested", time.monotonic() - began)
 
     async def aclose(self) -> None:
         tasks = list(self._tasks.values())
@@ -248,6 +256,7 @@ class SandboxManager:
         with; ``credentials`` pull its image (else its template's, if any)."""
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._done[row.id] = fut
+        self.metrics.provisioning(row)
         task = asyncio.create_task(
             self._provision(row, fut, storage_bytes, snapshot, credentials),
             name=f"provision-{row.name}",
@@ -271,6 +280,7 @@ class SandboxManager:
         credentials: Credentials | None,
     ) -> None:
         outcome = Outcome(FAILED, ErrorType.INTERNAL, "provisioning did not finish")
+        began = time.monotonic()
         try:
             async with self.lock(row.id):
                 try:
@@ -313,6 +323,9 @@ class SandboxManager:
                     outcome.updated_at = await asyncio.shield(
                         self._set_status(row.id, outcome.status, outcome.message)
                     )
+            deleted = row.id in self._deleting  # then the delete's transition says it
+            status = None if deleted else outcome.status
+            self.metrics.provisioned(row, status, outcome.message, time.monotonic() - began)
             if not fut.done():
                 fut.set_result(outcome)
             self._done.pop(row.id, None)
@@ -385,12 +398,16 @@ class SandboxManager:
     async def destroy(self, sandbox_id: str) -> None:
         """Remove the container and the record (provisioning in flight is cancelled first)."""
         self._deleting.add(sandbox_id)
+        began, row, ok = time.monotonic(), None, False
         try:
-            await self._destroy(sandbox_id)
+            row = await self._destroy(sandbox_id)
+            ok = True
         finally:
             self._deleting.discard(sandbox_id)
+            self.metrics.deleted(row, ok, time.monotonic() - began)
 
-    async def _destroy(self, sandbox_id: str) -> None:
+    async def _destroy(self, sandbox_id: str) -> Sandbox | None:
+        """Returns the record as it was before the delete (None: there was none)."""
         task = self._tasks.get(sandbox_id)
         if task is not None:
             task.cancel()
@@ -409,6 +426,7 @@ class SandboxManager:
         for table in (self._locks, self._touched, self._active, self._in_flight):
             table.pop(sandbox_id, None)
         self._was_busy.discard(sandbox_id)
+        return row
 
     async def stop(self, sandbox_id: str) -> Sandbox:
         """Stop a ready sandbox (its commands are killed, its files kept, or reset to its first
@@ -443,6 +461,7 @@ class SandboxManager:
                 return row
             if row.status != STOPPED:
                 raise WrongState(row.name, row.status, "stopped")
+            began = time.monotonic()
             try:
                 image = await asyncio.to_thread(self.images.get, row.image)
             except ImageError as exc:
@@ -453,6 +472,7 @@ class SandboxManager:
                 await self.runtime.start(self._spec(row, image))
             except SandboxNotFound:
                 message = "Its files are gone from the host; delete it and create a new one"
+                self.metrics.changed(row, FAILED, message)
                 await self._set_status(sandbox_id, FAILED, message)
                 raise StartFailed(ErrorType.SANDBOX_CONFIG, message) from None
             except RuntimeError_ as exc:
@@ -465,6 +485,7 @@ class SandboxManager:
             await self._update(
                 sandbox_id, status=READY, status_message=None, stopped_at=None, last_active_at=now
             )
+            self.metrics.changed(row, READY, "start requested", time.monotonic() - began)
             self._active[sandbox_id] = now
             row = await self._row(sandbox_id)
         self.kick()
@@ -635,8 +656,9 @@ class SandboxManager:
             deadline.reason,
             getattr(row, deadline.reason),
         )
-        if deadline.action == Action.DELETE:
-            await self.destroy(row.id)
-            return
-        with contextlib.suppress(WrongState, SandboxNotFound):  # deleted or stopped meanwhile
-            await self.stop(row.id)
+        with self.metrics.reaping(deadline):
+            if deadline.action == Action.DELETE:
+                await self.destroy(row.id)
+                return
+            with contextlib.suppress(WrongState, SandboxNotFound):  # deleted or stopped meanwhile
+                await self.stop(row.id)

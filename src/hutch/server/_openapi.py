@@ -15,7 +15,7 @@ operation gets the error statuses it can answer, each with the one envelope
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, routing
@@ -96,6 +96,8 @@ class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="forbid")
     error: ErrorType
     message: str
+    #: The request's id (its ``X-Request-Id``, and its log line's ``request_id``); SDKs ignore it.
+    request_id: str | None = None
 
 
 class ErrorEnvelope(BaseModel):
@@ -190,8 +192,12 @@ class EnvelopedAPI(FastAPI):
     Starlette's own error middleware answers in the envelope and keeps the connection), and an
     OpenAPI document that states the error answers."""
 
+    #: Wrapped around Guard, outermost (request ids, logs and metrics see every answer).
+    outermost: Callable[[ASGIApp], ASGIApp] | None = None
+
     def build_middleware_stack(self) -> ASGIApp:
-        return Guard(super().build_middleware_stack())
+        app: ASGIApp = Guard(super().build_middleware_stack())
+        return self.outermost(app) if self.outermost is not None else app
 
     _stated: dict[str, Any] | None = None
 

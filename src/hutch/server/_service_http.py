@@ -24,13 +24,12 @@ from urllib.parse import quote, urlsplit
 
 import h11
 from fastapi import Response
-from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from hutch.protocol._errors import ErrorType
 from hutch.runtime._interface import SandboxNotFound
 from hutch.server._deps import Services
-from hutch.server._errors import ApiError
+from hutch.server._errors import ApiError, error_response
 from hutch.server._websession import COOKIE as UI_COOKIE
 from hutch.store import Sandbox
 
@@ -308,9 +307,7 @@ class _Exchange(Response):
                 finally:
                     writer.transport.abort()  # Connection: close; nothing more to say
         except ApiError as exc:  # raised only before the response started
-            await JSONResponse(exc.wire.envelope(), status_code=exc.wire.status)(
-                scope, receive, send
-            )
+            await error_response(exc.wire)(scope, receive, send)
 
 
 async def _open(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -43,6 +43,7 @@ import base64
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -59,6 +60,7 @@ from hutch.server._commands import CommandRequest, start_command
 from hutch.server._dataplane import ready_sandbox
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
+from hutch.server._metrics import Metrics
 from hutch.sessions import (
     CommandNotFound,
     CommandSession,
@@ -200,8 +202,11 @@ class EventStream:
         subscription: Subscription,
         offsets: tuple[int, int],
         limits: Limits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.owner = owner
+        self.metrics = metrics
+        self._began = time.perf_counter()
         self.session = session
         self.subscription = subscription
         self.limits = limits or LIMITS
@@ -304,6 +309,8 @@ class EventStream:
                     frame = self._output(event)
                     sent_bytes += len(event.data)
                     yield frame
+                    if self.metrics is not None:
+                        self.metrics.output("sse", event.stream, len(event.data))
                     last = loop.time()
                     continue
                 if event is None:  # detached under us (cannot happen while we are attached)
@@ -311,6 +318,8 @@ class EventStream:
                     return
                 for frame in self._terminal(event):
                     yield frame
+                if self.metrics is not None:
+                    self.metrics.exec_done("sse", time.perf_counter() - self._began)
                 return
         finally:
             tasks = [t for t in (pull, stop) if t is not None]
@@ -402,7 +411,9 @@ async def stream_start(
             # (a re-sent start of a known id leaves the command as it is).
             with contextlib.suppress(SessionError, OSError):
                 await session.close_stdin()
-        return EventStreamResponse(EventStream(svc, session, subscription, (0, 0)))
+        return EventStreamResponse(
+            EventStream(svc, session, subscription, (0, 0), metrics=svc.manager.metrics)
+        )
     except BaseException:
         subscription.close()
         raise
@@ -430,7 +441,9 @@ async def stream_resume(
     subscription = _attach(session, *offsets)
     try:
         await svc.manager.touch(row.id)
-        return EventStreamResponse(EventStream(svc, session, subscription, offsets))
+        return EventStreamResponse(
+            EventStream(svc, session, subscription, offsets, metrics=svc.manager.metrics)
+        )
     except BaseException:
         subscription.close()
         raise

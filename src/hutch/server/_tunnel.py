@@ -56,6 +56,7 @@ from hutch.protocol._yamux_driver import (
 )
 from hutch.runtime._interface import SandboxNotFound
 from hutch.server._deps import Services
+from hutch.server._metrics import Metrics
 from hutch.server._ws import serve_sandbox_socket
 from hutch.store import Sandbox
 
@@ -89,16 +90,18 @@ async def tunnel_ws(ws: WebSocket, sandbox_id: str) -> None:
 
 class _WebSocketTransport:
     """A Starlette WebSocket as the driver's message transport (text frames count as their
-    UTF-8 bytes, §6.2)."""
+    UTF-8 bytes, §6.2); counts the bytes each way."""
 
-    def __init__(self, ws: WebSocket) -> None:
+    def __init__(self, ws: WebSocket, metrics: Metrics) -> None:
         self.ws = ws
+        self.metrics = metrics
 
     async def send(self, data: bytes) -> None:
         try:
             await self.ws.send_bytes(data)
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             raise TransportClosed from exc
+        self.metrics.tunnel("out", len(data))
 
     async def recv(self) -> bytes:
         try:
@@ -110,6 +113,7 @@ class _WebSocketTransport:
         data = message.get("bytes")
         if data is None:
             data = (message.get("text") or "").encode()
+        self.metrics.tunnel("in", len(data))
         return bytes(data)
 
     async def close(self) -> None:
@@ -129,7 +133,7 @@ class _Tunnel:
         self.svc = svc
         self.row = row
         self.driver = YamuxDriver(
-            _WebSocketTransport(ws),
+            _WebSocketTransport(ws, svc.manager.metrics),
             client=False,
             on_stream=self._serve_stream,
             logger=log,

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import WebSocket
-from fastapi.responses import JSONResponse
 
 from hutch.server._dataplane import ready_sandbox
 from hutch.server._deps import Services, authenticate
-from hutch.server._errors import ApiError
+from hutch.server._errors import ApiError, error_response
+from hutch.server._logs import note_workspace
 from hutch.store import Sandbox
 
 #: Serves one accepted socket to a sandbox; returns when the socket is done with.
@@ -24,7 +24,7 @@ SocketHandler = Callable[[Services, Sandbox], Awaitable[None]]
 
 async def refuse(ws: WebSocket, exc: ApiError) -> None:
     """Refuse the upgrade of ``ws`` with ``exc``'s status and envelope."""
-    await ws.send_denial_response(JSONResponse(exc.wire.envelope(), status_code=exc.wire.status))
+    await ws.send_denial_response(error_response(exc.wire))
 
 
 async def serve_sandbox_socket(
@@ -39,6 +39,7 @@ async def serve_sandbox_socket(
     svc: Services = ws.app.state.services
     try:
         who = authenticate(ws) if cookies else svc.keys.authenticate(ws.headers.get("x-api-key"))
+        note_workspace(who.workspace_id)
         row = await ready_sandbox(svc, who, sandbox_id)
     except ApiError as exc:
         await refuse(ws, exc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -23,6 +24,7 @@ from hutch.protocol._errors import ErrorType
 from hutch.server._commands import CommandRequest, start_command
 from hutch.server._deps import Services
 from hutch.server._errors import ApiError
+from hutch.server._metrics import Metrics
 from hutch.server._ws import serve_sandbox_socket
 from hutch.sessions import (
     CommandNotFound,
@@ -66,6 +68,7 @@ async def execute_ws(ws: WebSocket, sandbox_id: str) -> None:
 
 
 async def _serve(ws: WebSocket, svc: Services, row: Sandbox) -> None:
+    began = time.perf_counter()
     try:
         raw = await asyncio.wait_for(ws.receive(), FIRST_MESSAGE_TIMEOUT)
     except TimeoutError:
@@ -134,7 +137,7 @@ async def _serve(ws: WebSocket, svc: Services, row: Sandbox) -> None:
         raise
     # Two tasks owned here: whichever ends first (terminal event sent, or the client went away)
     # ends the other; both are always awaited.
-    pump = asyncio.create_task(_pump(ws, subscription))
+    pump = asyncio.create_task(_pump(ws, subscription, svc.manager.metrics, began))
     listen = asyncio.create_task(_listen(ws, session))
     try:
         await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
@@ -150,7 +153,7 @@ async def _serve(ws: WebSocket, svc: Services, row: Sandbox) -> None:
             raise result
 
 
-async def _pump(ws: WebSocket, subscription: Subscription) -> None:
+async def _pump(ws: WebSocket, subscription: Subscription, metrics: Metrics, began: float) -> None:
     """Session events → frames; returns after the terminal event and the 1000 close.
 
     Pulling the next event after an awaited send is what marks output delivered (sessions'
@@ -162,12 +165,14 @@ async def _pump(ws: WebSocket, subscription: Subscription) -> None:
                 await _send(
                     ws, proto.Output(stream=event.stream, data=event.data, offset=event.offset)
                 )
+                metrics.output("ws", event.stream, len(event.data.encode()))
                 continue
             if isinstance(event, SessionExit):
                 await _send(ws, proto.Exit(exit_code=event.exit_code))
             elif isinstance(event, SessionErrorEvent):
                 await _send(ws, proto.Error(error_type=event.error_type, error=event.message))
             await ws.close(CLOSE_NORMAL)
+            metrics.exec_done("ws", time.perf_counter() - began)
             return
     except SlowConsumer:
         await ws.close(CLOSE_TRY_LATER, "client too slow; reconnect from your offsets")

@@ -218,6 +218,8 @@ class ImagePuller:
         # Scratch space for skopeo; each pull holds an flock on its directory, so a start-up
         # (of this or another process) only removes the leftovers of interrupted pulls.
         self._scratch = store.root / "pulls"
+        #: Told each pull's outcome (True: pulled), for the server's metrics.
+        self.on_outcome: Callable[[bool], None] | None = None
         self._scratch.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self._scratch, 0o700)
         self._clean_scratch()
@@ -337,6 +339,17 @@ class ImagePuller:
             image = await asyncio.to_thread(self.find_local, only_if_missing)
             if image is not None:
                 return image
+        try:
+            image = await self._pull(pull, credentials)
+        except Exception:
+            if self.on_outcome is not None:
+                self.on_outcome(False)
+            raise
+        if self.on_outcome is not None:
+            self.on_outcome(True)
+        return image
+
+    async def _pull(self, pull: _Pull, credentials: Credentials | None) -> Image:
         async with self._slots, self._scratch_dir_async() as scratch:
             await self._copy(pull, scratch, credentials)
             loop = asyncio.get_running_loop()
