@@ -13,12 +13,17 @@ It is also an mkdocs hook (``hooks:`` in mkdocs.yml), so every docs build regene
 can never be stale and needs no ``--check``), and ``on_page_markdown`` replaces the
 ``<!-- openapi -->`` marker of api.md with a Markdown rendering of it (operations, then schemas),
 so the page renders offline with no JavaScript.
+
+One more hook, for the SDK reference (sdk.md, rendered by mkdocstrings): the SDK's docstrings
+cross-reference in reST roles (``:class:`Sandbox```), which Markdown leaves as text;
+``on_page_content`` drops the role, and links a class to its entry on the page when it has one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -183,6 +188,25 @@ def on_page_markdown(markdown_text: str, page: Any, config: Any, files: Any) -> 
         return markdown_text
     doc = _doc if _doc is not None else build()
     return markdown_text.replace(MARKER, markdown(doc))
+
+
+#: A reST role before a code span, as Markdown renders ``:class:`Sandbox``` (``~`` shows the
+#: last name of a dotted path only).
+_ROLE = re.compile(r":(?:class|meth|func|attr|data|exc|mod|obj):<code>(~?)([\w.]+)</code>")
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    if ":<code>" not in html:
+        return html
+    ids = set(re.findall(r'id="(hutch\.[\w.]+)"', html))
+
+    def link(match: re.Match[str]) -> str:
+        short, name = match.group(1), match.group(2)
+        target = name if name.startswith("hutch.") else f"hutch.{name}"
+        code = f"<code>{name.rsplit('.', 1)[-1] if short else name}</code>"
+        return f'<a href="#{target}">{code}</a>' if target in ids else code
+
+    return _ROLE.sub(link, html)
 
 
 def main() -> None:

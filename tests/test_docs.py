@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -116,13 +117,16 @@ def test_relative_links_and_images_resolve(site: Path) -> None:
 
 
 def test_pages_carry_their_images_and_references(site: Path) -> None:
-    """The UI screenshots are on their pages; the SDK and API references were generated."""
+    """The UI screenshots are on their pages; the SDK and API references were generated, the
+    SDK's with no reST role left as text."""
     web_ui = _parse(site / "web-ui.html")
     images = {ref for tag, ref in web_ui.refs if tag == "img"}
     assert {"ui-list.png", "ui-terminal.png", "ui-snapshots.png"} <= images
     sdk = _parse(site / "sdk.html").ids
     assert {"hutch.SandboxClient", "hutch.AsyncSandboxClient", "hutch.SandboxClientError"} <= sdk
     assert "hutch.SandboxClient.create_snapshot" in sdk  # inherited from the snapshots mixin
+    sdk_html = (site / "sdk.html").read_text(encoding="utf-8")
+    assert not re.search(r":(class|meth|func|attr|data):<code>", sdk_html)
     api = (site / "api.html").read_text(encoding="utf-8")
     assert "POST /v2/sandboxes/boxes" in api and "ErrorEnvelope" in api
     openapi = json.loads((site / "openapi.json").read_text(encoding="utf-8"))
