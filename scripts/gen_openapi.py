@@ -16,7 +16,8 @@ so the page renders offline with no JavaScript.
 
 One more hook, for the SDK reference (sdk.md, rendered by mkdocstrings): the SDK's docstrings
 cross-reference in reST roles (``:class:`Sandbox```), which Markdown leaves as text;
-``on_page_content`` drops the role, and links a class to its entry on the page when it has one.
+``on_page_content`` drops the role, and links a class to its entry on the page when it has one;
+a paragraph ending in reST's literal-block ``::`` ends in one colon (the block is code already).
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ _ROLE = re.compile(r":(?:class|meth|func|attr|data|exc|mod|obj):<code>(~?)([\w.]
 
 
 def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    html = html.replace("::</p>", ":</p>")
     if ":<code>" not in html:
         return html
     ids = set(re.findall(r'id="(hutch\.[\w.]+)"', html))
