@@ -4,7 +4,7 @@
 
 Serves the built site (``make docs`` first) on an OS-chosen loopback port from a thread of this
 process, and loads its home page in Debian's ``/usr/bin/chromium`` through Playwright (launched
-as tests/ui does: Playwright never downloads a browser here). The page is loaded over HTTP, not
+with tests/ui's flags: Playwright never downloads a browser here). The page is loaded over HTTP, not
 from the file system, so it renders as readers see it: search, palette and assets included.
 """
 
@@ -13,23 +13,13 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import sys
 import threading
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-#: As root Chromium needs --no-sandbox; the rest keeps it off the network.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1280, "height": 800}
 
 
@@ -39,6 +29,10 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 def screenshot(site: Path, output: Path) -> None:
+    # The browser and its flags of the web UI's tests: one place says how Chromium runs here.
+    sys.path.insert(0, str(ROOT))
+    from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS
+
     if not (site / "index.html").is_file():
         raise SystemExit(f"{site}/index.html is missing: build the site first (make docs)")
     handler = functools.partial(_Quiet, directory=str(site))
