@@ -13,7 +13,7 @@ DEB_PACKAGES += containernetworking-plugins iptables iproute2 nftables
 DEB_PACKAGES += postgresql
 PYTEST_ARGS ?=
 
-.PHONY: demo test check deps system-deps venv ui images gen bench clean
+.PHONY: demo test check docs deps system-deps venv ui images gen bench clean
 
 demo: deps
 	@scripts/images.sh python
@@ -24,12 +24,17 @@ test: deps
 	$(MAKE) --no-print-directory check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-check: venv
+check: venv docs
 	$(VENV)/bin/ruff check src tests scripts bench
 	$(VENV)/bin/ruff format --check src tests scripts bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/gen_sync.py --check
+
+# The documentation site (mkdocs.yml, docs/) into the git-ignored site/; --strict turns every
+# broken link, anchor or docstring warning into a failure. Offline: nothing is fetched.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 deps: system-deps venv ui
 
@@ -47,7 +52,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,dev]'
+	$(PY) -m pip install -q -e '.[server,dev,docs]'
 	@touch $@
 
 # The web UI (ui/): npm packages pinned by ui/package-lock.json, bundled by esbuild into
@@ -77,4 +82,4 @@ bench: deps
 	-$(PY) bench/density.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info test-output ui/node_modules $(UI_STATIC)
+	rm -rf $(VENV) build dist src/*.egg-info test-output ui/node_modules $(UI_STATIC) site docs/openapi.json
