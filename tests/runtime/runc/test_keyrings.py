@@ -59,6 +59,8 @@ async def test_sandboxes_and_their_commands_own_no_keys(
         spec = make_spec(image)
         await private.create(spec)
         ids.append(spec.id)
+    for sid in ids:  # as if started before parking: the second runtime takes runc exec
+        (tmp_path / "data" / "sandboxes" / sid / "init.ctl").unlink()
     adopted = RuncRuntime(tmp_path / "data", idmap=PRIVATE)
     procs = []
     try:

@@ -277,9 +277,11 @@ async def test_many_commands_at_once(sandbox: tuple[RuncRuntime, str]) -> None:
 async def test_commands_of_an_adopted_sandbox_go_through_runc_exec(
     sandbox: tuple[RuncRuntime, str], tmp_path: Path
 ) -> None:
-    """A second runtime on the same data dir (a restarted server) has no control socket for the
-    sandbox: its commands run with runc exec, with the same output, exit codes and kill."""
+    """A second runtime on the same data dir (a restarted server) finding no parked control
+    socket (a sandbox started before parking: no ``init.ctl``) runs its commands with runc exec,
+    with the same output, exit codes and kill."""
     rt, sid = sandbox
+    (tmp_path / "data" / "sandboxes" / sid / "init.ctl").unlink()
     adopted = RuncRuntime(tmp_path / "data")
     assert (await sh(adopted, sid, "echo via runc; exit 4"))[::2] == (b"via runc\n", 4)
     proc = await adopted.exec(sid, ExecSpec(argv=["sh", "-c", "setsid sleep 300 & sleep 300"]))
@@ -297,3 +299,99 @@ async def test_cwd_missing_for_a_pty_is_a_spawn_error(sandbox: tuple[RuncRuntime
     rt, sid = sandbox
     with pytest.raises(SpawnError, match="/nonexistent"):
         await rt.exec(sid, ExecSpec(argv=["/bin/sh"], pty=True, cwd="/nonexistent"))
+
+
+@pytest.mark.root
+async def test_a_restarted_runtime_takes_back_the_control_socket(
+    sandbox: tuple[RuncRuntime, str], tmp_path: Path
+) -> None:
+    """When the runtime that started a sandbox goes (its end of the socket closed), the next one
+    takes the socket back from the init: commands start through the init again (their parent is
+    pid 1), and the earlier runtime's command ending meanwhile confuses nothing."""
+    rt, sid = sandbox
+    earlier = await rt.exec(sid, ExecSpec(argv=["sleep", "0.3"]))
+    rt._spawners.pop(sid).close()  # what a server's exit does to its end
+    adopted = RuncRuntime(tmp_path / "data")
+    try:
+        for i in range(10):
+            assert (await sh(adopted, sid, f"echo $PPID {i}"))[::2] == (f"1 {i}\n".encode(), 0)
+        await asyncio.sleep(0.4)  # the earlier command has ended: its exit came to `adopted`
+        assert (await sh(adopted, sid, "echo $PPID"))[::2] == (b"1\n", 0)
+    finally:
+        await earlier.close()
+        spawner = adopted._spawners.pop(sid, None)
+        if spawner is not None:
+            spawner.close()
+
+
+@pytest.mark.root
+async def test_parked_socket_is_taken_back_and_hello_releases_old_waiters(
+    init: tuple[subprocess.Popen[bytes], socket.socket], tmp_path: Path
+) -> None:
+    """PARK: the init holds our end; closing ours leaves the socket open, pidfd_getfd takes it
+    back; HELLO names the last id used and makes children still waiting for GO exit unrun."""
+    proc, sock = init
+    marker = tmp_path / "ran"
+    spawner = _spawner.Spawner(sock)
+    fd = await spawner.park()
+    assert fd >= 3
+    null = devnull()
+    try:
+        waiting = await spawner.spawn(["touch", str(marker)], {}, "/", (null, null, null))
+    finally:
+        os.close(null)
+    spawner.close()  # our end goes; the init's copy keeps the socket open
+    assert Path(f"/proc/{waiting.pid}").exists(), "no EOF: the child still waits for GO"
+    again = await _spawner.Spawner.attach(_spawner.take_socket(proc.pid, fd))
+    try:
+        for _ in range(int(200 * TIME_SCALE)):
+            if not Path(f"/proc/{waiting.pid}").exists():
+                break
+            await asyncio.sleep(0.01)
+        assert not Path(f"/proc/{waiting.pid}").exists() and not marker.exists()
+        assert await run(again, ["sh", "-c", "echo again"]) == (b"again\n", 0)
+    finally:
+        again.close()
+
+
+@pytest.mark.root
+async def test_init_keeps_reaping_when_nobody_reads_and_loses_no_message(
+    init: tuple[subprocess.Popen[bytes], socket.socket],
+) -> None:
+    """With no reader, exits the socket cannot take wait in the init, which goes on reaping;
+    a reader later gets every one of them, in order."""
+    proc, sock = init
+    n = 1500  # far past what the socket's queue holds
+    null = devnull()
+    try:
+        for ident in range(1, n + 1):
+            header = _spawner._spawn_header(ident, 1, 0, False, 24, 80, None)
+            payload = _spawner._payload(["true"], {}, "/")
+            try:
+                socket.send_fds(sock, [header], [payload, null, null, null])
+            finally:
+                os.close(payload)
+    finally:
+        os.close(null)
+    # Answer nothing but GO: SPAWNED messages pile up too, then EXITED.
+    for ident in range(1, n + 1):
+        sock.send(struct.pack("=IiQ", _spawner.GO, 0, ident))
+    deadline = 200 * TIME_SCALE
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    for _ in range(int(deadline)):
+        if not children.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    assert not children.read_text().strip(), "every child was reaped while nobody read"
+    seen: list[tuple[int, int, int]] = []
+    sock.settimeout(5)
+    while sum(kind == _spawner.EXITED for kind, _, _ in seen) < n:
+        data, fds, _, _ = socket.recv_fds(sock, 64, 2)
+        for fd in fds:
+            os.close(fd)
+        seen.append(struct.unpack("=IiQ", data))
+    spawned = {i: at for at, (kind, _, i) in enumerate(seen) if kind == _spawner.SPAWNED}
+    exited = {i: (at, v) for at, (kind, v, i) in enumerate(seen) if kind == _spawner.EXITED}
+    assert sorted(exited) == sorted(spawned) == list(range(1, n + 1))
+    # In order: each command's SPAWNED came before its EXITED, and each ran to exit 0.
+    assert all(spawned[i] < at and _spawner.exit_code(v) == 0 for i, (at, v) in exited.items())

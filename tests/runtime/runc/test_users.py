@@ -431,11 +431,12 @@ async def runtimes(
     tmp_path_factory: pytest.TempPathFactory, users_image: Image
 ) -> AsyncIterator[tuple[dict[str, RuncRuntime], str]]:
     """One sandbox, reached by the runtime that made it (hutch-init) and by a second runtime on
-    the same data dir (an adopted sandbox: runc exec)."""
+    the same data dir (an adopted sandbox whose init holds no control socket: runc exec)."""
     data = tmp_path_factory.mktemp("users") / "data"
     rt = RuncRuntime(data)
     sandbox_id = uuid.uuid4().hex
     await rt.create(SandboxSpec(id=sandbox_id, image=users_image, hostname="users-test"))
+    (data / "sandboxes" / sandbox_id / "init.ctl").unlink()
     adopted = RuncRuntime(data)
     try:
         yield {"init": rt, "runc-exec": adopted}, sandbox_id

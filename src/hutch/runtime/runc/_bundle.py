@@ -16,6 +16,8 @@ from hutch.runtime._interface import RuntimeError_, SandboxNotFound, SandboxSpec
 from hutch.runtime.runc import _network, _spec, _storage, _userns
 from hutch.runtime.runc._overlay import mount_overlay
 
+#: In a sandbox's bundle: the fd number at which its init holds our end of the control socket.
+CONTROL_FD = "init.ctl"
 HOME = "/home/user"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PUBLIC_ROOT = Path("/run/hutch")  # see RuncRuntime._shared

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import os
 import socket
 import uuid
@@ -21,13 +22,15 @@ from typing import TYPE_CHECKING, BinaryIO
 from hutch.runtime import _netns, _users
 from hutch.runtime._interface import ExecSpec, ResourceExhausted, SandboxNotFound, SpawnError
 from hutch.runtime.runc import _cgroups, _spawner, _spec
-from hutch.runtime.runc._bundle import BundleMixin
+from hutch.runtime.runc._bundle import CONTROL_FD, BundleMixin
 from hutch.runtime.runc._process import (
     DetachedProcess,
     PtyProcess,
     RuncProcess,
     check_peer_is_root,
 )
+
+log = logging.getLogger("hutch.runtime")
 
 
 class ExecMixin(BundleMixin):
@@ -36,6 +39,8 @@ class ExecMixin(BundleMixin):
     state_root: Path
     _runc_bin: str
     _spawners: dict[str, _spawner.Spawner]
+    #: Attempts to take back a control socket from an earlier server (see _reattach).
+    _reattaching: dict[str, asyncio.Future[_spawner.Spawner | None]]
 
     if TYPE_CHECKING:
 
@@ -74,6 +79,36 @@ class ExecMixin(BundleMixin):
         finally:
             os.close(root)
 
+    async def _reattach(self, sandbox_id: str) -> _spawner.Spawner | None:
+        """The control socket of a sandbox an earlier server started, taken back from its init
+        (which holds it at the fd number in the bundle's ``CONTROL_FD``); None if there is none.
+
+        One attempt per sandbox and server: a concurrent caller waits for it, and a failure
+        (logged) leaves the sandbox on ``runc exec``.
+        """
+        attempt = self._reattaching.get(sandbox_id)
+        if attempt is None:
+            attempt = asyncio.ensure_future(self._take_spawner(sandbox_id))
+            self._reattaching[sandbox_id] = attempt
+        return await asyncio.shield(attempt)
+
+    async def _take_spawner(self, sandbox_id: str) -> _spawner.Spawner | None:
+        try:
+            fd = int((self._bundle(sandbox_id) / CONTROL_FD).read_text())
+        except (FileNotFoundError, ValueError):
+            return None  # started by a server from before: runc exec
+        try:
+            sock = _spawner.take_socket(self.init_pid(sandbox_id), fd)
+            spawner = await _spawner.Spawner.attach(sock)
+        except (OSError, _spawner.SpawnerError, SandboxNotFound) as exc:
+            log.warning("sandbox %s: cannot take back its control socket: %s", sandbox_id, exc)
+            return None
+        if sandbox_id in self._spawners:  # a start made a new one meanwhile
+            spawner.close()
+            return self._spawners[sandbox_id]
+        self._spawners[sandbox_id] = spawner
+        return spawner
+
     def _check_pids(self, sandbox_id: str, errno_: int = 0) -> None:
         """Raise :class:`ResourceExhausted` if the sandbox is at its process limit (or ``errno_``
         is the EAGAIN of a fork its limit refused).
@@ -110,7 +145,7 @@ class ExecMixin(BundleMixin):
         if spec.pty:
             env.setdefault("TERM", "xterm-256color")
         env.update(spec.env)
-        spawner = self._spawners.get(sandbox_id)
+        spawner = self._spawners.get(sandbox_id) or await self._reattach(sandbox_id)
         if spawner is not None and not spawner.closed:
             return await self._spawn(sandbox_id, spawner, cgroup, spec, env, user)
         spec_file = bundle / "exec" / f"{cmd_id}.json"

@@ -54,7 +54,7 @@ from hutch.runtime.runc import (
     _storage,
     _userns,
 )
-from hutch.runtime.runc._bundle import HOME, PUBLIC_ROOT, BundleMixin
+from hutch.runtime.runc._bundle import CONTROL_FD, HOME, PUBLIC_ROOT, BundleMixin
 from hutch.runtime.runc._exec import ExecMixin
 from hutch.runtime.runc._process import RuncProcess
 
@@ -147,6 +147,7 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
         # Control sockets of the inits this server started (adopted sandboxes have none and
         # start commands with runc exec).
         self._spawners: dict[str, _spawner.Spawner] = {}
+        self._reattaching: dict[str, asyncio.Future[_spawner.Spawner | None]] = {}
         self.network = _network.EgressNetwork(data_dir, network)
         # Sandbox ids 0..65535 are host ids idmap.base..; None: no user namespace.
         self.idmap = idmap
@@ -299,7 +300,15 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
         old = self._spawners.pop(sandbox_id, None)
         if old is not None:
             old.close()
-        self._spawners[sandbox_id] = _spawner.Spawner(ours)
+        self._spawners[sandbox_id] = spawner = _spawner.Spawner(ours)
+        # The init keeps a copy of our end, so a restarted server takes it back (see _exec)
+        # instead of starting every later command with runc exec.
+        try:
+            fd = await spawner.park()
+        except _spawner.SpawnerError as exc:
+            log.warning("sandbox %s: its init cannot hold the control socket: %s", sandbox_id, exc)
+        else:
+            (bundle / CONTROL_FD).write_text(f"{fd}\n")
 
     async def _runc_ids(self) -> set[str]:
         rc, out = await self._runc("list", "-q")
@@ -344,6 +353,9 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
         spawner = self._spawners.pop(sandbox_id, None)
         if spawner is not None:
             spawner.close()
+        self._reattaching.pop(sandbox_id, None)
+        with contextlib.suppress(FileNotFoundError):
+            (bundle / CONTROL_FD).unlink()  # its init goes, and the socket with it
         pid = self._init_pids.pop(sandbox_id, None)
         self._env.pop(sandbox_id, None)
         if pid is None:

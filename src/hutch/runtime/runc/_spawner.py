@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
@@ -38,12 +39,14 @@ log = logging.getLogger("hutch.runtime")
 
 SOURCE = Path(__file__).with_name("hutch-init.c")
 
-SPAWN, GO, ABORT, SPAWNED, EXITED = 1, 2, 3, 4, 5
+SPAWN, GO, ABORT, SPAWNED, EXITED, PARK, PARKED, HELLO = 1, 2, 3, 4, 5, 6, 7, 8
 FLAG_PTY, FLAG_USER = 1, 2
 _SPAWN = struct.Struct("=IIQIIHHI")  # the last field is the number of supplementary groups
 _USER = struct.Struct("=II")  # uid, gid; then one u32 per supplementary group
 _SHORT = struct.Struct("=IiQ")
 SPAWN_TIMEOUT = 10.0
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class SpawnerError(Exception):
@@ -142,14 +145,48 @@ class Spawned:
     master: int | None
 
 
+def take_socket(init_pid: int, fd: int) -> socket.socket:
+    """Our end of a sandbox init's control socket, taken back from the init that holds it (see
+    PARK in ``hutch-init.c``) with ``pidfd_getfd``; raises OSError if there is none at ``fd``."""
+    pidfd = os.pidfd_open(init_pid)
+    try:
+        got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if got < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pidfd_getfd: {os.strerror(err)}")
+    finally:
+        os.close(pidfd)
+    try:
+        os.set_inheritable(got, False)
+        sock = socket.socket(fileno=got)
+    except OSError:
+        os.close(got)
+        raise
+    # What the init names could be anything it holds: only a sequenced-packet socket will do.
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
+        sock.close()
+        raise OSError(f"fd {fd} of the sandbox's init is not its control socket")
+    return sock
+
+
 class Spawner:
-    """One sandbox init's control socket, read from the event loop."""
+    """One sandbox init's control socket, read from the event loop.
+
+    Made with a new init's socket, its ids start at 1; :meth:`attach` makes one on the socket a
+    previous server left with the init (ids then start past the ones that server used, and what
+    the init says about those is ignored).
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._next = 1
+        #: Messages about ids below this are from an earlier server's commands.
+        self._first = 1
+        #: Answers to PARK (by id) and to HELLO.
+        self._replies: dict[int, asyncio.Future[int]] = {}
+        self._hello: asyncio.Future[int] | None = None
         self._spawning: dict[int, asyncio.Future[Spawned]] = {}
         self._on_exit: dict[int, Callable[[int], None]] = {}
         self._early_exits: dict[int, int] = {}
@@ -208,6 +245,40 @@ class Spawner:
         finally:
             self._spawning.pop(ident, None)
 
+    async def park(self) -> int:
+        """Have the init hold a copy of our end of the socket, so that it outlives this server;
+        returns the init's fd number for it (for :func:`take_socket`)."""
+        ident = self._next
+        self._next += 1
+        fut: asyncio.Future[int] = self._loop.create_future()
+        self._replies[ident] = fut
+        ours = os.dup(self._sock.fileno())
+        try:
+            await self._send(_SHORT.pack(PARK, 0, ident), [ours])
+            fd = await asyncio.wait_for(fut, SPAWN_TIMEOUT)
+        except TimeoutError:
+            raise SpawnerError("the sandbox's init did not answer") from None
+        finally:
+            os.close(ours)
+            self._replies.pop(ident, None)
+        if fd < 0:
+            raise SpawnerError(f"the sandbox's init cannot hold the socket: {os.strerror(-fd)}")
+        return fd
+
+    @classmethod
+    async def attach(cls, sock: socket.socket) -> Spawner:
+        """A spawner on a control socket an earlier server used (see :func:`take_socket`)."""
+        self = cls(sock)
+        self._hello = self._loop.create_future()
+        try:
+            self._send_nowait(_SHORT.pack(HELLO, 0, 0))
+            last = await asyncio.wait_for(self._hello, SPAWN_TIMEOUT)
+        except BaseException:
+            self.close()
+            raise
+        self._next = self._first = last + 1
+        return self
+
     def release(self, ident: int, on_exit: Callable[[int], None], *, run: bool = True) -> None:
         """Let the waiting child exec (or, with ``run=False``, exit 255 without running).
 
@@ -226,8 +297,8 @@ class Spawner:
         self._abandoned.clear()
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
-        for fut in self._spawning.values():
-            if not fut.done():
+        for fut in [*self._spawning.values(), *self._replies.values(), self._hello]:
+            if fut is not None and not fut.done():
                 fut.set_exception(SpawnerError("the sandbox's init went away"))
         callbacks, self._on_exit = self._on_exit, {}
         for cb in callbacks.values():
@@ -286,6 +357,24 @@ class Spawner:
         if len(data) != _SHORT.size or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             raise ValueError(f"unexpected message of {len(data)} bytes")
         kind, value, ident = _SHORT.unpack(data)
+        if self._hello is not None and not self._hello.done():
+            # Attaching: all before the init's answer to HELLO is about the earlier server's
+            # commands.
+            for fd in fds:
+                os.close(fd)
+            if kind == HELLO:
+                self._hello.set_result(ident)
+            return
+        if ident < self._first and kind in (SPAWNED, EXITED):
+            for fd in fds:
+                os.close(fd)
+            return  # an earlier server's command
+        if kind == PARKED:
+            reply = self._replies.get(ident)
+            if reply is None or reply.done() or fds:
+                raise ValueError(f"unexpected PARKED for {ident}")
+            reply.set_result(value)
+            return
         if kind == EXITED:
             for fd in fds:
                 os.close(fd)

@@ -17,6 +17,17 @@
  *   server -> init  ABORT    {u32 type=3, u32 0, u64 id}  the child exits 255 without exec
  *   init -> server  SPAWNED  {u32 type=4, i32 errno, u64 id}  fds: [pidfd] or [pidfd, pty master]
  *   init -> server  EXITED   {u32 type=5, i32 wait status, u64 id}
+ *   server -> init  PARK     {u32 type=6, u32 0, u64 id}  fds: [the server's own end of this socket]
+ *   init -> server  PARKED   {u32 type=7, i32 fd number or -errno, u64 id}
+ *   server -> init  HELLO    {u32 type=8, u32 0, u64 id}
+ *   init -> server  HELLO    {u32 type=8, i32 0, u64 the highest command id it has seen}
+ *
+ * PARK is how the control socket outlives the server: the init holds the server's end (never
+ * reading it) at the fd number PARKED names, so a server that exits or is killed leaves the
+ * socket open, and a restarted one takes its end back with pidfd_getfd(2) and asks HELLO for the
+ * ids already used. Nothing the init sends is lost meanwhile: a message the socket cannot take
+ * (its queue is full while no server reads) waits in order in the init's own bounded queue, and
+ * the init keeps reaping.
  *
  * A spawned child waits for GO before it execs, so that the server can first move it into the
  * command's own cgroup (kill takes the whole tree from there). It runs the command with its
@@ -31,7 +42,7 @@
  * receive buffer), more than MAX_GROUPS groups, an id above MAX_ID, or counts that do not match
  * the payload. Packets too short to carry an id, and other malformed packets, are ignored.
  *
- * Without a control socket (or once the server closed it) the init only reaps. It is not
+ * Without a control socket (or once it is closed for good) the init only reaps. It is not
  * dumpable, so nothing in the sandbox can ptrace it or open its descriptors through /proc.
  */
 #define _GNU_SOURCE
@@ -60,7 +71,7 @@
 #define TIOCGPTPEER _IO('T', 0x41)
 #endif
 
-enum { SPAWN = 1, GO = 2, ABORT = 3, SPAWNED = 4, EXITED = 5 };
+enum { SPAWN = 1, GO = 2, ABORT = 3, SPAWNED = 4, EXITED = 5, PARK = 6, PARKED = 7, HELLO = 8 };
 enum { FLAG_PTY = 1, FLAG_USER = 2 };
 #define MAX_CHILDREN 4096
 #define MAX_PAYLOAD (8u << 20)
@@ -102,26 +113,40 @@ struct child {
 static struct child children[MAX_CHILDREN];
 static int nchildren;
 static int ctl = -1;
+static int parked = -1;    /* the server's end of ctl (PARK), kept open across server restarts */
+static uint64_t max_id;    /* the highest command id seen (HELLO) */
+
+/* Messages the socket could not take yet, oldest first: at most a SPAWNED and an EXITED per
+ * child, and one answer per request being handled, so this never overflows. */
+#define MAX_PENDING (2 * MAX_CHILDREN + 8)
+struct pending {
+    struct short_msg m;
+    int fds[2], nfds;
+};
+static struct pending pending[MAX_PENDING];
+static int npending, pending_head;
 
 extern char **environ;
 
 static void release_go(struct child *c, char what);
 
-/* The server went away: from now on, only reap. Children still waiting for GO exit. */
+/* The control socket is closed for good: from now on, only reap. Children still waiting for GO
+ * exit, and messages not yet sent are dropped. */
 static void close_ctl(void) {
     if (ctl < 0)
         return;
     close(ctl);
     ctl = -1;
+    for (; npending > 0; npending--, pending_head = (pending_head + 1) % MAX_PENDING)
+        for (int i = 0; i < pending[pending_head].nfds; i++)
+            close(pending[pending_head].fds[i]);
     for (int i = 0; i < nchildren; i++)
         release_go(&children[i], 'x');
 }
 
-static void send_msg(uint32_t type, int32_t value, uint64_t id, const int *fds, int nfds) {
-    if (ctl < 0)
-        return;
-    struct short_msg m = {type, value, id};
-    struct iovec iov = {&m, sizeof m};
+/* Send one message without blocking: 0, or -1 with errno (EAGAIN: the socket's queue is full). */
+static int try_send(const struct short_msg *m, const int *fds, int nfds) {
+    struct iovec iov = {(void *)m, sizeof *m};
     union {
         char buf[CMSG_SPACE(2 * sizeof(int))];
         struct cmsghdr align;
@@ -139,10 +164,51 @@ static void send_msg(uint32_t type, int32_t value, uint64_t id, const int *fds, 
     }
     ssize_t n;
     do
-        n = sendmsg(ctl, &mh, MSG_NOSIGNAL);
+        n = sendmsg(ctl, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
-    if (n < 0)
-        close_ctl();
+    return n < 0 ? -1 : 0;
+}
+
+/* Send what waits, in order, until the socket is full again. */
+static void flush_pending(void) {
+    while (npending > 0 && ctl >= 0) {
+        struct pending *q = &pending[pending_head];
+        if (try_send(&q->m, q->fds, q->nfds) < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                close_ctl();
+            return;
+        }
+        for (int i = 0; i < q->nfds; i++)
+            close(q->fds[i]);
+        pending_head = (pending_head + 1) % MAX_PENDING;
+        npending--;
+    }
+}
+
+/* Send a message (the caller keeps its fds), or queue it behind those waiting. */
+static void send_msg(uint32_t type, int32_t value, uint64_t id, const int *fds, int nfds) {
+    if (ctl < 0)
+        return;
+    struct short_msg m = {type, value, id};
+    if (npending == 0) {
+        if (try_send(&m, fds, nfds) == 0)
+            return;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            close_ctl();
+            return;
+        }
+    }
+    if (npending == MAX_PENDING)
+        return; /* cannot happen: see MAX_PENDING */
+    struct pending *q = &pending[(pending_head + npending) % MAX_PENDING];
+    q->m = m;
+    q->nfds = 0;
+    for (int i = 0; i < nfds; i++) {
+        int d = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+        if (d >= 0)
+            q->fds[q->nfds++] = d;
+    }
+    npending++;
 }
 
 static struct child *find(uint64_t id) {
@@ -340,6 +406,8 @@ static void spawn(const struct spawn_full *f, size_t len, int *fds, int nfds) {
     int pty = (m->flags & FLAG_PTY) != 0;
     int master = -1, go[2] = {-1, -1};
     int err = check_spawn(f, len);
+    if (m->id > max_id)
+        max_id = m->id;
     if (!err && (nfds != (pty ? 1 : 4) || nchildren >= MAX_CHILDREN || find(m->id)))
         err = nfds != (pty ? 1 : 4) ? EBADMSG : (nchildren >= MAX_CHILDREN ? EAGAIN : EEXIST);
     if (!err)
@@ -446,9 +514,23 @@ static void on_control(void) {
         spawn(&m.spawn, truncated ? 0 : (size_t)n, fds, nfds); /* a length of 0 is refused */
         return;
     }
+    if (m.brief.type == PARK && !truncated && n == (ssize_t)sizeof m.brief && nfds == 1) {
+        if (parked >= 0)
+            close(parked);
+        parked = fds[0];
+        send_msg(PARKED, parked, m.brief.id, NULL, 0);
+        return;
+    }
     close_all(fds, nfds);
     if (truncated)
         return;
+    if (m.brief.type == HELLO && n == (ssize_t)sizeof m.brief) {
+        /* A new server took over: it never sends GO for a spawn of the one before. */
+        for (int i = 0; i < nchildren; i++)
+            release_go(&children[i], 'x');
+        send_msg(HELLO, 0, max_id, NULL, 0);
+        return;
+    }
     if ((m.brief.type == GO || m.brief.type == ABORT) && n == (ssize_t)sizeof m.brief) {
         struct child *c = find(m.brief.id);
         if (c)
@@ -474,7 +556,7 @@ int main(void) {
     if (sfd < 0)
         return 1;
     for (;;) {
-        struct pollfd p[2] = {{sfd, POLLIN, 0}, {ctl, POLLIN, 0}};
+        struct pollfd p[2] = {{sfd, POLLIN, 0}, {ctl, POLLIN | (npending ? POLLOUT : 0), 0}};
         int n = poll(p, ctl >= 0 ? 2 : 1, -1);
         if (n < 0 && errno != EINTR)
             return 1;
@@ -484,7 +566,9 @@ int main(void) {
             }
             reap();
         }
-        if (ctl >= 0 && p[1].revents)
+        if (ctl >= 0 && (p[1].revents & POLLOUT))
+            flush_pending();
+        if (ctl >= 0 && (p[1].revents & ~POLLOUT))
             on_control();
     }
 }
