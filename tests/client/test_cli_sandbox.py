@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pexpect
 import pytest
 
 from hutch import Sandbox, SandboxClient
-from tests.conftest import HUTCH, TIME_SCALE, Server
+from tests.conftest import HUTCH, TIME_SCALE, Server, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -114,6 +115,19 @@ def test_unknown_sandbox_is_one_line_and_exit_1(server: Server):
         assert "nope-x" in err and "Traceback" not in err
 
 
+def test_options_override_environment(server: Server, sb: Sandbox):
+    """--endpoint/--api-key work without the variables; a wrong key is a one-line error."""
+    env = {k: v for k, v in _env(server).items() if k not in ("HUTCH_ENDPOINT", "HUTCH_API_KEY")}
+    args = ["sandbox", "--endpoint", server.url, "--api-key", server.key, "ls", "--json"]
+    proc = subprocess.run([*HUTCH, *args], env=env, capture_output=True, timeout=CALL)
+    assert proc.returncode == 0, proc.stderr
+    assert sb.name in {s["name"] for s in json.loads(proc.stdout)}
+    args[4] = "wrong-key"
+    proc = subprocess.run([*HUTCH, *args], env=env, capture_output=True, timeout=CALL)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(b"error: ") and proc.stderr.count(b"\n") == 1, proc.stderr
+
+
 def test_exec_streams_and_exit_code(server: Server, sb: Sandbox):
     """exec keeps stdout and stderr apart, passes env and cwd, and exits as the command."""
     proc = cli(
@@ -143,6 +157,26 @@ def test_exec_timeout_exits_124(server: Server, sb: Sandbox):
     proc = cli(server, "sandbox", "exec", sb.name, "--timeout", "1", "--", "sleep", "30")
     assert proc.returncode == 124
     assert proc.stderr.decode().startswith("error: ")
+
+
+def test_exec_ctrl_c_kills_remote_command(server: Server, sb: Sandbox):
+    """SIGINT (Ctrl-C) kills the remote command and exits 130."""
+    proc = subprocess.Popen(
+        [*HUTCH, "sandbox", "exec", sb.name, "--", "sh", "-c", "echo started; exec sleep 300"],
+        env=_env(server),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=CALL) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert wait_until(lambda: "sleep 300" not in sb.run("ps", shell="/bin/sh").stdout)
 
 
 def test_logs_of_finished_command(server: Server, sb: Sandbox):

@@ -180,8 +180,10 @@ def sandbox_cp(
     source: str = typer.Argument(..., help="LOCAL_PATH or NAME:PATH"),
     dest: str = typer.Argument(..., help="NAME:PATH or LOCAL_PATH"),
 ) -> None:
-    """Copy a file or directory into a sandbox (cp ./a.txt sb:/tmp/) or out of one
-    (cp sb:/tmp/a.txt ./), byte for byte."""
+    """Copy a file or directory into or out of a sandbox, byte for byte.
+
+    cp ./a.txt sb:/tmp/ puts /tmp/a.txt in sandbox sb; cp sb:/tmp/a.txt . copies it back.
+    """
     src_remote, dst_remote = parse_remote(source), parse_remote(dest)
     if (src_remote is None) == (dst_remote is None):
         fail("give exactly one sandbox path, as NAME:PATH (e.g. sb:/tmp/file)", 2)

@@ -183,11 +183,11 @@ def sandbox_exec(
     ),
     command_id: str | None = typer.Option(None, "--id", help="Id to give the command"),
 ) -> None:
-    """Run a command; its stdout and stderr stream to yours, a piped stdin is forwarded, and
-    its exit code becomes this one's. Ctrl-C kills it.
+    """Run a command in a sandbox, streaming its output; exit with its exit code.
 
-    The arguments are quoted and run by ``--shell -c``, so ``exec sb -- ls "my dir"`` lists one
-    directory; for pipes and variables of the sandbox use ``exec sb -- sh -c 'echo $HOME'``.
+    Its stdout and stderr go to yours, a piped stdin is forwarded, Ctrl-C kills it. The
+    arguments are quoted for --shell -c: exec sb -- ls "my dir" lists one directory; for the
+    sandbox's pipes and variables use exec sb -- sh -c 'echo $HOME'.
     """
     command = shlex.join(argv)
     seconds = parse_duration(timeout, "--timeout")
@@ -259,8 +259,10 @@ def sandbox_logs(
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Print the output of a running or finished command, from its start (as far as the
-    server still keeps it)."""
+    """Print the output of a running or finished command, from its start.
+
+    As far as the server still keeps it; --follow streams until the command exits.
+    """
     if follow and as_json:
         fail("give --follow or --json, not both", 2)
     with errors():

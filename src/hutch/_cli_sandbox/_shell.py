@@ -184,8 +184,11 @@ def sandbox_shell(
         help="How long a detached shell lives with no client (0: until the sandbox stops)",
     ),
 ) -> None:
-    """An interactive shell in a pseudo-terminal. Ctrl-] detaches and prints the id to
-    re-attach with --attach; the shell's exit code becomes this one's."""
+    """An interactive shell in a sandbox (a pseudo-terminal); Ctrl-] detaches.
+
+    Detaching leaves the shell running and prints the id to give --attach; the shell's exit
+    code becomes this one's.
+    """
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         fail("shell needs a terminal on stdin and stdout; use `hutch sandbox exec` in scripts", 2)
     idle = parse_duration(idle_timeout, "--idle-timeout")
