@@ -73,6 +73,9 @@ def test_create_ls_stop_start_rm_plain(server: Server, client: SandboxClient, bb
     assert bb_template in line and "ready" in line
     assert ok(server, "sandbox", "stop", name).strip() == name
     assert client.get_sandbox(name).status == "stopped"
+    stopped = cli(server, "sandbox", "exec", name, "--", "true")
+    assert stopped.returncode == 1
+    assert f"start it with: hutch sandbox start {name}".encode() in stopped.stderr
     assert ok(server, "sandbox", "start", name).strip() == name
     assert client.get_sandbox(name).status == "ready"
     assert ok(server, "sandbox", "rm", name).strip() == name
@@ -126,6 +129,32 @@ def test_options_override_environment(server: Server, sb: Sandbox):
     proc = subprocess.run([*HUTCH, *args], env=env, capture_output=True, timeout=CALL)
     assert proc.returncode == 1
     assert proc.stderr.startswith(b"error: ") and proc.stderr.count(b"\n") == 1, proc.stderr
+
+
+#: Runs ``hutch`` with the server's packages (and hutch's server code) made unimportable, as in
+#: an install with only the ``cli`` extra.
+WITHOUT_SERVER = (
+    "import sys\n"
+    "for m in ('fastapi', 'sqlalchemy', 'uvicorn', 'starlette', 'alembic', 'asyncpg',\n"
+    "          'hutch.server', 'hutch.runtime', 'hutch.store'):\n"
+    "    sys.modules[m] = None\n"
+    "sys.argv[0] = 'hutch'\n"
+    "from hutch._cli_main import main\n"
+    "main()\n"
+)
+
+
+def test_client_commands_need_no_server_packages(server: Server, sb: Sandbox):
+    """hutch sandbox works where the server's packages are missing; serve says what to
+    install."""
+    run = [sys.executable, "-c", WITHOUT_SERVER]
+    proc = subprocess.run(
+        [*run, "sandbox", "ls", "--json"], env=_env(server), capture_output=True, timeout=CALL
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sb.name in {s["name"] for s in json.loads(proc.stdout)}
+    proc = subprocess.run([*run, "serve"], env=_env(server), capture_output=True, timeout=CALL)
+    assert proc.returncode == 1 and b"pip install 'hutch[server]'" in proc.stderr
 
 
 def test_exec_streams_and_exit_code(server: Server, sb: Sandbox):

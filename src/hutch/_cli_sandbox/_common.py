@@ -21,7 +21,7 @@ import typer
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from hutch.client import AsyncSandboxClient, SandboxClient
+    from hutch.client import AsyncSandbox, AsyncSandboxClient, Sandbox, SandboxClient
 
 T = TypeVar("T")
 
@@ -99,6 +99,21 @@ def errors() -> Iterator[None]:
         fail(f"{exc}; install the CLI's dependencies: pip install 'hutch[cli]'")
     except (OSError, ValueError) as exc:
         fail(str(exc) or type(exc).__name__)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None  # Ctrl-C while waiting on the server: no traceback
+
+
+def require_ready(sb: Sandbox | AsyncSandbox) -> None:
+    """Fail with what to do when ``sb`` cannot run commands or serve files."""
+    if sb.status != "ready":
+        fail(
+            f"sandbox {sb.name} is {sb.status}; "
+            + (
+                f"start it with: hutch sandbox start {sb.name}"
+                if sb.status == "stopped"
+                else "wait until it is ready (hutch sandbox ls)"
+            )
+        )
 
 
 def print_json(data: Any) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hutch._cli_sandbox._common import conn, errors, fail, stderr_is_tty
+from hutch._cli_sandbox._common import conn, errors, fail, require_ready, stderr_is_tty
 from hutch._cli_sandbox._control import sandbox_app
 
 if TYPE_CHECKING:
@@ -190,6 +190,7 @@ def sandbox_cp(
     with errors(), conn(ctx).client() as client:
         if src_remote is not None:
             sb = client.get_sandbox(src_remote[0])
+            require_ready(sb)
             plan = _download_plan(sb, src_remote[1], Path(dest))
             progress = _Progress(sum(f.size for f in plan), f"{source} →")
             with progress():
@@ -202,6 +203,7 @@ def sandbox_cp(
                 fail(f"{source}: no such file or directory")
             plan = _upload_plan(local, dst_remote[1])
             sb = client.get_sandbox(dst_remote[0])
+            require_ready(sb)
             progress = _Progress(sum(f.size for f in plan), f"→ {dest}")
             with progress():
                 for item in plan:

@@ -23,6 +23,7 @@ from hutch._cli_sandbox._common import (
     parse_duration,
     parse_pairs,
     print_json,
+    require_ready,
 )
 from hutch._cli_sandbox._control import sandbox_app
 
@@ -146,6 +147,7 @@ async def _exec(
     forward = not detach and not sys.stdin.isatty()
     async with connection.async_client() as client:
         sb = await client.get_sandbox(name)
+        require_ready(sb)
         handle = await sb.run(
             command,
             wait=False,
@@ -231,6 +233,7 @@ async def _logs(
     """Print the command's output (replayed from the start); its exit code if it has exited."""
     async with connection.async_client() as client:
         sb = await client.get_sandbox(name)
+        require_ready(sb)
         handle = await sb.reconnect(command_id)
         if follow:
             return await stream_until_exit(handle, forward_stdin=False)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from hutch._cli_sandbox._common import Connection, conn, errors, fail, parse_duration
+from hutch._cli_sandbox._common import Connection, conn, errors, fail, parse_duration, require_ready
 from hutch._cli_sandbox._control import sandbox_app
 from hutch._cli_sandbox._exec import read_fd
 
@@ -136,6 +136,7 @@ async def _shell(
 ) -> int:
     async with connection.async_client() as client:
         sb = await client.get_sandbox(name)
+        require_ready(sb)
         if attach:
             handle = await sb.reconnect(attach)
         else:
