@@ -229,7 +229,8 @@ def test_cp_both_ways_byte_exact(server: Server, sb: Sandbox, tmp_path: Path):
     blob = os.urandom(20 * 1024 * 1024 + 123)  # more than two download ranges
     src = tmp_path / "blob.bin"
     src.write_bytes(blob)
-    ok(server, "sandbox", "cp", str(src), f"{sb.name}:/tmp/up/")
+    quiet = cli(server, "sandbox", "cp", str(src), f"{sb.name}:/tmp/up/")
+    assert (quiet.returncode, quiet.stderr) == (0, b"")  # no progress bar off a terminal
     assert sb.read("/tmp/up/blob.bin") == blob
     back = tmp_path / "back.bin"
     ok(server, "sandbox", "cp", f"{sb.name}:/tmp/up/blob.bin", str(back))
@@ -279,6 +280,25 @@ def test_template_ls_create_rm(server: Server):
     assert name in ok(server, "template", "ls")
     assert ok(server, "template", "rm", name).strip() == name
     assert name not in {t["name"] for t in json.loads(ok(server, "template", "ls", "--json"))}
+
+
+def test_cp_progress_bar_on_a_terminal(server: Server, sb: Sandbox, tmp_path: Path):
+    """On a terminal a large download shows a progress bar with the bytes moved; `sb:` alone
+    is the sandbox's home."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024))
+    ok(server, "sandbox", "cp", str(src), f"{sb.name}:")
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "hutch", "sandbox", "cp", f"{sb.name}:big.bin", str(tmp_path / "back.bin")],
+        env=_env(server),
+        timeout=CALL,
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert b"3.1/3.1 MB" in child.before
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
 
 
 def _spawn(server: Server, *args: str) -> pexpect.spawn:

@@ -161,8 +161,8 @@ def _fetch(sb: Sandbox, item: _File, progress: _Progress) -> None:
 
 
 def _upload_plan(local: Path, remote: str) -> list[_File]:
-    if remote.endswith("/"):
-        remote = f"{remote}{local.name}"
+    if remote.endswith("/") or remote == ".":  # ``sb:`` is the sandbox's home
+        remote = f"{remote.rstrip('.')}{local.name}"
     if not local.is_dir():
         return [_File(remote, local, local.stat().st_size)]
     files = []
