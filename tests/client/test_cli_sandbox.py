@@ -83,7 +83,8 @@ def test_create_ls_stop_start_rm_plain(server: Server, client: SandboxClient, bb
 
 
 def test_create_ls_rm_json(server: Server, client: SandboxClient, bb_template: str):
-    """--json gives the sandbox objects with stable keys; create takes limits and TTLs."""
+    """--json gives the sandbox objects with stable keys, and per-name results for stop, start
+    and rm; create takes limits and TTLs."""
     name = _name()
     created = json.loads(
         ok(
@@ -104,7 +105,16 @@ def test_create_ls_rm_json(server: Server, client: SandboxClient, bb_template: s
     with server.http() as http:
         box = http.get(f"/v2/sandboxes/boxes/{name}").json()
     assert (box["vcpus"], box["mem_bytes"]) == (1, 128 * 1024 * 1024)
-    ok(server, "sandbox", "rm", name)
+    done = [{"name": name, "ok": True, "error": None}]
+    assert json.loads(ok(server, "sandbox", "stop", name, "--json")) == done
+    assert json.loads(ok(server, "sandbox", "start", name, "--json")) == done
+    proc = cli(server, "sandbox", "rm", name, "nope-y", "--json")
+    assert proc.returncode == 1  # one of them failed; the other is deleted all the same
+    results = json.loads(proc.stdout)
+    assert results[0] == {"name": name, "ok": True, "error": None}
+    assert (
+        results[1]["name"] == "nope-y" and not results[1]["ok"] and "nope-y" in results[1]["error"]
+    )
     assert name not in {s["name"] for s in json.loads(ok(server, "sandbox", "ls", "--json"))}
 
 

@@ -171,21 +171,27 @@ def show(
         Console().print(table(columns, items))
 
 
-def _each(names: list[str], action: Callable[[str], None]) -> None:
-    """Run ``action`` on every name, reporting each failure on its own line; exit 1 if any
-    failed (the others are still done)."""
+def _each(names: list[str], action: Callable[[str], object], as_json: bool) -> None:
+    """Run ``action`` on every name; print each name done (``--json``: a list of
+    ``{"name", "ok", "error"}``), report each failure on its own stderr line, and exit 1 if
+    any failed (the others are still done)."""
     from hutch.client import SandboxClientError
 
-    failed = False
+    results: list[dict[str, Any]] = []
     for name in names:
         try:
             action(name)
         except SandboxClientError as exc:
-            typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
-            failed = True
+            message = " ".join(str(exc).split())
+            typer.echo(f"error: {message}", err=True)
+            results.append({"name": name, "ok": False, "error": message})
         else:
-            typer.echo(name)
-    if failed:
+            if not as_json:
+                typer.echo(name)
+            results.append({"name": name, "ok": True, "error": None})
+    if as_json:
+        print_json(results)
+    if not all(r["ok"] for r in results):
         raise typer.Exit(1)
 
 
@@ -250,19 +256,22 @@ def sandbox_create(
 def sandbox_rm(
     ctx: typer.Context,
     names: list[str] = typer.Argument(..., help="Sandboxes to delete"),
+    as_json: bool = JsonOption,
 ) -> None:
     """Delete sandboxes (their files are gone; snapshot first to keep them)."""
     with errors(), conn(ctx).client() as client:
-        _each(names, client.delete_sandbox)
+        _each(names, client.delete_sandbox, as_json)
 
 
 @sandbox_app.command("stop")
 def sandbox_stop(
-    ctx: typer.Context, names: list[str] = typer.Argument(..., help="Sandboxes to stop")
+    ctx: typer.Context,
+    names: list[str] = typer.Argument(..., help="Sandboxes to stop"),
+    as_json: bool = JsonOption,
 ) -> None:
     """Stop sandboxes: their commands end, CPU and memory are freed, files are kept."""
     with errors(), conn(ctx).client() as client:
-        _each(names, client.stop_sandbox)
+        _each(names, client.stop_sandbox, as_json)
 
 
 @sandbox_app.command("start")
@@ -270,14 +279,11 @@ def sandbox_start(
     ctx: typer.Context,
     names: list[str] = typer.Argument(..., help="Sandboxes to start"),
     timeout: int = typer.Option(120, "--timeout", min=1, help="Seconds to wait until ready"),
+    as_json: bool = JsonOption,
 ) -> None:
     """Start stopped sandboxes and wait until they are ready."""
     with errors(), conn(ctx).client() as client, _spinner("starting…"):
-
-        def start(name: str) -> None:
-            client.start_sandbox(name, timeout=timeout)
-
-        _each(names, start)
+        _each(names, lambda name: client.start_sandbox(name, timeout=timeout), as_json)
 
 
 @sandbox_app.command("snapshot")
@@ -335,11 +341,13 @@ def template_create(
 
 @template_app.command("rm")
 def template_rm(
-    ctx: typer.Context, names: list[str] = typer.Argument(..., help="Templates to delete")
+    ctx: typer.Context,
+    names: list[str] = typer.Argument(..., help="Templates to delete"),
+    as_json: bool = JsonOption,
 ) -> None:
     """Delete templates (refused while sandboxes use one)."""
     with errors(), conn(ctx).client() as client:
-        _each(names, client.delete_template)
+        _each(names, client.delete_template, as_json)
 
 
 # -- snapshot ---------------------------------------------------------------------------------
@@ -378,7 +386,8 @@ def snapshot_ls(
 def snapshot_rm(
     ctx: typer.Context,
     refs: list[str] = typer.Argument(..., help="Snapshots to delete: id, name:tag or name"),
+    as_json: bool = JsonOption,
 ) -> None:
     """Delete snapshots (sandboxes booted from one keep their files)."""
     with errors(), conn(ctx).client() as client:
-        _each(refs, client.delete_snapshot)
+        _each(refs, client.delete_snapshot, as_json)
