@@ -120,7 +120,10 @@ async def stream_until_exit(handle: AsyncCommandHandle, *, forward_stdin: bool) 
     except BrokenPipeError:
         # Our reader went away (``| head``): the command has no one to write to either.
         await handle.kill()
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # Python's exit flushes stdout again: point it at /dev/null so that is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 128 + signal.SIGPIPE
     finally:
         for signum in STOP_SIGNALS:

@@ -157,7 +157,8 @@ async def _shell(
             await handle.aclose()
     if code is None:
         typer.echo(
-            f"detached from {handle.command_id}; re-attach with: "
+            # On a line of its own: the shell's prompt is usually where the cursor was.
+            f"\ndetached from {handle.command_id}; re-attach with: "
             f"hutch sandbox shell {name} --attach {handle.command_id}",
             err=True,
         )
