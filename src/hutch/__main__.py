@@ -1,3 +1,3 @@
-from hutch.cli import main
+from hutch._cli_main import main
 
 main()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from hutch._cli_sandbox import sandbox_app, snapshot_app, template_app
 from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime.images import RegistryConfig
 from hutch.runtime.runc._network import DEFAULT_SUBNET, EgressConfig, HostPort
@@ -31,6 +32,9 @@ keys_app = typer.Typer(help="Manage API keys (each belongs to a workspace).", no
 app.add_typer(keys_app, name="keys")
 ws_app = typer.Typer(help="Manage workspaces and their quotas.", no_args_is_help=True)
 app.add_typer(ws_app, name="workspaces")
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(template_app, name="template")
+app.add_typer(snapshot_app, name="snapshot")
 
 DataDir = typer.Option(
     None,

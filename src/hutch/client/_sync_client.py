@@ -214,6 +214,9 @@ class SandboxClient(SnapshotsMixin, HttpBase):
         run_config: RunConfigArg = None,
         labels: Mapping[str, str] | None = None,
         persistent: bool | None = None,
+        vcpus: int | None = None,
+        mem_bytes: int | None = None,
+        fs_capacity_bytes: int | None = None,
         headers: RequestHeaders = None,
     ) -> Sandbox:
         """Create a sandbox that stays until deleted.
@@ -235,6 +238,9 @@ class SandboxClient(SnapshotsMixin, HttpBase):
             labels: Key-value labels stored with it.
             persistent: False: what it writes is thrown away at each stop (it starts again
                 with the files it was created with). The server's default keeps them.
+            vcpus: CPUs, over the template's or snapshot's.
+            mem_bytes: Memory limit in bytes, over the template's or snapshot's.
+            fs_capacity_bytes: Disk limit in bytes, over the template's or snapshot's.
 
         Raises:
             ValueError: Both snapshot forms, a template and a snapshot, or a TTL that is
@@ -268,6 +274,13 @@ class SandboxClient(SnapshotsMixin, HttpBase):
             payload["labels"] = dict(labels)
         if persistent is not None:
             payload["persistent"] = persistent
+        for key, value in (
+            ("vcpus", vcpus),
+            ("mem_bytes", mem_bytes),
+            ("fs_capacity_bytes", fs_capacity_bytes),
+        ):
+            if value is not None:
+                payload[key] = value
         if wait_for_ready:
             payload["timeout"] = timeout
         if name:
