@@ -110,7 +110,11 @@ def test_requests_and_transitions_share_the_request_id(logged: Logged) -> None:
         box = r.json()
         gone = http.delete(f"{BOXES}/{box['name']}", headers={"X-Request-Id": "delete-1"})
         assert gone.status_code == 204 and gone.headers["x-request-id"] == "delete-1"
-    assert wait_until(lambda: any('"delete-1"' in line for line in logged.lines()), PROMPT)
+    # The request's line is written once its answer has gone, so it may follow the answer.
+    assert wait_until(
+        lambda: any('"delete-1"' in line and '"http.request"' in line for line in logged.lines()),
+        PROMPT,
+    )
     records = logged.records()  # every line is JSON, or this raises
 
     line = _one(records, event="http.request", request_id="create-1")
