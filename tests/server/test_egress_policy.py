@@ -116,6 +116,8 @@ class World:
     allowed: str
     denied: str
     bridge: str
+    #: The upstream network namespace.
+    ns: str
 
 
 def _hosts_lines(tag: str) -> str:
@@ -170,7 +172,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
                 json={"name": template, "image": "local/python", "network": "egress"},
             )
             assert r.status_code == 201, r.text
-        yield World(srv, template, f"allowed.{tag}.test", f"denied.{tag}.test", bridge)
+        yield World(srv, template, f"allowed.{tag}.test", f"denied.{tag}.test", bridge, ns)
     finally:
         if srv is not None:
             stop_server(srv)
@@ -378,3 +380,29 @@ print(json.dumps([
             _refused(box, f"https://{world.denied}/")
         finally:
             http.delete(f"{BOXES}/{name}")
+
+
+def test_the_proxy_never_dials_into_a_bridge_of_the_host(world: World, box_factory: Any) -> None:
+    """A host behind another bridge of the host (Docker's, say), made after the sandbox's rules,
+    is refused through the proxy as hutch's FORWARD chain refuses it without a policy."""
+    box = box_factory({"deny_list": [world.denied]})  # a denied name: all TCP meets the proxy
+    tag = secrets.token_hex(3)
+    br, host_end, ns_end = f"hob{tag}", f"hoh{tag}", f"hon{tag}"
+    ns = world.ns
+    subnet = f"198.18.{secrets.randbelow(250) + 1}"
+    try:
+        sh("ip", "link", "add", br, "type", "bridge")
+        sh("ip", "addr", "add", f"{subnet}.1/24", "dev", br)
+        sh("ip", "link", "set", br, "up")
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+        sh("ip", "link", "set", host_end, "master", br, "up")
+        sh("ip", "link", "set", ns_end, "netns", ns)
+        sh("ip", "-n", ns, "addr", "add", f"{subnet}.2/24", "dev", ns_end)
+        sh("ip", "-n", ns, "link", "set", ns_end, "up")
+        # The host itself reaches it: only the sandbox is refused.
+        assert "hello from" in sh("curl", "-s", "-m", "5", f"http://{subnet}.2/")
+        _refused(box, f"http://{subnet}.2/")
+        assert box.get(f"http://{world.allowed}/")[0]
+    finally:
+        sh("ip", "link", "del", host_end, check=False)
+        sh("ip", "link", "del", br, check=False)

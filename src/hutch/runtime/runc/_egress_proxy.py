@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import socket
 import struct
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from hutch.runtime.runc._egress_policy import EgressPolicy, IPAddress, Verdict
 
@@ -37,6 +40,9 @@ PEEK_TIMEOUT = 3.0
 CONNECT_TIMEOUT = 10.0
 RESOLVE_TIMEOUT = 5.0
 CHUNK = 64 * 1024
+#: Connections one sandbox may have open through the proxy; more are refused (each costs the
+#: host a task and two sockets).
+MAX_CONNECTIONS = 512
 
 
 class _NeedMore:
@@ -116,6 +122,7 @@ class _Sandbox:
     policy: EgressPolicy
     denied: int = 0
     allowed: int = 0
+    active: int = 0
 
 
 def _original_dst(sock: socket.socket) -> tuple[str, int]:
@@ -130,6 +137,51 @@ def _forbidden_target(ip: IPAddress) -> bool:
     return ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
 
 
+#: How long the host's address table is trusted before it is read again.
+ADDRESSES_TTL = 2.0
+
+
+class _HostAddresses:
+    """The host's own IPv4 addresses, and those of its bridges (Docker's, other sandboxes'):
+    the proxy dials from the host, so it must refuse what hutch's FORWARD chain refuses to
+    sandboxes, including bridges made after the sandbox's rules were."""
+
+    def __init__(self) -> None:
+        self._at = -ADDRESSES_TTL
+        self._local: frozenset[str] = frozenset()
+        self._bridges: frozenset[str] = frozenset()
+
+    def _read(self) -> None:
+        out = subprocess.run(
+            ["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True, timeout=10
+        ).stdout
+        local, bridges = set(), set()
+        for link in json.loads(out or "[]"):
+            is_bridge = Path(f"/sys/class/net/{link['ifname']}/bridge").exists()
+            for a in link.get("addr_info", []):
+                local.add(str(a["local"]))
+                if is_bridge:
+                    bridges.add(str(a["local"]))
+        self._local, self._bridges = frozenset(local), frozenset(bridges)
+
+    async def forbidden(self, ip: str) -> bool:
+        """Is ``ip`` the host itself, or reached through one of the host's bridges?"""
+        # The source address the kernel picks for the destination names its interface.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((ip, 9))  # UDP: no packet is sent
+            except OSError:
+                return True
+            source = str(probe.getsockname()[0])
+        loop = asyncio.get_running_loop()
+        # A source the table does not hold means the table is stale (an address or a bridge
+        # was added since): read it again, whatever its age.
+        if source not in self._local or loop.time() - self._at > ADDRESSES_TTL:
+            await asyncio.to_thread(self._read)
+            self._at = loop.time()
+        return ip in self._local or source in self._bridges
+
+
 class EgressProxy:
     """Listens on ``host:port``; sandboxes are known by address (:meth:`set`)."""
 
@@ -140,6 +192,7 @@ class EgressProxy:
         self._conns: set[asyncio.Task[None]] = set()
         #: Denials of sandboxes no longer registered are kept by id for :meth:`denied`.
         self._denied: dict[str, int] = {}
+        self._host = _HostAddresses()
 
     # -- sandboxes ---------------------------------------------------------------------------
 
@@ -173,11 +226,10 @@ class EgressProxy:
         if self._server is not None:
             self._server.close()
             self._server = None
-        for task in list(self._conns):
+        tasks = list(self._conns)
+        for task in tasks:
             task.cancel()
-        for task in list(self._conns):
-            with contextlib.suppress(BaseException):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -197,13 +249,27 @@ class EgressProxy:
         sock: socket.socket = writer.get_extra_info("socket")
         peer = writer.get_extra_info("peername")[0]
         sb = self._by_ip.get(peer)
-        if sb is None:  # not (or no longer) a sandbox with a policy
-            _reset(writer)
+        if sb is None or sb.active >= MAX_CONNECTIONS:  # not (or no longer) a sandbox with a
+            _reset(writer)  # policy, or one at its limit
             return
+        sb.active += 1
+        try:
+            await self._relay(sb, sock, reader, writer)
+        finally:
+            sb.active -= 1
+
+    async def _relay(
+        self,
+        sb: _Sandbox,
+        sock: socket.socket,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         dst_ip, dst_port = _original_dst(sock)
         ip = ipaddress.ip_address(dst_ip)
         policy = sb.policy
-        verdict = Verdict.DENY if _forbidden_target(ip) else policy.ip_verdict(ip)
+        forbidden = _forbidden_target(ip) or await self._host.forbidden(dst_ip)
+        verdict = Verdict.DENY if forbidden else policy.ip_verdict(ip)
         head = b""
         name: str | None = None
         if verdict == Verdict.UNKNOWN:
@@ -302,10 +368,14 @@ async def _splice(
             while chunk := await src.read(CHUNK):
                 dst.write(chunk)
                 await dst.drain()  # bounded: at most one chunk in flight per direction
-        finally:
-            if dst.can_write_eof():
-                with contextlib.suppress(OSError):
-                    dst.write_eof()
+        except OSError:
+            # A reset on either side ends both: the other direction must not wait for ever.
+            a_writer.transport.abort()
+            b_writer.transport.abort()
+            return
+        if dst.can_write_eof():
+            with contextlib.suppress(OSError):
+                dst.write_eof()
 
     async with asyncio.TaskGroup() as tg:
         tg.create_task(pump(a_reader, b_writer))
