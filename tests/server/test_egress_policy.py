@@ -118,6 +118,8 @@ class World:
     bridge: str
     #: The upstream network namespace.
     ns: str
+    #: ``hutch serve`` options of the server.
+    args: tuple[str, ...]
 
 
 def _hosts_lines(tag: str) -> str:
@@ -137,7 +139,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
     sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
        f"/CN=allowed.{tag}.test", "-keyout", key, "-out", cert)  # fmt: skip
     sh("ip", "netns", "add", ns)
-    upstream = srv = None
+    upstream = srv = the_world = None
     try:
         sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if)
         sh("ip", "link", "set", peer_if, "netns", ns)
@@ -161,10 +163,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
             [*HUTCH, "image", "import", "local/python", str(python_tar), "--data-dir", str(data)],
             check=True, capture_output=True,
         )  # fmt: skip
-        srv = start_server(
-            data, "--egress-bridge", bridge, "--egress-subnet",
-            f"10.252.{secrets.randbelow(250) + 1}.0/24", "--dns", f"{NET}.53",
-        )  # fmt: skip
+        args = ("--egress-bridge", bridge, "--egress-subnet",
+                f"10.252.{secrets.randbelow(250) + 1}.0/24", "--dns", f"{NET}.53")  # fmt: skip
+        srv = start_server(data, *args)
         template = f"eg-{tag}"
         with srv.http() as http:
             r = http.post(
@@ -172,10 +173,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
                 json={"name": template, "image": "local/python", "network": "egress"},
             )
             assert r.status_code == 201, r.text
-        yield World(srv, template, f"allowed.{tag}.test", f"denied.{tag}.test", bridge, ns)
+        the_world = World(
+            srv, template, f"allowed.{tag}.test", f"denied.{tag}.test", bridge, ns, args
+        )
+        yield the_world
     finally:
-        if srv is not None:
-            stop_server(srv)
+        if srv is not None:  # the one the last test restarted, if it did
+            stop_server(the_world.server if the_world else srv)
             remove_all_sandboxes(srv.data_dir)
         hosts.write_text(hosts.read_text().replace(ours, ""))
         if upstream is not None:
@@ -406,3 +410,23 @@ def test_the_proxy_never_dials_into_a_bridge_of_the_host(world: World, box_facto
     finally:
         sh("ip", "link", "del", host_end, check=False)
         sh("ip", "link", "del", br, check=False)
+
+
+def test_policy_survives_stop_start_and_a_server_restart(world: World, box_factory: Any) -> None:
+    """A stopped sandbox gets its access control back when started, and a sandbox kept running
+    across a server restart gets it back from the next server (last in this module: it
+    restarts the shared server)."""
+    box = box_factory({"allow_list": [world.allowed]})
+    with world.server.http() as http:
+        assert http.post(f"{BOXES}/{box.name}/stop").status_code == 200
+        assert http.post(f"{BOXES}/{box.name}/start").status_code == 200
+    tag = world.allowed.split(".")[1]
+    box.run(f"printf '{_hosts_lines(tag)}' >> /etc/hosts")  # a start boots afresh
+    assert box.get(f"https://{world.allowed}/")[0]
+    _refused(box, f"https://{world.denied}/")
+    srv = world.server
+    stop_server(srv)
+    world.server = start_server(srv.data_dir, *world.args)
+    assert box.get(f"http://{world.allowed}/")[0]
+    _refused(box, f"http://{world.denied}/")
+    _refused(box, f"http://{NET}.40/")
