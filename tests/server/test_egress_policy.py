@@ -49,6 +49,20 @@ try:
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         with urllib.request.urlopen(target, timeout=10, context=ctx) as r:
             sys.stdout.write(r.read().decode())
+    elif what == "spoof":  # a UDP datagram from another address of the subnet, then "end"
+        import struct
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.connect((target, 9))
+        own = probe.getsockname()[0]
+        forged = own.rsplit(".", 1)[0] + ".250"
+        payload = b"spoofed"
+        udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), 0) + payload
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                         socket.inet_aton(forged), socket.inet_aton(target))
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        raw.sendto(ip + udp, (target, 0))
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"end", (sys.argv[3], 9999))
+        print("sent")
     else:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(3)
@@ -430,3 +444,40 @@ def test_policy_survives_stop_start_and_a_server_restart(world: World, box_facto
     assert box.get(f"http://{world.allowed}/")[0]
     _refused(box, f"http://{world.denied}/")
     _refused(box, f"http://{NET}.40/")
+
+
+LISTENER = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9999))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(512)
+    print(data.decode(), peer[0], flush=True)
+    if data == b"end":
+        break
+"""
+
+
+def test_a_forged_source_address_does_not_slip_past_the_rules(
+    world: World, box_factory: Any
+) -> None:
+    """The sandbox has CAP_NET_RAW: a datagram it forges from another address of its subnet to
+    a destination its policy refuses is dropped, not forwarded under the other address."""
+    box = box_factory({"allow_list": [world.allowed, f"{NET}.10"]})
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", world.ns, sys.executable, "-c", LISTENER],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert listener.stdout is not None and listener.stdout.readline() == "ready\n"
+        code, out, _ = box.run(f"python3 -c {shlex.quote(CLIENT)} spoof {NET}.20 {NET}.10")
+        assert code == 0, out
+        # "end" comes by the allowed path after the forged datagram: it was dropped if "end"
+        # is all that arrived.
+        assert listener.stdout.readline().split()[0] == "end"
+    finally:
+        listener.kill()
+        listener.wait()
+        if listener.stdout is not None:
+            listener.stdout.close()

@@ -14,6 +14,11 @@ comment naming the sandbox:
 * ``filter`` INPUT: the proxy's port is open to the sandbox for *redirected* connections only
   (``--ctstate DNAT``): dialled directly, it stays closed like every other host port.
 
+* ``bridge hutch_egress`` (nftables): IPv4 from the sandbox's veth with another source address
+  than its own is dropped before routing. The sandbox has ``CAP_NET_RAW``; without this, it could
+  send (and, answering ARP, receive) as an unused address of the subnet, which none of the rules
+  above match.
+
 The rule counters of the reject rules count the sandbox's denied packets.
 """
 
@@ -110,6 +115,7 @@ def apply(
     policy: EgressPolicy,
     *,
     bridge: str,
+    veth: str,
     source: str,
     proxy_port: int,
     resolvers: Sequence[str],
@@ -122,6 +128,7 @@ def apply(
     """
     rules = ruleset(sandbox_id, policy, proxy_port=proxy_port, resolvers=resolvers,
                     passthrough=passthrough)  # fmt: skip
+    _nft_apply(sandbox_id, veth, source)
     _run("iptables-restore", "-w", "--noflush", stdin=rules)
     for table, chain, rule in _jumps(sandbox_id, bridge, source, proxy_port):
         check = ["iptables", "-w", "-t", table, "-C", chain, *rule]
@@ -129,9 +136,37 @@ def apply(
             _run("iptables", "-w", "-t", table, "-I", chain, "1", *rule)
 
 
+NFT_TABLE = "hutch_egress"
+NFT_CHAIN = "spoof"
+
+
+def _nft_remove(tag: str) -> None:
+    out = _run("nft", "-a", "list", "chain", "bridge", NFT_TABLE, NFT_CHAIN, check=False)
+    for line in out.splitlines():
+        if f'"{tag}"' in line and "# handle " in line:
+            handle = line.rsplit("# handle ", 1)[1].strip()
+            _run("nft", "delete", "rule", "bridge", NFT_TABLE, NFT_CHAIN, "handle", handle,
+                 check=False)  # fmt: skip
+
+
+def _nft_apply(sandbox_id: str, veth: str, source: str) -> None:
+    tag = f"hutch-egress:{sandbox_id}"
+    _nft_remove(tag)
+    # Before the bridge's own nat hook: a forged packet never reaches routing or conntrack.
+    script = (
+        f"add table bridge {NFT_TABLE}\n"
+        f"add chain bridge {NFT_TABLE} {NFT_CHAIN} "
+        "{ type filter hook prerouting priority -300; policy accept; }\n"
+        f'add rule bridge {NFT_TABLE} {NFT_CHAIN} iifname "{veth}" ether type ip '
+        f'ip saddr != {source} counter drop comment "{tag}"\n'
+    )
+    _run("nft", "-f", "-", stdin=script)
+
+
 def remove(sandbox_id: str) -> None:
     """Remove the sandbox's rules and chains; idempotent (blocking)."""
     tag = f"hutch-egress:{sandbox_id}"
+    _nft_remove(tag)
     for table, chain in (("nat", "PREROUTING"), ("filter", "FORWARD"), ("filter", "INPUT")):
         for line in _run("iptables", "-w", "-t", table, "-S", chain, check=False).splitlines():
             if tag in line and line.startswith(f"-A {chain} "):

@@ -595,7 +595,8 @@ class EgressNetwork:
         )
         try:
             await asyncio.to_thread(
-                _egress_firewall.apply, sandbox_id, policy, bridge=att.bridge, source=source,
+                _egress_firewall.apply, sandbox_id, policy, bridge=att.bridge, veth=att.host_veth,
+                source=source,
                 proxy_port=PROXY_PORT, resolvers=self.resolvers(), passthrough=passthrough,
             )  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as exc:
