@@ -39,6 +39,11 @@ class PolicyError(ValueError):
     """An unusable ``access_control``; ``str()`` names the entry and says what to write."""
 
 
+def valid_name(text: str) -> bool:
+    """Is ``text`` a host name (what an SNI or Host may carry to be matched by name)?"""
+    return _domain(text) is not None
+
+
 def _domain(text: str) -> str | None:
     name = text.lower().rstrip(".")
     if not name or len(name) > 253:
@@ -198,6 +203,10 @@ class EgressPolicy:
         if self.deny.match_name(name):
             return False
         return self.allow is None or self.allow.match_name(name)
+
+    @property
+    def has_regexes(self) -> bool:
+        return bool(self.deny.regexes or (self.allow is not None and self.allow.regexes))
 
     def ip_allowed(self, ip: IPAddress) -> bool:
         """Allowed by address alone, names aside (no allow list: anything not denied)."""

@@ -15,6 +15,7 @@ A name is trusted only for the address it resolves to on the host: a sandbox tha
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import json
@@ -25,7 +26,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from hutch.runtime.runc._egress_policy import EgressPolicy, IPAddress, Verdict
+from hutch.runtime.runc._egress_policy import EgressPolicy, IPAddress, Verdict, valid_name
 
 __all__ = ["NEED_MORE", "EgressProxy", "sniff_name"]
 
@@ -40,6 +41,7 @@ PEEK_TIMEOUT = 3.0
 CONNECT_TIMEOUT = 10.0
 RESOLVE_TIMEOUT = 5.0
 CHUNK = 64 * 1024
+REGEX_TIMEOUT = 0.5
 #: Connections one sandbox may have open through the proxy; more are refused (each costs the
 #: host a task and two sockets).
 MAX_CONNECTIONS = 512
@@ -193,6 +195,9 @@ class EgressProxy:
         #: Denials of sandboxes no longer registered are kept by id for :meth:`denied`.
         self._denied: dict[str, int] = {}
         self._host = _HostAddresses()
+        self._regex_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="hutch-egress-regex"
+        )
 
     # -- sandboxes ---------------------------------------------------------------------------
 
@@ -230,6 +235,8 @@ class EgressProxy:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A runaway regex cannot be interrupted: its thread is left to finish, not waited for.
+        self._regex_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -296,14 +303,29 @@ class EgressProxy:
                 await up_writer.wait_closed()
 
     async def _decide(self, policy: EgressPolicy, ip: IPAddress, name: str | None) -> str:
-        if name is None:
+        if name is None or not valid_name(name):  # no name to go by: the address decides
             return Verdict.ALLOW if policy.ip_allowed(ip) else Verdict.DENY
-        if not policy.name_allowed(name):
+        if not await self._name_allowed(policy, name):
             return Verdict.DENY
         if policy.ip_allowed(ip):
             return Verdict.ALLOW
         # Allowed by name only: the address dialled must be one the name has on the host.
         return Verdict.ALLOW if ip in await _resolve(name) else Verdict.DENY
+
+    async def _name_allowed(self, policy: EgressPolicy, name: str) -> bool:
+        """The policy's verdict on a name the sandbox chose. ``~regex`` entries run on worker
+        threads under a deadline: a regex that backtracks without end on a crafted name must
+        not stall the proxy; it fails closed (refused)."""
+        if not policy.has_regexes:
+            return policy.name_allowed(name)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(REGEX_TIMEOUT):
+                return await loop.run_in_executor(self._regex_pool, policy.name_allowed, name)
+        except TimeoutError:
+            log.warning("egress: a ~regex entry took over %.1f s on %r; refused", REGEX_TIMEOUT,
+                        name[:80])  # fmt: skip
+            return False
 
     def _deny(self, sb: _Sandbox, ip: str, port: int, name: str | None) -> None:
         sb.denied += 1
