@@ -365,8 +365,9 @@ def test_a_bad_entry_is_a_400_naming_it(world: World, entry: object) -> None:
 
 
 def test_sdk_proxy_config_helpers_are_accepted(world: World) -> None:
-    """The langsmith 0.15.1 SDK's proxy_config() builds a config the server enforces; its
-    aws_auth and gcp_auth rules answer 501 naming the rule type."""
+    """The langsmith 0.15.1 SDK's proxy_config() builds a config the server enforces, and its
+    update_sandbox(proxy_config=...) flips a host (SandboxNotReadyError on a stopped sandbox);
+    its aws_auth and gcp_auth rules answer 501 naming the rule type."""
     script = f"""
 import json
 from langsmith.sandbox import proxy_config, aws_auth, gcp_auth, opaque_secret
@@ -396,6 +397,24 @@ print(json.dumps([
             box.run(f"printf '{_hosts_lines(tag)}' >> /etc/hosts")
             assert box.get(f"https://{world.allowed}/")[0]
             _refused(box, f"https://{world.denied}/")
+            update = f"""
+from langsmith.sandbox import SandboxClient, SandboxNotReadyError, proxy_config
+c = SandboxClient(api_endpoint="{world.server.base}", api_key="{world.server.key}")
+both = proxy_config(access_control={{"allow_list": ["{world.allowed}", "{world.denied}"]}})
+c.stop_sandbox("{name}")
+try:
+    c.update_sandbox("{name}", proxy_config=both)
+except SandboxNotReadyError:
+    print("not ready")
+c.start_sandbox("{name}")
+c.update_sandbox("{name}", proxy_config=both)
+print("updated")
+"""
+            out = subprocess.run([str(SDK_PYTHON), "-c", update], capture_output=True, text=True)
+            assert out.stdout == "not ready\nupdated\n", out.stderr
+            box.run(f"printf '{_hosts_lines(tag)}' >> /etc/hosts")  # a start boots afresh
+            ok, body, _ = box.get(f"https://{world.denied}/")
+            assert ok and body == f"hello from {NET}.20\n", body
         finally:
             http.delete(f"{BOXES}/{name}")
 

@@ -541,7 +541,7 @@ async def update_sandbox(
             if body.proxy_config is not None:  # for new connections, at once
                 if fresh.status != READY:
                     raise ApiError(
-                        ErrorType.NOT_READY,
+                        ErrorType.INVALID_REQUEST,
                         f"Sandbox '{fresh.name}' is {fresh.status}; start it before changing "
                         "its proxy_config",
                     )
