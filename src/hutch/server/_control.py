@@ -451,7 +451,11 @@ async def create_sandbox(
         row = await _insert_sandbox(svc, who, body, origin, (image, cpu, memory))
     snap = origin.snapshot
     if access_control is not None:  # saved before the container exists: enforced from its start
-        await mgr.runtime.set_egress_policy(row.id, access_control)
+        try:
+            await mgr.runtime.set_egress_policy(row.id, access_control)
+        except RuntimeError_ as exc:
+            await mgr.destroy(row.id)
+            raise ApiError(ErrorType.SANDBOX_CONFIG, f"proxy_config: {exc}") from exc
     mgr.start_provisioning(
         row,
         storage_bytes=origin.storage,

@@ -40,7 +40,7 @@ PEEK_LIMIT = 16 * 1024
 PEEK_TIMEOUT = 3.0
 CONNECT_TIMEOUT = 10.0
 RESOLVE_TIMEOUT = 5.0
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 REGEX_TIMEOUT = 0.5
 #: Connections one sandbox may have open through the proxy; more are refused (each costs the
 #: host a task and two sockets).
@@ -224,7 +224,12 @@ class EgressProxy:
     async def start(self) -> None:
         if self._server is None:
             self._server = await asyncio.start_server(
-                self._handle, self.host, self.port, reuse_address=True, backlog=1024
+                self._handle,
+                self.host,
+                self.port,
+                reuse_address=True,
+                backlog=1024,
+                limit=2 * CHUNK,
             )
 
     async def aclose(self) -> None:
@@ -288,7 +293,9 @@ class EgressProxy:
             return
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                up_reader, up_writer = await asyncio.open_connection(dst_ip, dst_port)
+                up_reader, up_writer = await asyncio.open_connection(
+                    dst_ip, dst_port, limit=2 * CHUNK
+                )
         except (OSError, TimeoutError):
             _reset(writer)  # what a direct connection would have seen: refused
             return

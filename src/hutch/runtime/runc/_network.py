@@ -587,7 +587,13 @@ class EgressNetwork:
             return
         if self.proxy is None:
             self.proxy = EgressProxy(str(att.gateway), PROXY_PORT)
-        await self.proxy.start()
+        try:
+            await self.proxy.start()
+        except OSError as exc:
+            raise NetworkError(
+                f"the egress proxy cannot listen on {att.gateway}:{PROXY_PORT}: {exc}; free "
+                "that port on the bridge's address"
+            ) from exc
         self.proxy.set(source, sandbox_id, policy)
         passthrough = [LINK_LOCAL, str(att.address.network)]
         passthrough += _egress_firewall.other_networks(
