@@ -549,7 +549,10 @@ async def update_sandbox(
                         f"Sandbox '{fresh.name}' is {fresh.status}; start it before changing "
                         "its proxy_config",
                     )
-                await svc.manager.runtime.set_egress_policy(fresh.id, access_control)
+                try:
+                    await svc.manager.runtime.set_egress_policy(fresh.id, access_control)
+                except RuntimeError_ as exc:
+                    raise ApiError(ErrorType.SANDBOX_CONFIG, f"proxy_config: {exc}") from exc
             if fields.get("name") is not None:
                 fresh.name = fields["name"]
             for key in LIFETIMES:

@@ -533,7 +533,8 @@ class EgressNetwork:
         _save(self._state(sandbox_id), {"conf": conf, "result": result})
         att = Attachment.from_result(path, self.config.bridge, result)
         await self._harden(att)
-        await self._enforce(sandbox_id, att)
+        if self._policy_path(sandbox_id).exists():  # no policy: nothing to add (nor to undo)
+            await self._enforce(sandbox_id, att)
         return att
 
     # -- access control ---------------------------------------------------------------------
