@@ -30,7 +30,14 @@ import pytest
 
 from hutch.runtime.runc._egress_firewall import chain_names
 from hutch.runtime.runc._network import EgressConfig, teardown_host
-from tests.conftest import HUTCH, Server, remove_all_sandboxes, start_server, stop_server
+from tests.conftest import (
+    HUTCH,
+    Server,
+    remove_all_sandboxes,
+    start_server,
+    stop_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.root
 
@@ -281,6 +288,8 @@ def test_allow_list_by_name_lets_only_that_host_through(world: World, box_factor
         _refused(box, f"{scheme}://{world.denied}/")
         _refused(box, f"{scheme}://{NET}.40/")
         _refused(box, f"{scheme}://{NET}.10/")  # its address, but no allowed name was given
+    # Each refusal by the proxy is logged with the sandbox's running count.
+    assert wait_until(lambda: f"egress denied: sandbox {box.id}" in world.server.log.read_text())
 
 
 def test_a_name_is_only_trusted_for_its_own_address(world: World, box_factory: Any) -> None:
