@@ -281,7 +281,9 @@ def create_errors(c, sb):
         c.delete_sandbox(f"{P}-slow")
     else:
         out["proxy_config"] = raises(
-            lambda: c.create_sandbox(proxy_config={"access_control": {"allow_list": ["x.io"]}})
+            lambda: c.create_sandbox(
+                proxy_config={"rules": [{"name": "h", "headers": [{"name": "X", "value": "v"}]}]}
+            )
         )
     return out
 

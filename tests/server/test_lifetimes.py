@@ -141,7 +141,8 @@ def test_patch_sets_and_clears_lifetimes(box: Restartable) -> None:
 
         r = http.patch(f"{BOXES}/{name}", json={"ttl_seconds": -60})
         assert r.status_code == 422 and r.json()["detail"]["error"] == "ValidationError"
-        r = http.patch(f"{BOXES}/{name}", json={"proxy_config": {"rules": []}})
+        header_rule = {"name": "h", "headers": [{"name": "X", "type": "plaintext", "value": "v"}]}
+        r = http.patch(f"{BOXES}/{name}", json={"proxy_config": {"rules": [header_rule]}})
         assert r.status_code == 501 and "proxy_config" in r.json()["detail"]["message"]
         r = http.patch(f"{BOXES}/no-such-box", json={"ttl_seconds": 60})
         assert r.status_code == 404
@@ -211,7 +212,7 @@ def test_default_image_and_newer_create_fields(box: Restartable) -> None:
         r = http.post(BOXES, json={"vcpus": 4096})
         assert r.status_code == 422 and "cpu" in r.json()["detail"]["message"]
         for field, value, feature in [
-            ("proxy_config", {"access_control": {"allow_list": ["*"]}}, "proxy"),
+            ("proxy_config", {"rules": [{"name": "aws", "type": "aws"}]}, "AWS"),
             ("mount_config", {}, "Mounts"),
             ("preserve_memory_on_stop", True, "Memory snapshots"),
             ("tag_value_ids", ["t"], "Governed tags"),

@@ -30,6 +30,9 @@ class ErrorType(StrEnum):
     CRASH_LOOP = "CrashLoop"
     QUOTA_EXCEEDED = "QuotaExceeded"
     NOT_READY = "NotReady"
+    #: A ``proxy_config`` update to a sandbox that is not ready: the newest SDK's name for it
+    #: (it raises ``SandboxNotReadyError`` on a 400 of this type from the update endpoint).
+    INVALID_REQUEST = "InvalidRequest"
     FILE_NOT_FOUND = "FileNotFound"
     WRITE_ERROR = "WriteError"
     READ_ERROR = "ReadError"
@@ -59,6 +62,7 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.CRASH_LOOP: 422,
     ErrorType.QUOTA_EXCEEDED: 429,
     ErrorType.NOT_READY: 400,
+    ErrorType.INVALID_REQUEST: 400,
     ErrorType.FILE_NOT_FOUND: 404,
     ErrorType.WRITE_ERROR: 400,
     ErrorType.READ_ERROR: 400,

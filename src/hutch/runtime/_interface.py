@@ -11,7 +11,7 @@ import asyncio
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from hutch.runtime.images._types import Image
 
@@ -196,6 +196,21 @@ class Runtime(abc.ABC):
             TimeoutError: The connection was not established in time.
             OSError: Any other failure to connect.
         """
+
+    async def set_egress_policy(
+        self, sandbox_id: str, access_control: Mapping[str, Any] | None
+    ) -> None:
+        """Set the sandbox's egress access control (``proxy_config.access_control``, already
+        validated; None or empty: unrestricted). Kept across stop and start; a running sandbox
+        gets it for new connections. May be called before :meth:`create` (it then applies from
+        the start). A runtime without egress control refuses any policy.
+        """
+        if access_control:
+            raise RuntimeError_("this runtime has no egress access control")
+
+    def egress_denied(self, sandbox_id: str) -> int:
+        """Egress connections (and packets) of the sandbox refused by its access control."""
+        return 0
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release runtime-wide resources (not the sandboxes)."""

@@ -38,6 +38,7 @@ from hutch.server._schemas import (
     SandboxUpdate,
     TemplateCreate,
     TemplateUpdate,
+    proxy_access_control,
     sandbox_json,
     template_json,
 )
@@ -433,6 +434,7 @@ async def create_sandbox(
     missing = body.unsupported()
     if missing:
         raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
+    access_control = proxy_access_control(body.proxy_config)
     mgr: SandboxManager = svc.manager
     async with mgr.quotas.lock(who.workspace_id):
         # What it is made from and what the workspace may still hold, read on one connection
@@ -448,6 +450,12 @@ async def create_sandbox(
             await mgr.quotas.check(who.workspace_id, cpu, memory, new=True, session=s)
         row = await _insert_sandbox(svc, who, body, origin, (image, cpu, memory))
     snap = origin.snapshot
+    if access_control is not None:  # saved before the container exists: enforced from its start
+        try:
+            await mgr.runtime.set_egress_policy(row.id, access_control)
+        except RuntimeError_ as exc:
+            await mgr.destroy(row.id)
+            raise ApiError(ErrorType.SANDBOX_CONFIG, f"proxy_config: {exc}") from exc
     mgr.start_provisioning(
         row,
         storage_bytes=origin.storage,
@@ -522,6 +530,7 @@ async def update_sandbox(
     missing = body.unsupported()
     if missing:
         raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
+    access_control = proxy_access_control(body.proxy_config)
     row = await _sandbox(svc, who, name)
     fields = body.model_dump(exclude_unset=True)
     if row.template_id is None:
@@ -533,6 +542,17 @@ async def update_sandbox(
             fresh = await s.get(Sandbox, row.id)
             if fresh is None:
                 raise not_found("Sandbox", name, SANDBOX_HINT)
+            if body.proxy_config is not None:  # for new connections, at once
+                if fresh.status != READY:
+                    raise ApiError(
+                        ErrorType.INVALID_REQUEST,
+                        f"Sandbox '{fresh.name}' is {fresh.status}; start it before changing "
+                        "its proxy_config",
+                    )
+                try:
+                    await svc.manager.runtime.set_egress_policy(fresh.id, access_control)
+                except RuntimeError_ as exc:
+                    raise ApiError(ErrorType.SANDBOX_CONFIG, f"proxy_config: {exc}") from exc
             if fields.get("name") is not None:
                 fresh.name = fields["name"]
             for key in LIFETIMES:

@@ -19,9 +19,12 @@ from pydantic import (
     model_validator,
 )
 
+from hutch.protocol._errors import ErrorType
 from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime._resources import QuantityError, parse_cpu, parse_memory
 from hutch.runtime.images import Credentials, ImageError, normalize_reference
+from hutch.runtime.runc._egress_policy import EgressPolicy
+from hutch.server._errors import ApiError
 from hutch.server._lifetimes import Lifetime, expires_at
 from hutch.server._snapshot_store import effective_run_config
 from hutch.store import Sandbox, Template
@@ -172,6 +175,56 @@ def _unsupported(body: BaseModel, fields: dict[str, str]) -> str | None:
     return None
 
 
+#: ``proxy_config`` fields hutch honours or may ignore (``no_proxy``: deprecated by the SDK and
+#: ignored there too; ``description``: text for people).
+_PROXY_FIELDS = {"access_control", "rules", "callbacks", "no_proxy", "description"}
+_RULE_FEATURES = {
+    "aws": "AWS SigV4 signing rules (aws_auth)",
+    "gcp": "GCP OAuth rules (gcp_auth)",
+    "azure": "Azure auth rules",
+    "attribution": "Attribution header rules",
+    "relay": "Relay rules",
+}
+
+
+def proxy_access_control(proxy_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The validated ``access_control`` of a ``proxy_config`` (None: unrestricted).
+
+    Raises ApiError: 400 naming a bad entry or field; 501 naming a rule type hutch cannot apply
+    yet (header injection, AWS, GCP, …) or callbacks.
+    """
+    if proxy_config is None:
+        return None
+    unknown = sorted(set(proxy_config) - _PROXY_FIELDS)
+    if unknown:
+        raise ApiError(
+            ErrorType.BAD_REQUEST,
+            f"proxy_config has unknown field(s) {', '.join(unknown)}; use access_control "
+            "(allow_list, deny_list)",
+        )
+    rules = proxy_config.get("rules") or []
+    if not isinstance(rules, list):
+        raise ApiError(ErrorType.BAD_REQUEST, "proxy_config.rules must be a list of rules")
+    for rule in rules:
+        kind = str(rule.get("type") or "header") if isinstance(rule, dict) else "header"
+        feature = _RULE_FEATURES.get(kind, f"Header-injection rules (type {kind!r})")
+        raise ApiError(
+            ErrorType.NOT_IMPLEMENTED,
+            f"{feature} in proxy_config.rules are not supported by this hutch server yet; "
+            "leave rules empty (access_control works)",
+        )
+    if proxy_config.get("callbacks"):
+        raise ApiError(
+            ErrorType.NOT_IMPLEMENTED,
+            "proxy_config.callbacks are not supported by this hutch server yet; leave them out",
+        )
+    try:
+        policy = EgressPolicy.parse(proxy_config.get("access_control"))
+    except ValueError as exc:
+        raise ApiError(ErrorType.BAD_REQUEST, str(exc)) from None
+    return None if policy.empty else policy.to_json()
+
+
 class SandboxCreate(_Body):
     """Template era (§2.2), 0.7.33 (§8) and newest (§9.1) fields alike.
 
@@ -251,7 +304,6 @@ class SandboxCreate(_Body):
             {
                 "tag_value_ids": "Governed tags",
                 "mount_config": "Mounts",
-                "proxy_config": "Egress proxy configuration (sandboxes have loopback only)",
                 "access_delegation": "Access delegation",
             },
         )
@@ -272,12 +324,7 @@ class SandboxUpdate(_Body):
 
     def unsupported(self) -> str | None:
         """Why hutch cannot honour this update (a missing feature), or None."""
-        return _unsupported(
-            self,
-            {
-                "proxy_config": "Egress proxy configuration (sandboxes have loopback only)",
-            },
-        )
+        return None
 
 
 def iso(ts: datetime | None) -> str | None:

@@ -35,6 +35,11 @@
     other container bridges (Docker's and the like), nothing started from outside; the rest goes
     out through NAT.
 
+* An egress access control (``proxy_config.access_control``, see docs/egress.md) adds per-sandbox
+  chains (:mod:`_egress_firewall`) and the transparent proxy (:mod:`_egress_proxy`); the policy
+  is kept in ``<data>/egress/<id>.json`` so a start after a stop, or a restarted server, applies
+  it again.
+
 The chains and the bridge stay while sandboxes use them (also across a server restart: running
 sandboxes keep their protection); :meth:`EgressNetwork.aclose` removes them when none is left.
 The kernel's ``ip_forward`` is switched on by the bridge plugin and left on.
@@ -56,6 +61,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hutch.runtime._interface import RuntimeError_
+from hutch.runtime.runc import _egress_firewall
+from hutch.runtime.runc._egress_policy import EgressPolicy
+from hutch.runtime.runc._egress_proxy import EgressProxy
 
 __all__ = ["Attachment", "EgressConfig", "EgressNetwork", "HostPort", "NetworkError"]
 
@@ -82,6 +90,9 @@ OTHER_BRIDGES = ("docker0", "br-+", "virbr+", "cni+", "podman+", "lxcbr+", "lxdb
 #: Never forwarded to: link-local, where cloud metadata services live (169.254.169.254).
 LINK_LOCAL = "169.254.0.0/16"
 DEFAULT_SUBNET = "10.201.0.0/16"
+#: The egress proxy's port on the bridge's address (fixed, so the redirects of sandboxes kept
+#: across a server restart reach the next server's proxy).
+PROXY_PORT = 15001
 
 
 class NetworkError(RuntimeError_):
@@ -444,6 +455,9 @@ class EgressNetwork:
         #: Bridges this process plugged sandboxes into or unplugged them from (a restarted
         #: server may find sandboxes of an earlier ``--egress-bridge``): cleaned up on close.
         self._used: set[str] = set()
+        self.policy_dir = data_dir / "egress"
+        self.proxy: EgressProxy | None = None
+        self._resumed = False
 
     def netns_path(self, sandbox_id: str) -> Path:
         return self.netns_dir / sandbox_id
@@ -519,7 +533,102 @@ class EgressNetwork:
         _save(self._state(sandbox_id), {"conf": conf, "result": result})
         att = Attachment.from_result(path, self.config.bridge, result)
         await self._harden(att)
+        if self._policy_path(sandbox_id).exists():  # no policy: nothing to add (nor to undo)
+            await self._enforce(sandbox_id, att)
         return att
+
+    # -- access control ---------------------------------------------------------------------
+
+    def _policy_path(self, sandbox_id: str) -> Path:
+        return self.policy_dir / f"{sandbox_id}.json"
+
+    def load_policy(self, sandbox_id: str) -> EgressPolicy | None:
+        """The sandbox's saved access control (None: unrestricted)."""
+        try:
+            data = json.loads(self._policy_path(sandbox_id).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        try:
+            return EgressPolicy.parse(data)
+        except ValueError:  # written by us from a parsed policy: never, but fail closed
+            return EgressPolicy.parse({"allow_list": []})
+
+    async def set_policy(self, sandbox_id: str, policy: EgressPolicy | None) -> None:
+        """Save the sandbox's access control and, when it is plugged in, enforce it now (new
+        connections; :meth:`attach` enforces it otherwise)."""
+        path = self._policy_path(sandbox_id)
+        if policy is None or policy.empty:
+            path.unlink(missing_ok=True)
+        else:
+            self.policy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(policy.to_json()))
+            tmp.replace(path)
+        att = self.attachment(sandbox_id) if self.netns_path(sandbox_id).exists() else None
+        if att is not None:
+            await self._enforce(sandbox_id, att)
+
+    def forget_policy(self, sandbox_id: str) -> None:
+        self._policy_path(sandbox_id).unlink(missing_ok=True)
+
+    def resolvers(self) -> list[str]:
+        """The nameservers sandboxes are given (their port 53 stays open under a policy)."""
+        return [
+            line.split()[1] for line in self.resolv_conf().splitlines()
+            if line.startswith("nameserver ")
+        ]  # fmt: skip
+
+    async def _enforce(self, sandbox_id: str, att: Attachment) -> None:
+        policy = self.load_policy(sandbox_id)
+        source = str(att.address.ip)
+        if policy is None:
+            if self.proxy is not None:
+                self.proxy.remove(source)
+            await asyncio.to_thread(_egress_firewall.remove, sandbox_id)
+            return
+        if self.proxy is None:
+            self.proxy = EgressProxy(str(att.gateway), PROXY_PORT)
+        try:
+            await self.proxy.start()
+        except OSError as exc:
+            raise NetworkError(
+                f"the egress proxy cannot listen on {att.gateway}:{PROXY_PORT}: {exc}; free "
+                "that port on the bridge's address"
+            ) from exc
+        self.proxy.set(source, sandbox_id, policy)
+        passthrough = [LINK_LOCAL, str(att.address.network)]
+        passthrough += _egress_firewall.other_networks(
+            await asyncio.to_thread(_ipv4_addresses), att.bridge
+        )
+        try:
+            await asyncio.to_thread(
+                _egress_firewall.apply, sandbox_id, policy, bridge=att.bridge, veth=att.host_veth,
+                source=source,
+                proxy_port=PROXY_PORT, resolvers=self.resolvers(), passthrough=passthrough,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise NetworkError(f"egress rules of sandbox {sandbox_id}: {exc}") from exc
+
+    async def resume(self) -> None:
+        """Once per process: enforce the saved policies of sandboxes already plugged in (kept
+        running across a server restart: their redirects need this process's proxy)."""
+        if self._resumed:
+            return
+        self._resumed = True
+        for sandbox_id in sorted(self.ids()):
+            if not self._policy_path(sandbox_id).exists() or not _is_netns(
+                self.netns_path(sandbox_id)
+            ):
+                continue
+            att = self.attachment(sandbox_id)
+            if att is not None:
+                await self.ensure_host()
+                await self._enforce(sandbox_id, att)
+
+    def denied(self, sandbox_id: str) -> int:
+        """Denied connections (proxy) and packets (firewall) of the sandbox (blocking)."""
+        by_proxy = self.proxy.denied(sandbox_id) if self.proxy is not None else 0
+        return by_proxy + _egress_firewall.denied_packets(sandbox_id)
 
     async def _harden(self, att: Attachment) -> None:
         """Isolate the port and pin the sandbox's address to its MAC on the host."""
@@ -540,6 +649,12 @@ class EgressNetwork:
         state, path = self._state(sandbox_id), self.netns_path(sandbox_id)
         saved = _load(state)
         released = True
+        with contextlib.suppress(NetworkError):
+            att = self.attachment(sandbox_id)
+            if att is not None and self.proxy is not None:
+                self.proxy.remove(str(att.address.ip))
+        if self._policy_path(sandbox_id).exists():
+            await asyncio.to_thread(_egress_firewall.remove, sandbox_id)
         if saved is not None:
             self._used.add(str(saved["conf"].get("bridge", self.config.bridge)))
             released = await self._cni_del(sandbox_id, path, saved)
@@ -572,7 +687,13 @@ class EgressNetwork:
         return True
 
     async def aclose(self) -> None:
-        """Remove the bridges and chains this process used once no sandbox is left on them."""
+        """Remove the bridges and chains this process used once no sandbox is left on them.
+
+        The proxy always stops (sandboxes left running are refused until the next server's).
+        """
+        if self.proxy is not None:
+            await self.proxy.aclose()
+            self.proxy = None
         if self.ids():
             return
         async with self._lock:

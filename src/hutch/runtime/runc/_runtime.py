@@ -35,7 +35,9 @@ import logging
 import os
 import shutil
 import socket
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from hutch.runtime import _fs
 from hutch.runtime._interface import (
@@ -55,6 +57,7 @@ from hutch.runtime.runc import (
     _userns,
 )
 from hutch.runtime.runc._bundle import CONTROL_FD, HOME, PUBLIC_ROOT, BundleMixin
+from hutch.runtime.runc._egress_policy import EgressPolicy
 from hutch.runtime.runc._exec import ExecMixin
 from hutch.runtime.runc._process import RuncProcess
 
@@ -241,7 +244,9 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
     async def create(self, spec: SandboxSpec) -> None:
         bundle = self._bundle(spec.id)
         if bundle.exists() or (self.state_root / spec.id).exists() or self.network.has(spec.id):
+            policy = self.network.load_policy(spec.id)  # set for this create: not a leftover
             await self.delete(spec.id)
+            await self.network.set_policy(spec.id, policy)
         try:
             await asyncio.to_thread(self._prepare_bundle, spec, bundle)
             await self._run_container(spec.id, bundle, spec.network)
@@ -347,6 +352,19 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
             await asyncio.to_thread(shutil.rmtree, shared, True)
         await asyncio.to_thread(self.storage.release, sandbox_id)
         await asyncio.to_thread(shutil.rmtree, bundle, True)
+        self.network.forget_policy(sandbox_id)
+
+    async def set_egress_policy(
+        self, sandbox_id: str, access_control: Mapping[str, Any] | None
+    ) -> None:
+        try:
+            policy = EgressPolicy.parse(dict(access_control)) if access_control else None
+        except ValueError as exc:
+            raise RuntimeError_(str(exc)) from exc
+        await self.network.set_policy(sandbox_id, policy)
+
+    def egress_denied(self, sandbox_id: str) -> int:
+        return self.network.denied(sandbox_id)
 
     async def _stop_container(self, sandbox_id: str, bundle: Path) -> None:
         """Kill every process, remove the container and its cgroups, unmount the root."""
@@ -481,6 +499,12 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
             raise RuntimeError_(str(exc)) from exc
 
     async def list_ids(self) -> set[str]:
+        # Called when the server starts (reconciling): sandboxes kept running across a restart
+        # get their egress access control back.
+        try:
+            await self.network.resume()
+        except RuntimeError_ as exc:  # their redirected connections are refused meanwhile
+            log.warning("restoring egress access control failed: %s", exc)
         ids = await self._runc_ids()
         ids.update(self.network.ids())
         ids.update(p.name for p in self.bundles.iterdir() if p.is_dir())
