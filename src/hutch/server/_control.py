@@ -14,13 +14,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hutch.domain import WrongState
 from hutch.protocol._errors import ErrorType
 from hutch.protocol._exec import ExecProtocolError, RunConfig
 from hutch.runtime._interface import RuntimeError_, SandboxNotFound
 from hutch.runtime._resources import parse_cpu, parse_memory
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, dataplane_base, principal, services
-from hutch.server._errors import ApiError, not_found
+from hutch.server._errors import ApiError, api_error, not_found
 from hutch.server._logs import note_sandbox
 from hutch.server._manager import (
     DELETING,
@@ -30,7 +31,6 @@ from hutch.server._manager import (
     STOPPED,
     SandboxManager,
     StartFailed,
-    WrongState,
     generate_name,
 )
 from hutch.server._schemas import (
@@ -55,7 +55,7 @@ router = APIRouter()
 TEMPLATE_HINT = "list templates with list_templates() or create it with create_template()"
 SANDBOX_HINT = "list sandboxes with list_sandboxes()"
 #: What to do about a sandbox in each state, for errors of stop and start.
-STATE_HINT = {
+STATE_HINT: dict[str, str] = {
     PROVISIONING: "wait until it is ready (wait_for_sandbox())",
     READY: "stop it first",
     STOPPED: "start it first",
@@ -84,14 +84,7 @@ async def _template(
 
 
 async def sandbox_by_name(svc: Services, who: Principal, name: str) -> Sandbox:
-    async with svc.db.session() as s:
-        row = (
-            await s.execute(
-                select(Sandbox).where(
-                    Sandbox.workspace_id == who.workspace_id, Sandbox.name == name
-                )
-            )
-        ).scalar()
+    row = await svc.manager.sandboxes.by_name(who.workspace_id, name)
     if row is None:
         raise not_found("Sandbox", name, SANDBOX_HINT)
     note_sandbox(row.id)  # for the request's log line
@@ -119,13 +112,7 @@ def on_this_node(svc: Services, row: Sandbox) -> Sandbox:
 
 async def workspace_sandboxes(svc: Services, who: Principal) -> list[Sandbox]:
     """The workspace's sandboxes, oldest first."""
-    async with svc.db.session() as s:
-        rows = await s.execute(
-            select(Sandbox)
-            .where(Sandbox.workspace_id == who.workspace_id)
-            .order_by(Sandbox.created_at)
-        )
-        return list(rows.scalars())
+    return await svc.manager.sandboxes.list_workspace(who.workspace_id)
 
 
 # -- templates ---------------------------------------------------------------------------------
@@ -313,8 +300,7 @@ async def _insert_sandbox(
         candidate.fs_capacity_bytes = origin.storage
         candidate.persistent = body.persistent is not False
         try:
-            async with svc.db.session() as s, s.begin():
-                s.add(candidate)
+            await svc.manager.sandboxes.insert(candidate)
             return candidate
         except IntegrityError:
             if body.name:
@@ -563,7 +549,7 @@ async def _lifecycle(
     try:
         row = await op(row.id)
     except WrongState as exc:
-        raise ApiError(ErrorType.NOT_READY, f"{exc}: {STATE_HINT[exc.current]}") from exc
+        raise api_error(exc, f"{exc}: {STATE_HINT[exc.current]}") from exc
     except StartFailed as exc:
         raise ApiError(exc.error, str(exc)) from exc
     except SandboxNotFound:
