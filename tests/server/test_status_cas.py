@@ -1,0 +1,112 @@
+"""Status changes on a real server: a stop racing a delete from two clients ends in one of the
+allowed outcomes (never a 500, never a sandbox left behind), and quota errors carry
+``detail.quota_type`` next to the message the langsmith SDKs classify."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hutch import QuotaExceededError
+from tests.conftest import (
+    Server,
+    data_dir_with_busybox,
+    remove_all_sandboxes,
+    start_server,
+    stop_server,
+)
+from tests.server.test_races import no_5xx, together
+
+pytestmark = pytest.mark.root
+API = "/api/v2/sandboxes"
+ROUNDS = 10
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[Server]:
+    """A server whose default image is busybox (500m and 512Mi a sandbox), with room for two
+    running sandboxes' CPU, three sandboxes and 2 GiB of memory per workspace."""
+    data = data_dir_with_busybox(tmp_path_factory.mktemp("cas"), busybox_tar)
+    server = start_server(
+        data,
+        "--default-image",
+        "local/busybox",
+        "--quota-sandboxes",
+        "3",
+        "--quota-cpu",
+        "1",
+        "--quota-memory",
+        "2Gi",
+    )
+    try:
+        yield server
+    finally:
+        stop_server(server)
+        remove_all_sandboxes(data)
+
+
+def test_stop_racing_delete(srv: Server) -> None:
+    """The delete answers 204; the stop 200 (stopped, before the delete), 404 (after it) or
+    NotReady naming the deleting status (during it); the sandbox and its container are gone."""
+    with srv.http() as a, srv.http() as b:
+        for i in range(ROUNDS):
+            name = f"stopdel-{i}"
+            made = a.post(f"{API}/boxes", json={"name": name, "wait_for_ready": True})
+            assert made.status_code == 201, made.text
+            stop, delete = together(
+                lambda name=name: a.post(f"{API}/boxes/{name}/stop"),
+                lambda name=name: b.delete(f"{API}/boxes/{name}"),
+            )
+            no_5xx([stop, delete])
+            assert delete.status_code == 204, delete.text
+            if stop.status_code == 200:
+                assert stop.json()["status"] == "stopped", stop.text
+            elif stop.status_code == 400:
+                detail = stop.json()["detail"]
+                assert detail["error"] == "NotReady" and "is deleting" in detail["message"]
+            else:
+                assert stop.status_code == 404, stop.text
+            assert a.get(f"{API}/boxes/{name}").status_code == 404
+            assert made.json()["id"] not in srv.runc_ids()
+
+
+def test_quota_errors_carry_their_type(srv: Server) -> None:
+    """Each quota's 429 has ``detail.quota_type`` (cpu, memory, sandboxes) and a message with
+    the words the SDKs classify by; hutch's SDK reports the same type."""
+    names: list[str] = []
+    with srv.http() as http, srv.client(max_retries=0) as client:
+
+        def create(name: str, **extra: object) -> tuple[int, dict[str, str]]:
+            r = http.post(f"{API}/boxes", json={"name": name, "wait_for_ready": True, **extra})
+            if r.status_code == 201:
+                names.append(name)
+                return 201, {}
+            detail: dict[str, str] = r.json()["detail"]
+            return r.status_code, detail
+
+        try:
+            assert create("q-1")[0] == create("q-2")[0] == 201  # all the CPU in use
+            status, detail = create("q-3")
+            assert (status, detail["error"], detail["quota_type"]) == (429, "QuotaExceeded", "cpu")
+            assert "cpu" in detail["message"].lower()
+            with pytest.raises(QuotaExceededError) as caught:
+                client.create_sandbox(name="q-3")
+            assert caught.value.quota_type == "cpu"
+
+            assert http.post(f"{API}/boxes/q-2/stop").status_code == 200  # frees its CPU
+            status, detail = create("q-big", mem_bytes=3 << 30)
+            assert (status, detail["quota_type"]) == (429, "memory"), detail
+            assert "memory" in detail["message"].lower()
+
+            assert create("q-3")[0] == 201  # three sandboxes: the count is full
+            status, detail = create("q-4")
+            assert (status, detail["quota_type"]) == (429, "sandboxes"), detail
+            assert "sandbox" in detail["message"].lower() and "limit" in detail["message"]
+            with pytest.raises(QuotaExceededError) as caught:
+                client.create_sandbox(name="q-4")
+            assert caught.value.quota_type == "sandbox_count"
+        finally:
+            for name in names:
+                http.delete(f"{API}/boxes/{name}")
