@@ -4,12 +4,15 @@ allowed outcomes (never a 500, never a sandbox left behind), and quota errors ca
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hutch import QuotaExceededError
+from tests.compat._venvs import NEWEST_015, langsmith_python
 from tests.conftest import (
     Server,
     data_dir_with_busybox,
@@ -22,6 +25,25 @@ from tests.server.test_races import no_5xx, together
 pytestmark = pytest.mark.root
 API = "/api/v2/sandboxes"
 ROUNDS = 10
+#: Creates a sandbox with the langsmith SDK; prints the error's class and quota type.
+LANGSMITH_CREATE = """
+import json, sys
+from langsmith.sandbox import SandboxClient
+client = SandboxClient(api_endpoint=sys.argv[1], api_key=sys.argv[2], max_retries=0)
+try:
+    client.create_sandbox(name=sys.argv[3])
+except Exception as exc:
+    print(json.dumps([type(exc).__name__, getattr(exc, "quota_type", None)]))
+"""
+
+
+def langsmith_create(srv: Server, name: str) -> list[str]:
+    """What the newest langsmith SDK raises for a create of ``name`` (class, quota type)."""
+    python = langsmith_python(NEWEST_015, websockets=True)
+    args = [str(python), "-c", LANGSMITH_CREATE, srv.url + API, srv.key, name]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+    result: list[str] = json.loads(out)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +96,8 @@ def test_stop_racing_delete(srv: Server) -> None:
 
 def test_quota_errors_carry_their_type(srv: Server) -> None:
     """Each quota's 429 has ``detail.quota_type`` (cpu, memory, sandboxes) and a message with
-    the words the SDKs classify by; hutch's SDK reports the same type."""
+        the words the SDKs classify by; hutch's SDK and the newest langsmith SDK report the same
+    type."""
     names: list[str] = []
     with srv.http() as http, srv.client(max_retries=0) as client:
 
@@ -94,6 +117,7 @@ def test_quota_errors_carry_their_type(srv: Server) -> None:
             with pytest.raises(QuotaExceededError) as caught:
                 client.create_sandbox(name="q-3")
             assert caught.value.quota_type == "cpu"
+            assert langsmith_create(srv, "q-3") == ["QuotaExceededError", "cpu"]
 
             assert http.post(f"{API}/boxes/q-2/stop").status_code == 200  # frees its CPU
             status, detail = create("q-big", mem_bytes=3 << 30)
@@ -107,6 +131,7 @@ def test_quota_errors_carry_their_type(srv: Server) -> None:
             with pytest.raises(QuotaExceededError) as caught:
                 client.create_sandbox(name="q-4")
             assert caught.value.quota_type == "sandbox_count"
+            assert langsmith_create(srv, "q-4") == ["QuotaExceededError", "sandbox_count"]
         finally:
             for name in names:
                 http.delete(f"{API}/boxes/{name}")
