@@ -4,6 +4,7 @@ No HTTP here and no runtime: handlers parse, call this, and serialise; domain er
 wire's envelope in one table (:mod:`hutch.server._errors`).
 """
 
+from hutch.domain._clock import Clock, SystemClock, TimerHandle
 from hutch.domain._errors import DomainError, QuotaExceeded, SandboxGone, WrongState
 from hutch.domain._repository import SandboxRepository
 from hutch.domain._status import (
@@ -15,12 +16,15 @@ from hutch.domain._status import (
 
 __all__ = [
     "TRANSITIONS",
+    "Clock",
     "DomainError",
     "IllegalTransition",
     "QuotaExceeded",
     "SandboxGone",
     "SandboxRepository",
     "SandboxStatus",
+    "SystemClock",
+    "TimerHandle",
     "WrongState",
     "check_transition",
 ]

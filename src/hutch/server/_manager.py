@@ -7,7 +7,8 @@ made.
 The reaper, a task owned by the manager too, applies the lifetimes of :mod:`._lifetimes`: it
 sleeps until the next deadline (or until :meth:`SandboxManager.kick` says a deadline changed),
 deletes or stops what is due, and runs at once on start, so deadlines that passed while the
-server was down are met right away.
+server was down are met right away. It reads the time and waits through an injected
+:class:`~hutch.domain.Clock`, so tests move time instead of sleeping.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from pathlib import Path
 
 from starlette.websockets import WebSocket
 
-from hutch.domain import SandboxGone, SandboxRepository, SandboxStatus, WrongState
+from hutch.domain import (
+    Clock,
+    SandboxGone,
+    SandboxRepository,
+    SandboxStatus,
+    SystemClock,
+    WrongState,
+)
 from hutch.protocol._errors import ErrorType
 from hutch.runtime._interface import Runtime, RuntimeError_, SandboxNotFound, SandboxSpec
 from hutch.runtime.images import Credentials, Image, ImageError, ImagePuller, ImageStore
@@ -41,7 +49,7 @@ from hutch.server._quota import Limits, Quotas
 from hutch.server._registry_auth import TemplateCredentials
 from hutch.server._snapshot_store import Snapshots
 from hutch.sessions import SessionManager
-from hutch.store import Database, Sandbox, Template, utcnow
+from hutch.store import Database, Sandbox, Template
 
 log = logging.getLogger("hutch.server")
 
@@ -110,8 +118,11 @@ class SandboxManager:
         config: ServerConfig,
         sessions: SessionManager,
         metrics: Metrics | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.db = db
+        #: Every time the lifetimes and the reaper read or wait for (a fake one in tests).
+        self.clock: Clock = clock or SystemClock()
         #: The records; every status change is a compare-and-set there.
         self.sandboxes = SandboxRepository(db)
         #: Counts (and logs) the lifecycle transitions below.
@@ -231,7 +242,7 @@ class SandboxManager:
                 status_message=f"{failure}; delete it and create a new one",
             )
             raise WrongState(row.name, FAILED, "ready") from None
-        now = utcnow()
+        now = self.clock.utcnow()
         times = {"status_message": message, "stopped_at": now, "last_active_at": now}
         if was == STOPPED:
             await self.sandboxes.update(row.id, updated_at=now, **times)
@@ -374,7 +385,11 @@ class SandboxManager:
         network: str = "none",
     ) -> Sandbox:
         """A record for a new sandbox (``0`` TTLs mean none)."""
+        now = self.clock.utcnow()
         return Sandbox(
+            created_at=now,
+            updated_at=now,
+            last_active_at=now,
             id=uuid.uuid4().hex,
             workspace_id=workspace_id,
             name=name,
@@ -463,7 +478,7 @@ class SandboxManager:
                 raise WrongState(row.name, row.status, "ready")
             await self.sessions.close_owner(sandbox_id)
             await self._finish_stop(row)
-            self._active[sandbox_id] = utcnow()
+            self._active[sandbox_id] = self.clock.utcnow()
             self._was_busy.discard(sandbox_id)
             row = await self._row(sandbox_id)
         self.kick()
@@ -502,7 +517,7 @@ class SandboxManager:
                 raise StartFailed(
                     ErrorType.SANDBOX_CONFIG, f"Sandbox '{row.name}' failed to start: {exc}"
                 ) from exc
-            now = utcnow()
+            now = self.clock.utcnow()
             # Starting is activity: the idle TTL counts from here.
             await self._transition(
                 sandbox_id,
@@ -551,8 +566,8 @@ class SandboxManager:
         Written through to the store at most every ``TOUCH_INTERVAL`` seconds per sandbox
         (unless ``force``), so the hot exec path does not pay a database commit per call.
         """
-        self._active[sandbox_id] = when = utcnow()
-        now = time.monotonic()
+        self._active[sandbox_id] = when = self.clock.utcnow()
+        now = self.clock.monotonic()
         if not force and now - self._touched.get(sandbox_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
             return
         self._touched[sandbox_id] = now
@@ -618,8 +633,11 @@ class SandboxManager:
             except Exception:
                 log.exception("the sandbox reaper failed; retrying in %.0fs", REAPER_RETRY)
                 wait = REAPER_RETRY
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
+            timer = self.clock.call_later(max(wait, 0.0), self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     async def reap_once(self) -> float:
         """Delete or stop every sandbox whose deadline passed; seconds until the next one."""
@@ -638,7 +656,7 @@ class SandboxManager:
             deadline = next_deadline(self.lifetime(row))
             if deadline is None:
                 continue
-            left = (deadline.at - utcnow()).total_seconds()
+            left = (deadline.at - self.clock.utcnow()).total_seconds()
             if left > 0:
                 wake = min(wake, left)
                 continue
@@ -656,7 +674,7 @@ class SandboxManager:
         except SandboxNotFound:
             return
         due = next_deadline(self.lifetime(row))
-        if due is None or due.at > utcnow():
+        if due is None or due.at > self.clock.utcnow():
             return
         deadline = due
         log.info(
