@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hutch import QuotaExceededError
+from hutch.server._openapi import ErrorEnvelope
 from tests.compat._venvs import NEWEST_015, langsmith_python
 from tests.conftest import (
     Server,
@@ -95,7 +96,8 @@ def test_stop_racing_delete(srv: Server) -> None:
 
 
 def test_quota_errors_carry_their_type(srv: Server) -> None:
-    """Each quota's 429 has ``detail.quota_type`` (cpu, memory, sandboxes) and a message with
+    """Each quota's 429 has ``detail.quota_type`` (cpu, memory, sandboxes; in the OpenAPI
+    document's envelope) and a message with
         the words the SDKs classify by; hutch's SDK and the newest langsmith SDK report the same
     type."""
     names: list[str] = []
@@ -106,6 +108,7 @@ def test_quota_errors_carry_their_type(srv: Server) -> None:
             if r.status_code == 201:
                 names.append(name)
                 return 201, {}
+            ErrorEnvelope.model_validate(r.json())  # as the OpenAPI document states it
             detail: dict[str, str] = r.json()["detail"]
             return r.status_code, detail
 

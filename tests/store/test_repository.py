@@ -8,6 +8,7 @@ import asyncio
 import itertools
 
 import pytest
+from sqlalchemy import text, update
 
 from hutch.domain import (
     TRANSITIONS,
@@ -137,4 +138,35 @@ async def test_two_writers_from_the_same_status_exactly_one_wins(
             assert lost[0].current == winner
             assert await _status(db, sandbox_id) == winner
     finally:
+        await other.aclose()
+
+
+async def test_a_writer_waiting_on_the_row_sees_the_committed_status(postgres_url: str) -> None:
+    """On PostgreSQL, a transition that has to wait for another transaction's lock on the row
+    checks the status that transaction committed, not the one it first found: it loses."""
+    db, other = Database(postgres_url), Database(postgres_url)
+    try:
+        await db.migrate()
+        sandbox_id = await _sandbox(db, S.READY)
+        async with other.session() as s, s.begin():
+            await s.execute(
+                update(Sandbox).where(Sandbox.id == sandbox_id).values(status=S.DELETING.value)
+            )
+            task = asyncio.create_task(
+                SandboxRepository(db).transition(sandbox_id, S.STOPPED, expected={S.READY})
+            )
+            for _ in range(500):  # until the transition waits for this transaction's row lock
+                waiting = await s.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                )
+                if waiting.scalar_one() or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert not task.done()
+        with pytest.raises(WrongState) as caught:
+            await task
+        assert caught.value.current == "deleting"
+        assert await _status(db, sandbox_id) == "deleting"
+    finally:
+        await db.aclose()
         await other.aclose()
