@@ -99,7 +99,7 @@ def test_quota_errors_carry_their_type(srv: Server) -> None:
     """Each quota's 429 has ``detail.quota_type`` (cpu, memory, sandboxes; in the OpenAPI
     document's envelope) and a message with
         the words the SDKs classify by; hutch's SDK and the newest langsmith SDK report the same
-    type."""
+    type. Starts and resumes are under the quota too."""
     names: list[str] = []
     with srv.http() as http, srv.client(max_retries=0) as client:
 
@@ -135,6 +135,17 @@ def test_quota_errors_carry_their_type(srv: Server) -> None:
                 client.create_sandbox(name="q-4")
             assert caught.value.quota_type == "sandbox_count"
             assert langsmith_create(srv, "q-4") == ["QuotaExceededError", "sandbox_count"]
+
+            # A start, and the resume of a stopped one on its first data-plane call, count its
+            # CPU again: with q-1 and q-3 running there is none left for q-2.
+            stopped = http.get(f"{API}/boxes/q-2").json()
+            for r in (
+                http.post(f"{API}/boxes/q-2/start"),
+                http.post(f"/dp/{stopped['id']}/execute", json={"command": "true"}),
+            ):
+                assert r.status_code == 429, r.text
+                assert r.json()["detail"]["quota_type"] == "cpu", r.text
+            assert http.get(f"{API}/boxes/q-2").json()["status"] == "stopped"
         finally:
             for name in names:
                 http.delete(f"{API}/boxes/{name}")

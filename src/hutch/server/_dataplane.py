@@ -96,12 +96,10 @@ async def _resume(svc: Services, row: Sandbox) -> Sandbox:
     Template-era sandboxes stay stopped until started (their SDKs never expect a resume)."""
     mgr = svc.manager
     try:
-        async with mgr.quotas.lock(row.workspace_id):
-            fresh = await mgr.row(row.id)
-            if fresh.status != STOPPED:  # a concurrent call resumed it (or it changed)
-                return fresh
-            await mgr.quotas.check(row.workspace_id, row.cpu_millis, row.memory_bytes, new=False)
-            return await mgr.start(row.id)
+        fresh = await mgr.row(row.id)
+        if fresh.status != STOPPED:  # a concurrent call resumed it (or it changed)
+            return fresh
+        return await mgr.start(row.id)  # a start of a ready one (resumed meanwhile) is a no-op
     except WrongState as exc:
         raise api_error(exc, f"{exc}; retry shortly") from exc
     except QuotaExceeded as exc:  # raised as ApiError: WebSocket upgrades refuse with it

@@ -33,6 +33,8 @@ from starlette.websockets import WebSocket
 
 from hutch.domain import (
     Clock,
+    Limits,
+    Quotas,
     SandboxGone,
     SandboxRepository,
     SandboxStatus,
@@ -45,7 +47,6 @@ from hutch.runtime.images import Credentials, Image, ImageError, ImagePuller, Im
 from hutch.server._config import ServerConfig
 from hutch.server._lifetimes import Action, Deadline, Lifetime, next_deadline
 from hutch.server._metrics import Metrics
-from hutch.server._quota import Limits, Quotas
 from hutch.server._registry_auth import TemplateCredentials
 from hutch.server._snapshot_store import Snapshots
 from hutch.sessions import SessionManager
@@ -488,14 +489,20 @@ class SandboxManager:
         """Start a stopped sandbox with its files as they were; returns its record.
 
         Starting a ready sandbox changes nothing. Raises :class:`WrongState` in any other
-        state, :class:`StartFailed` when it cannot start (it stays stopped).
+        state, :class:`StartFailed` when it cannot start (it stays stopped),
+        :class:`~hutch.domain.QuotaExceeded` when its CPU and memory would not fit its
+        workspace's quota (they count again once it runs).
         """
-        async with self.lock(sandbox_id):
+        workspace_id = (await self._row(sandbox_id)).workspace_id
+        # The workspace's quota lock first, as a create takes it: held until the start is
+        # recorded, so two starts cannot both take the last CPU.
+        async with self.quotas.lock(workspace_id), self.lock(sandbox_id):
             row = await self._row(sandbox_id)
             if row.status == READY:
                 return row
             if row.status != STOPPED:
                 raise WrongState(row.name, row.status, "stopped")
+            await self.quotas.check(workspace_id, row.cpu_millis, row.memory_bytes, new=False)
             began = time.monotonic()
             try:
                 image = await asyncio.to_thread(self.images.get, row.image)

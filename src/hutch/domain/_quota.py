@@ -5,11 +5,14 @@ server's default (``hutch serve --quota-sandboxes/--quota-cpu/--quota-memory``),
 there is no limit. A sandbox counts from its creation until it is deleted; a stopped one still
 counts toward the number of sandboxes but holds no CPU or memory.
 
-A create that would go past a limit raises :class:`~hutch.domain.QuotaExceeded`, answered 429
-with ``detail.quota_type`` (``sandboxes``, ``cpu`` or ``memory``) next to a message the langsmith
-SDKs classify by its words (``QuotaExceededError.quota_type``, protocol.md §2): the sandbox-count
-message names "sandbox" and "limit"; the CPU message names "cpu" but not "sandbox"; the memory
-message names "memory" but neither of the others.
+The manager checks a start (``SandboxManager.start``); a create is checked by its route, which
+reads the quota on the connection it reads the sandbox's origin with.
+
+A create or start that would go past a limit raises :class:`~hutch.domain.QuotaExceeded`,
+answered 429 with ``detail.quota_type`` (``sandboxes``, ``cpu`` or ``memory``) next to a message
+the langsmith SDKs classify by its words (``QuotaExceededError.quota_type``, protocol.md §2):
+the sandbox-count message names "sandbox" and "limit"; the CPU message names "cpu" but not
+"sandbox"; the memory message names "memory" but neither of the others.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hutch.domain import QuotaExceeded, SandboxStatus
+from hutch.domain._errors import QuotaExceeded
+from hutch.domain._status import SandboxStatus
 from hutch.store import Database, Sandbox, Workspace
 
 STOPPED = SandboxStatus.STOPPED
