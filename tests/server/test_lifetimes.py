@@ -1,8 +1,9 @@
 """Sandbox lifetimes against a real server, with TTLs of seconds (the SDKs insist on multiples of
 60, and so does the server unless started with ``--ttl-granularity 1``, as here): the reaper
-deletes at the deadline, activity holds off the idle TTL, PATCH moves deadlines, a deadline
-passed while the server was down is met when it starts, and a sandbox created without a template
-is stopped when idle, then deleted after ``delete_after_stop_seconds``."""
+is held off by activity, PATCH moves deadlines, a deadline passed while the server was down is
+met when it starts. The deadlines themselves (a ttl deletes at its deadline, a sandbox created
+without a template is stopped when idle, then deleted after ``delete_after_stop_seconds``) are
+proved on a fake clock in ``test_lifetimes_clock.py``."""
 
 from __future__ import annotations
 
@@ -77,20 +78,6 @@ def exists(http: httpx.Client, name: str) -> bool:
 
 def parse(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
-
-
-def test_ttl_deletes_at_the_deadline(box: Restartable) -> None:
-    """ttl_seconds=2: expires_at is creation + 2 s, and the sandbox and its container are gone
-    right after."""
-    with box.http() as http:
-        sb = create(http, ttl_seconds=2)
-        assert sb["ttl_seconds"] == 2
-        assert (parse(sb["expires_at"]) - parse(sb["created_at"])).total_seconds() == 2
-        t0 = time.monotonic()
-        assert exists(http, sb["name"])
-        assert wait_until(lambda: not exists(http, sb["name"]), 2 + SLACK, interval=0.1)
-        assert time.monotonic() - t0 < 2 + SLACK
-        assert sb["id"] not in box.srv.runc_ids()
 
 
 def test_running_command_holds_off_the_idle_ttl(box: Restartable) -> None:
@@ -172,28 +159,6 @@ def test_deadline_passed_while_down_is_met_at_start(box: Restartable) -> None:
         kept = http.get(f"{BOXES}/{long['name']}").json()
         assert kept["status"] == "ready" and kept["expires_at"] == long["expires_at"]
         http.delete(f"{BOXES}/{long['name']}")
-
-
-def test_without_template_idle_stops_then_deletes(box: Restartable) -> None:
-    """Created without a template (the newest SDK's way), idle_ttl_seconds stops the sandbox and
-    delete_after_stop_seconds deletes it later."""
-    with box.http() as http:
-        r = http.post(BOXES, json={"idle_ttl_seconds": 2, "delete_after_stop_seconds": 2})
-        assert r.status_code == 201, r.text
-        sb = r.json()
-        assert (sb["template_name"], sb["image"]) == (None, "local/busybox:latest")
-        assert sb["delete_after_stop_seconds"] == 2 and sb["expires_at"] is None
-
-        def status() -> str | None:
-            got = http.get(f"{BOXES}/{sb['name']}")
-            return got.json()["status"] if got.status_code == 200 else None
-
-        assert wait_until(lambda: status() == "stopped", 2 + SLACK, interval=0.1)
-        stopped = http.get(f"{BOXES}/{sb['name']}").json()
-        assert stopped["stopped_at"] is not None
-        assert (parse(stopped["expires_at"]) - parse(stopped["stopped_at"])).total_seconds() == 2
-        assert sb["id"] not in box.srv.runc_ids()
-        assert wait_until(lambda: status() is None, 2 + SLACK, interval=0.1)
 
 
 def test_default_image_and_newer_create_fields(box: Restartable) -> None:

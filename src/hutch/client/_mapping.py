@@ -59,6 +59,19 @@ def quota_type(message: str) -> str | None:
     return None
 
 
+#: ``detail.quota_type`` of a hutch server → the SDK's ``QuotaExceededError.quota_type`` (the
+#: langsmith SDKs' words for the same quotas).
+_QUOTA_TYPES = {"sandboxes": "sandbox_count", "cpu": "cpu", "memory": "memory"}
+
+
+def quota_error(wire: WireError) -> QuotaExceededError:
+    """A 429 as :class:`QuotaExceededError`: its type from ``detail.quota_type`` when the server
+    sends one, else from the words of the message (older servers, other servers)."""
+    sent = wire.field("quota_type")
+    kind = _QUOTA_TYPES.get(sent, sent) if sent else quota_type(wire.message)
+    return QuotaExceededError(wire.message, quota_type=kind)
+
+
 def _details(wire: WireError) -> list[dict[str, Any]]:
     """The pydantic-style detail list of a 422, or ``[]``."""
     if isinstance(wire.raw_detail, list):
@@ -95,7 +108,7 @@ def generic_error(wire: WireError) -> SandboxClientError:
             message, field=_field(details), details=details, error_type=wire.error
         )
     elif status == 429:
-        exc = QuotaExceededError(message, quota_type=quota_type(message))
+        exc = quota_error(wire)
     elif status == 502 and wire.error == _CONNECTION_ERROR:
         exc = SandboxConnectionError(message)
     elif status == 500:
@@ -159,7 +172,7 @@ def sandbox_create_error(
         else:
             exc = ResourceCreationError(message, resource_type="sandbox", error_type=wire.error)
     elif status == 429:
-        exc = QuotaExceededError(message, quota_type=quota_type(message))
+        exc = quota_error(wire)
     elif status == 503:
         exc = ResourceCreationError(
             message, resource_type="sandbox", error_type=wire.error or "Unschedulable"

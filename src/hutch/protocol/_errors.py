@@ -6,6 +6,7 @@ with the status listed here. The server raises from this table; the SDK parses w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -109,15 +110,32 @@ class WireError:
     error: str | None
     message: str
     raw_detail: Any = None
+    #: Machine-readable facts sent in ``detail`` next to ``error`` and ``message`` (such as
+    #: ``quota_type``); clients that do not know a key ignore it.
+    fields: Mapping[str, str] | None = None
 
     def envelope(self) -> dict[str, Any]:
-        return {"detail": {"error": self.error, "message": self.message}}
+        return {"detail": {**(self.fields or {}), "error": self.error, "message": self.message}}
+
+    def field(self, key: str) -> str | None:
+        """A machine field of a parsed error's ``detail`` (None: absent, or not a string)."""
+        detail = self.raw_detail if isinstance(self.raw_detail, dict) else self.fields or {}
+        value = detail.get(key)
+        return value if isinstance(value, str) else None
 
 
-def make_error(error: ErrorType, message: str, status: int | None = None) -> WireError:
+def make_error(
+    error: ErrorType,
+    message: str,
+    status: int | None = None,
+    fields: Mapping[str, str] | None = None,
+) -> WireError:
     """Build the wire form of an error from the table."""
     return WireError(
-        status=status if status is not None else STATUS[error], error=str(error), message=message
+        status=status if status is not None else STATUS[error],
+        error=str(error),
+        message=message,
+        fields=dict(fields) if fields else None,
     )
 
 

@@ -14,13 +14,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hutch.domain import WrongState
 from hutch.protocol._errors import ErrorType
 from hutch.protocol._exec import ExecProtocolError, RunConfig
 from hutch.runtime._interface import RuntimeError_, SandboxNotFound
 from hutch.runtime._resources import parse_cpu, parse_memory
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, dataplane_base, principal, services
-from hutch.server._errors import ApiError, not_found
+from hutch.server._errors import ApiError, api_error, not_found
 from hutch.server._logs import note_sandbox
 from hutch.server._manager import (
     DELETING,
@@ -30,7 +31,6 @@ from hutch.server._manager import (
     STOPPED,
     SandboxManager,
     StartFailed,
-    WrongState,
     generate_name,
 )
 from hutch.server._schemas import (
@@ -56,7 +56,7 @@ router = APIRouter()
 TEMPLATE_HINT = "list templates with list_templates() or create it with create_template()"
 SANDBOX_HINT = "list sandboxes with list_sandboxes()"
 #: What to do about a sandbox in each state, for errors of stop and start.
-STATE_HINT = {
+STATE_HINT: dict[str, str] = {
     PROVISIONING: "wait until it is ready (wait_for_sandbox())",
     READY: "stop it first",
     STOPPED: "start it first",
@@ -85,14 +85,7 @@ async def _template(
 
 
 async def sandbox_by_name(svc: Services, who: Principal, name: str) -> Sandbox:
-    async with svc.db.session() as s:
-        row = (
-            await s.execute(
-                select(Sandbox).where(
-                    Sandbox.workspace_id == who.workspace_id, Sandbox.name == name
-                )
-            )
-        ).scalar()
+    row = await svc.manager.sandboxes.by_name(who.workspace_id, name)
     if row is None:
         raise not_found("Sandbox", name, SANDBOX_HINT)
     note_sandbox(row.id)  # for the request's log line
@@ -120,13 +113,7 @@ def on_this_node(svc: Services, row: Sandbox) -> Sandbox:
 
 async def workspace_sandboxes(svc: Services, who: Principal) -> list[Sandbox]:
     """The workspace's sandboxes, oldest first."""
-    async with svc.db.session() as s:
-        rows = await s.execute(
-            select(Sandbox)
-            .where(Sandbox.workspace_id == who.workspace_id)
-            .order_by(Sandbox.created_at)
-        )
-        return list(rows.scalars())
+    return await svc.manager.sandboxes.list_workspace(who.workspace_id)
 
 
 # -- templates ---------------------------------------------------------------------------------
@@ -314,8 +301,7 @@ async def _insert_sandbox(
         candidate.fs_capacity_bytes = origin.storage
         candidate.persistent = body.persistent is not False
         try:
-            async with svc.db.session() as s, s.begin():
-                s.add(candidate)
+            await svc.manager.sandboxes.insert(candidate)
             return candidate
         except IntegrityError:
             if body.name:
@@ -583,7 +569,7 @@ async def _lifecycle(
     try:
         row = await op(row.id)
     except WrongState as exc:
-        raise ApiError(ErrorType.NOT_READY, f"{exc}: {STATE_HINT[exc.current]}") from exc
+        raise api_error(exc, f"{exc}: {STATE_HINT[exc.current]}") from exc
     except StartFailed as exc:
         raise ApiError(exc.error, str(exc)) from exc
     except SandboxNotFound:
@@ -609,14 +595,9 @@ async def start_sandbox(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
-    """Start a stopped sandbox (§8) with its files as they were; ready when this answers."""
-    row = await _sandbox(svc, who, name)
-    quotas = svc.manager.quotas
-    if row.status != STOPPED:
-        return await _lifecycle(svc.manager.start, name, request, svc, who)
-    async with quotas.lock(who.workspace_id):  # its CPU and memory count again
-        await quotas.check(who.workspace_id, row.cpu_millis, row.memory_bytes, new=False)
-        return await _lifecycle(svc.manager.start, name, request, svc, who)
+    """Start a stopped sandbox (§8) with its files as they were; ready when this answers
+    (under the workspace's quota: its CPU and memory count again)."""
+    return await _lifecycle(svc.manager.start, name, request, svc, who)
 
 
 @router.delete("/boxes/{name}", status_code=204)

@@ -19,9 +19,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from sqlalchemy import select
 from starlette.requests import ClientDisconnect
 
+from hutch.domain import QuotaExceeded, WrongState
 from hutch.protocol._errors import ErrorType
 from hutch.runtime import _fs
 from hutch.runtime._interface import SandboxNotFound
@@ -30,9 +30,9 @@ from hutch.server._auth import Principal
 from hutch.server._commands import HOME, CommandRequest, exec_spec, sandbox_root
 from hutch.server._control import on_this_node
 from hutch.server._deps import Services, principal, services
-from hutch.server._errors import ApiError
+from hutch.server._errors import ApiError, api_error
 from hutch.server._exec import run_to_completion
-from hutch.server._manager import READY, STOPPED, StartFailed, WrongState
+from hutch.server._manager import READY, STOPPED, StartFailed
 from hutch.store import Sandbox
 
 if TYPE_CHECKING:
@@ -67,14 +67,7 @@ class ExecuteBody(BaseModel):
 
 
 async def ready_sandbox(svc: Services, who: Principal, sandbox_id: str) -> Sandbox:
-    async with svc.db.session() as s:
-        row = (
-            await s.execute(
-                select(Sandbox).where(
-                    Sandbox.id == sandbox_id, Sandbox.workspace_id == who.workspace_id
-                )
-            )
-        ).scalar()
+    row = await svc.manager.sandboxes.in_workspace(who.workspace_id, sandbox_id)
     if row is None:
         raise ApiError(
             ErrorType.NOT_FOUND, f"Sandbox '{sandbox_id}' not found; it may have been deleted"
@@ -103,14 +96,14 @@ async def _resume(svc: Services, row: Sandbox) -> Sandbox:
     Template-era sandboxes stay stopped until started (their SDKs never expect a resume)."""
     mgr = svc.manager
     try:
-        async with mgr.quotas.lock(row.workspace_id):
-            fresh = await mgr.row(row.id)
-            if fresh.status != STOPPED:  # a concurrent call resumed it (or it changed)
-                return fresh
-            await mgr.quotas.check(row.workspace_id, row.cpu_millis, row.memory_bytes, new=False)
-            return await mgr.start(row.id)
+        fresh = await mgr.row(row.id)
+        if fresh.status != STOPPED:  # a concurrent call resumed it (or it changed)
+            return fresh
+        return await mgr.start(row.id)  # a start of a ready one (resumed meanwhile) is a no-op
     except WrongState as exc:
-        raise ApiError(ErrorType.NOT_READY, f"{exc}; retry shortly") from exc
+        raise api_error(exc, f"{exc}; retry shortly") from exc
+    except QuotaExceeded as exc:  # raised as ApiError: WebSocket upgrades refuse with it
+        raise api_error(exc) from exc
     except StartFailed as exc:
         raise ApiError(exc.error, f"Could not resume sandbox '{row.name}': {exc}") from exc
     except SandboxNotFound as exc:

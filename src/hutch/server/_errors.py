@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from hutch.domain import DomainError, QuotaExceeded, SandboxGone, WrongState
 from hutch.protocol._errors import ErrorType, WireError, error_for_status, make_error
 from hutch.runtime._interface import SpawnError
 from hutch.server._logs import current_request
@@ -45,10 +46,30 @@ class ApiError(Exception):
         message: str,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.wire = make_error(error, message, status)
+        self.wire = make_error(error, message, status, fields)
         self.headers = headers
+
+
+#: Domain errors on the wire, in one table: each class's error type (its status is the protocol
+#: table's). The message is the error's own; :meth:`DomainError.fields` go next to it in
+#: ``detail`` (``quota_type`` of a quota error). The first class in this order that the error is
+#: an instance of decides.
+DOMAIN_ERRORS: dict[type[DomainError], ErrorType] = {
+    QuotaExceeded: ErrorType.QUOTA_EXCEEDED,
+    WrongState: ErrorType.NOT_READY,
+    SandboxGone: ErrorType.NOT_FOUND,
+}
+
+
+def api_error(exc: DomainError, message: str | None = None) -> ApiError:
+    """The wire form of a domain error (``message`` replaces its own, to add what to do)."""
+    error = next(
+        (kind for cls, kind in DOMAIN_ERRORS.items() if isinstance(exc, cls)), ErrorType.INTERNAL
+    )
+    return ApiError(error, message or str(exc), fields=exc.fields())
 
 
 def not_found(kind: str, name: str, hint: str = "") -> ApiError:
@@ -138,6 +159,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.wire, exc.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        wire = api_error(exc).wire
+        return error_response(wire)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -7,7 +7,8 @@ made.
 The reaper, a task owned by the manager too, applies the lifetimes of :mod:`._lifetimes`: it
 sleeps until the next deadline (or until :meth:`SandboxManager.kick` says a deadline changed),
 deletes or stops what is due, and runs at once on start, so deadlines that passed while the
-server was down are met right away.
+server was down are met right away. It reads the time and waits through an injected
+:class:`~hutch.domain.Clock`, so tests move time instead of sleeping.
 """
 
 from __future__ import annotations
@@ -28,20 +29,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import delete, or_, select, update
 from starlette.websockets import WebSocket
 
+from hutch.domain import (
+    Clock,
+    Limits,
+    Quotas,
+    SandboxGone,
+    SandboxRepository,
+    SandboxStatus,
+    SystemClock,
+    WrongState,
+)
 from hutch.protocol._errors import ErrorType
 from hutch.runtime._interface import Runtime, RuntimeError_, SandboxNotFound, SandboxSpec
 from hutch.runtime.images import Credentials, Image, ImageError, ImagePuller, ImageStore
 from hutch.server._config import ServerConfig
 from hutch.server._lifetimes import Action, Deadline, Lifetime, next_deadline
 from hutch.server._metrics import Metrics
-from hutch.server._quota import Limits, Quotas
 from hutch.server._registry_auth import TemplateCredentials
 from hutch.server._snapshot_store import Snapshots
 from hutch.sessions import SessionManager
-from hutch.store import Database, Sandbox, Template, utcnow
+from hutch.store import Database, Sandbox, Template
 
 log = logging.getLogger("hutch.server")
 
@@ -61,9 +70,15 @@ def node_id(data_dir: Path) -> str:
     return node
 
 
-PROVISIONING, READY, FAILED, STOPPED = "provisioning", "ready", "failed", "stopped"
-#: Recorded before a delete acts, so a delete a crash interrupted is finished at restart.
-DELETING = "deleting"
+PROVISIONING, READY, FAILED, STOPPED, DELETING = (
+    SandboxStatus.PROVISIONING,
+    SandboxStatus.READY,
+    SandboxStatus.FAILED,
+    SandboxStatus.STOPPED,
+    SandboxStatus.DELETING,
+)
+#: Every status a sandbox may leave for ``deleting`` (all but ``deleting`` itself).
+DELETABLE = frozenset(s for s in SandboxStatus if s != DELETING)
 #: Seconds between writes of a sandbox's activity to the store (the hot path stays cheap).
 TOUCH_INTERVAL = 5.0
 #: Seconds between the reaper's looks at a sandbox with an idle TTL while it is busy, so the end
@@ -87,14 +102,6 @@ class Outcome:
     updated_at: datetime | None = None
 
 
-class WrongState(Exception):
-    """A lifecycle operation was asked of a sandbox in a state that does not allow it."""
-
-    def __init__(self, name: str, current: str, expected: str) -> None:
-        super().__init__(f"Sandbox '{name}' is {current}; this needs it {expected}")
-        self.current, self.expected = current, expected
-
-
 class StartFailed(Exception):
     """A stopped sandbox could not be started; ``error`` says why (it is still stopped)."""
 
@@ -112,8 +119,13 @@ class SandboxManager:
         config: ServerConfig,
         sessions: SessionManager,
         metrics: Metrics | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.db = db
+        #: Every time the lifetimes and the reaper read or wait for (a fake one in tests).
+        self.clock: Clock = clock or SystemClock()
+        #: The records; every status change is a compare-and-set there.
+        self.sandboxes = SandboxRepository(db)
         #: Counts (and logs) the lifecycle transitions below.
         self.metrics = metrics or Metrics()
         self.runtime = runtime
@@ -167,13 +179,8 @@ class SandboxManager:
         Only a sandbox being created or deleted loses its files here: one whose container is
         gone (a stop cut short, a host reboot) is recorded stopped, its files kept.
         """
-        async with self.db.session() as s, s.begin():
-            # Rows from before nodes were recorded belong to the only server there was.
-            await s.execute(update(Sandbox).where(Sandbox.node.is_(None)).values(node=self.node))
-        async with self.db.session() as s:
-            rows = (
-                (await s.execute(select(Sandbox).where(Sandbox.node == self.node))).scalars().all()
-            )
+        await self.sandboxes.claim_unowned(self.node)
+        rows = await self.sandboxes.list_node(self.node)
         known = {r.id for r in rows}
         for r in rows:
             if r.status == DELETING:
@@ -185,18 +192,21 @@ class SandboxManager:
                 message = (
                     "Stopped by a restart; start it to continue" if r.status == READY else None
                 )
-                with contextlib.suppress(WrongState):  # its files are gone: recorded failed
+                # WrongState: its files are gone (recorded failed), or its status changed.
+                with contextlib.suppress(WrongState, SandboxNotFound):
                     await self._finish_stop(r, message)
             elif r.status == PROVISIONING:
                 # A create interrupted by the restart: remove what it made, record the failure.
                 await self.runtime.delete(r.id)
                 self.metrics.changed(r, FAILED, "provisioning interrupted by a restart")
-                await self._set_status(
-                    r.id,
-                    FAILED,
-                    "Provisioning was interrupted by a server "
-                    "restart; delete it and create it again",
-                )
+                with contextlib.suppress(WrongState, SandboxGone):
+                    await self.sandboxes.transition(
+                        r.id,
+                        FAILED,
+                        expected={PROVISIONING},
+                        status_message="Provisioning was interrupted by a server "
+                        "restart; delete it and create it again",
+                    )
         for orphan in await self.runtime.list_ids() - known:
             log.info("removing orphan sandbox container %s", orphan)
             await self.runtime.delete(orphan)
@@ -204,7 +214,12 @@ class SandboxManager:
 
     async def _finish_stop(self, row: Sandbox, message: str | None = None) -> None:
         """Stop the sandbox's container (idempotent), throw away what a non-persistent one
-        wrote, and record it stopped (or failed, when its files are gone)."""
+        wrote, and record it stopped (or failed, when its files are gone).
+
+        The record must still have the status ``row`` was read with (else :class:`WrongState`):
+        a stopped one (a container that outlived its stop) keeps it and gets the new times.
+        """
+        was = SandboxStatus(row.status)
         began = time.monotonic()
         try:
             await self.runtime.stop(row.id)
@@ -221,12 +236,19 @@ class SandboxManager:
                 else f"Could not reset its files ({exc})"
             )
             self.metrics.changed(row, FAILED, failure)
-            await self._set_status(row.id, FAILED, f"{failure}; delete it and create a new one")
+            await self._transition(
+                row.id,
+                FAILED,
+                expected={was},
+                status_message=f"{failure}; delete it and create a new one",
+            )
             raise WrongState(row.name, FAILED, "ready") from None
-        now = utcnow()
-        await self._update(
-            row.id, status=STOPPED, status_message=message, stopped_at=now, last_active_at=now
-        )
+        now = self.clock.utcnow()
+        times = {"status_message": message, "stopped_at": now, "last_active_at": now}
+        if was == STOPPED:
+            await self.sandboxes.update(row.id, updated_at=now, **times)
+        else:
+            await self._transition(row.id, STOPPED, expected={was}, **times)
         self.metrics.changed(row, STOPPED, message or "stop requested", time.monotonic() - began)
 
     async def aclose(self) -> None:
@@ -321,7 +343,12 @@ class SandboxManager:
             if row.id not in self._deleting:
                 with contextlib.suppress(Exception):
                     outcome.updated_at = await asyncio.shield(
-                        self._set_status(row.id, outcome.status, outcome.message)
+                        self.sandboxes.transition(
+                            row.id,
+                            SandboxStatus(outcome.status),
+                            expected={PROVISIONING},
+                            status_message=outcome.message,
+                        )
                     )
             deleted = row.id in self._deleting  # then the delete's transition says it
             status = None if deleted else outcome.status
@@ -335,8 +362,7 @@ class SandboxManager:
         """The provisioning outcome, or None if it is not known within ``timeout`` seconds."""
         fut = self._done.get(sandbox_id)
         if fut is None:
-            async with self.db.session() as s:
-                row = await s.get(Sandbox, sandbox_id)
+            row = await self.sandboxes.get(sandbox_id)
             if row is None:
                 return Outcome(FAILED, ErrorType.NOT_FOUND, "sandbox was deleted")
             return Outcome(row.status, None, row.status_message)
@@ -344,9 +370,6 @@ class SandboxManager:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             return None
-
-    async def _set_status(self, sandbox_id: str, status: str, message: str | None) -> datetime:
-        return await self._update(sandbox_id, status=status, status_message=message)
 
     def new_row(
         self,
@@ -363,7 +386,11 @@ class SandboxManager:
         network: str = "none",
     ) -> Sandbox:
         """A record for a new sandbox (``0`` TTLs mean none)."""
+        now = self.clock.utcnow()
         return Sandbox(
+            created_at=now,
+            updated_at=now,
+            last_active_at=now,
             id=uuid.uuid4().hex,
             workspace_id=workspace_id,
             name=name,
@@ -414,19 +441,28 @@ class SandboxManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         async with self.lock(sandbox_id):
-            row = await self._find(sandbox_id)
+            row = await self.sandboxes.get(sandbox_id)
             await self.sessions.close_owner(sandbox_id)
             if row is not None:  # the intent first: a crash from here on finishes the delete
-                await self._update(sandbox_id, status=DELETING)
+                await self._mark_deleting(sandbox_id)
             await self.runtime.delete(sandbox_id)
-            async with self.db.session() as s, s.begin():
-                await s.execute(delete(Sandbox).where(Sandbox.id == sandbox_id))
+            await self.sandboxes.delete(sandbox_id)
             if row is not None and row.snapshot_id and not row.persistent:
                 await self.snapshots.release_layers({row.snapshot_id})
         for table in (self._locks, self._touched, self._active, self._in_flight):
             table.pop(sandbox_id, None)
         self._was_busy.discard(sandbox_id)
         return row
+
+    async def _mark_deleting(self, sandbox_id: str) -> None:
+        """Record the intent to delete, from whatever status; already ``deleting`` (a delete
+        retried, or another writer's) or gone is fine: deleting is idempotent."""
+        with contextlib.suppress(SandboxGone):
+            try:
+                await self.sandboxes.transition(sandbox_id, DELETING, expected=DELETABLE)
+            except WrongState as exc:
+                if exc.current != DELETING:  # pragma: no cover - DELETABLE is every other status
+                    raise
 
     async def stop(self, sandbox_id: str) -> Sandbox:
         """Stop a ready sandbox (its commands are killed, its files kept, or reset to its first
@@ -443,7 +479,7 @@ class SandboxManager:
                 raise WrongState(row.name, row.status, "ready")
             await self.sessions.close_owner(sandbox_id)
             await self._finish_stop(row)
-            self._active[sandbox_id] = utcnow()
+            self._active[sandbox_id] = self.clock.utcnow()
             self._was_busy.discard(sandbox_id)
             row = await self._row(sandbox_id)
         self.kick()
@@ -453,14 +489,20 @@ class SandboxManager:
         """Start a stopped sandbox with its files as they were; returns its record.
 
         Starting a ready sandbox changes nothing. Raises :class:`WrongState` in any other
-        state, :class:`StartFailed` when it cannot start (it stays stopped).
+        state, :class:`StartFailed` when it cannot start (it stays stopped),
+        :class:`~hutch.domain.QuotaExceeded` when its CPU and memory would not fit its
+        workspace's quota (they count again once it runs).
         """
-        async with self.lock(sandbox_id):
+        workspace_id = (await self._row(sandbox_id)).workspace_id
+        # The workspace's quota lock first, as a create takes it: held until the start is
+        # recorded, so two starts cannot both take the last CPU.
+        async with self.quotas.lock(workspace_id), self.lock(sandbox_id):
             row = await self._row(sandbox_id)
             if row.status == READY:
                 return row
             if row.status != STOPPED:
                 raise WrongState(row.name, row.status, "stopped")
+            await self.quotas.check(workspace_id, row.cpu_millis, row.memory_bytes, new=False)
             began = time.monotonic()
             try:
                 image = await asyncio.to_thread(self.images.get, row.image)
@@ -473,17 +515,24 @@ class SandboxManager:
             except SandboxNotFound:
                 message = "Its files are gone from the host; delete it and create a new one"
                 self.metrics.changed(row, FAILED, message)
-                await self._set_status(sandbox_id, FAILED, message)
+                await self._transition(
+                    sandbox_id, FAILED, expected={STOPPED}, status_message=message
+                )
                 raise StartFailed(ErrorType.SANDBOX_CONFIG, message) from None
             except RuntimeError_ as exc:
                 log.warning("sandbox %s failed to start: %s", row.name, exc)
                 raise StartFailed(
                     ErrorType.SANDBOX_CONFIG, f"Sandbox '{row.name}' failed to start: {exc}"
                 ) from exc
-            now = utcnow()
+            now = self.clock.utcnow()
             # Starting is activity: the idle TTL counts from here.
-            await self._update(
-                sandbox_id, status=READY, status_message=None, stopped_at=None, last_active_at=now
+            await self._transition(
+                sandbox_id,
+                READY,
+                expected={STOPPED},
+                status_message=None,
+                stopped_at=None,
+                last_active_at=now,
             )
             self.metrics.changed(row, READY, "start requested", time.monotonic() - began)
             self._active[sandbox_id] = now
@@ -495,24 +544,26 @@ class SandboxManager:
         """The sandbox's record as stored now; :class:`SandboxNotFound` if it is gone."""
         return await self._row(sandbox_id)
 
-    async def _find(self, sandbox_id: str) -> Sandbox | None:
-        async with self.db.session() as s:
-            return await s.get(Sandbox, sandbox_id)
-
     async def _row(self, sandbox_id: str) -> Sandbox:
-        row = await self._find(sandbox_id)
+        row = await self.sandboxes.get(sandbox_id)
         if row is None:
             raise SandboxNotFound(f"sandbox {sandbox_id} was deleted")
         return row
 
-    async def _update(self, sandbox_id: str, **values: object) -> datetime:
-        """Write ``values`` to the sandbox's row; returns the ``updated_at`` written."""
-        now = utcnow()
-        async with self.db.session() as s, s.begin():
-            await s.execute(
-                update(Sandbox).where(Sandbox.id == sandbox_id).values(updated_at=now, **values)
-            )
-        return now
+    async def _transition(
+        self,
+        sandbox_id: str,
+        to: SandboxStatus,
+        *,
+        expected: set[SandboxStatus],
+        **values: object,
+    ) -> datetime:
+        """:meth:`SandboxRepository.transition`, with a record gone meanwhile reported as the
+        runtime's :class:`SandboxNotFound` (what the handlers answer 404 for)."""
+        try:
+            return await self.sandboxes.transition(sandbox_id, to, expected=expected, **values)
+        except SandboxGone as exc:
+            raise SandboxNotFound(str(exc)) from None
 
     # -- activity ------------------------------------------------------------------------------
 
@@ -522,15 +573,12 @@ class SandboxManager:
         Written through to the store at most every ``TOUCH_INTERVAL`` seconds per sandbox
         (unless ``force``), so the hot exec path does not pay a database commit per call.
         """
-        self._active[sandbox_id] = when = utcnow()
-        now = time.monotonic()
+        self._active[sandbox_id] = when = self.clock.utcnow()
+        now = self.clock.monotonic()
         if not force and now - self._touched.get(sandbox_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
             return
         self._touched[sandbox_id] = now
-        async with self.db.session() as s, s.begin():
-            await s.execute(
-                update(Sandbox).where(Sandbox.id == sandbox_id).values(last_active_at=when)
-            )
+        await self.sandboxes.update(sandbox_id, last_active_at=when)
 
     @contextlib.asynccontextmanager
     async def active(self, sandbox_id: str) -> AsyncIterator[None]:
@@ -592,28 +640,15 @@ class SandboxManager:
             except Exception:
                 log.exception("the sandbox reaper failed; retrying in %.0fs", REAPER_RETRY)
                 wait = REAPER_RETRY
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
+            timer = self.clock.call_later(max(wait, 0.0), self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     async def reap_once(self) -> float:
         """Delete or stop every sandbox whose deadline passed; seconds until the next one."""
-        async with self.db.session() as s:
-            rows = (
-                (
-                    await s.execute(
-                        select(Sandbox).where(
-                            Sandbox.node == self.node,
-                            or_(
-                                Sandbox.ttl_seconds.is_not(None),
-                                Sandbox.idle_ttl_seconds.is_not(None),
-                                Sandbox.delete_after_stop_seconds.is_not(None),
-                            ),
-                        )
-                    )
-                )
-                .scalars()
-                .all()
-            )
+        rows = await self.sandboxes.list_node(self.node, with_lifetimes=True)
         wake = REAPER_MAX_SLEEP
         for row in rows:
             if row.idle_ttl_seconds and row.status == READY:  # others are idle by definition
@@ -628,7 +663,7 @@ class SandboxManager:
             deadline = next_deadline(self.lifetime(row))
             if deadline is None:
                 continue
-            left = (deadline.at - utcnow()).total_seconds()
+            left = (deadline.at - self.clock.utcnow()).total_seconds()
             if left > 0:
                 wake = min(wake, left)
                 continue
@@ -646,7 +681,7 @@ class SandboxManager:
         except SandboxNotFound:
             return
         due = next_deadline(self.lifetime(row))
-        if due is None or due.at > utcnow():
+        if due is None or due.at > self.clock.utcnow():
             return
         deadline = due
         log.info(

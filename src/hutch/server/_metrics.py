@@ -20,12 +20,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hutch.domain import SandboxStatus
 from hutch.server import _logs
 from hutch.server._lifetimes import Action, Deadline
 from hutch.store import Sandbox
 
 #: The statuses a sandbox's record can have (each is reported, 0 included, per workspace).
-STATUSES = ("provisioning", "ready", "stopped", "failed", "deleting")
+STATUSES = tuple(status.value for status in SandboxStatus)
 
 #: Seconds: sandbox creates (image pulls included) and deletes.
 LIFECYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -16,7 +16,7 @@ operation gets the error statuses it can answer, each with the one envelope
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
@@ -98,6 +98,8 @@ class ErrorDetail(BaseModel):
     message: str
     #: The request's id (its ``X-Request-Id``, and its log line's ``request_id``); SDKs ignore it.
     request_id: str | None = None
+    #: Which quota a ``QuotaExceeded`` is about (only on those).
+    quota_type: Literal["sandboxes", "cpu", "memory"] | None = None
 
 
 class ErrorEnvelope(BaseModel):

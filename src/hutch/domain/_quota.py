@@ -5,10 +5,14 @@ server's default (``hutch serve --quota-sandboxes/--quota-cpu/--quota-memory``),
 there is no limit. A sandbox counts from its creation until it is deleted; a stopped one still
 counts toward the number of sandboxes but holds no CPU or memory.
 
-A create that would go past a limit answers 429 with a message the SDKs classify
-(``QuotaExceededError.quota_type``, protocol.md §2): the sandbox-count message names "sandbox" and
-"limit"; the CPU message names "cpu" but not "sandbox"; the memory message names "memory" but
-neither of the others.
+The manager checks a start (``SandboxManager.start``); a create is checked by its route, which
+reads the quota on the connection it reads the sandbox's origin with.
+
+A create or start that would go past a limit raises :class:`~hutch.domain.QuotaExceeded`,
+answered 429 with ``detail.quota_type`` (``sandboxes``, ``cpu`` or ``memory``) next to a message
+the langsmith SDKs classify by its words (``QuotaExceededError.quota_type``, protocol.md §2):
+the sandbox-count message names "sandbox" and "limit"; the CPU message names "cpu" but not
+"sandbox"; the memory message names "memory" but neither of the others.
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hutch.protocol._errors import ErrorType
-from hutch.server._errors import ApiError
+from hutch.domain._errors import QuotaExceeded
+from hutch.domain._status import SandboxStatus
 from hutch.store import Database, Sandbox, Workspace
 
-STOPPED = "stopped"
-FAILED = "failed"
+STOPPED = SandboxStatus.STOPPED
+FAILED = SandboxStatus.FAILED
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ class Quotas:
         new: bool,
         session: AsyncSession | None = None,
     ) -> None:
-        """Raise 429 if one more sandbox (``new``), or one more running one, would not fit.
+        """Raise :class:`QuotaExceeded` if one more sandbox (``new``), or one more running one,
+        would not fit.
 
         Call with :meth:`lock` held, and keep it until the sandbox's row is written. With
         ``session``, its reads share that session (one connection for a whole create).
@@ -107,21 +112,21 @@ class Quotas:
                     )
                 ).scalar_one()
         if new and limits.sandboxes is not None and total + 1 > limits.sandboxes:
-            raise ApiError(
-                ErrorType.QUOTA_EXCEEDED,
+            raise QuotaExceeded(
+                "sandboxes",
                 f"Sandbox count limit reached: this workspace has {total} of its "
                 f"{limits.sandboxes} sandboxes; delete one before creating another",
             )
         if limits.cpu_millis is not None and cpu + (cpu_millis or 0) > limits.cpu_millis:
-            raise ApiError(
-                ErrorType.QUOTA_EXCEEDED,
+            raise QuotaExceeded(
+                "cpu",
                 f"CPU quota exceeded: {_cores(cpu)} cores are in use and this needs "
                 f"{_cores(cpu_millis or 0)} more, over the workspace's "
                 f"{_cores(limits.cpu_millis)}; stop or delete one, or use a template with less cpu",
             )
         if limits.memory_bytes is not None and memory + (memory_bytes or 0) > limits.memory_bytes:
-            raise ApiError(
-                ErrorType.QUOTA_EXCEEDED,
+            raise QuotaExceeded(
+                "memory",
                 f"Memory quota exceeded: {_mib(memory)} is in use and this needs "
                 f"{_mib(memory_bytes or 0)} more, over the workspace's "
                 f"{_mib(limits.memory_bytes)}; stop or delete one, or use a smaller template",
