@@ -9,7 +9,9 @@ import io
 import os
 import re
 import secrets
+import shutil
 import sys
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +145,40 @@ def test_cp_upload_streams_with_a_bar(server: Server, sb: Sandbox, tmp_path: Pat
     assert peak_kib * 1024 < 64 * MiB, peak_kib
     digest = sb.run("sha256sum big.bin").stdout.split()[0]
     assert digest == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+@pytest.mark.root
+def test_timeout_leaves_it_provisioning(
+    pull_server: tuple[Server, str], registry: Registry, python_tar: Path, tmp_path: Path
+) -> None:
+    """Not ready within --timeout (a 200 MB image is still being pulled): exit 1 with a message
+    saying it keeps provisioning and how to delete it; the sandbox is kept."""
+    server, _ = pull_server
+    # A layer of its own (the server stores layers by digest, so the other test's pull of the
+    # same tarball would make this one instant): the python tree plus one file.
+    variant = tmp_path / "python-variant.tar"
+    shutil.copyfile(python_tar, variant)
+    with tarfile.open(variant, "a") as tar:
+        marker = secrets.token_bytes(16)
+        info = tarfile.TarInfo("marker")
+        info.size = len(marker)
+        tar.addfile(info, io.BytesIO(marker))
+    registry.push(f"tarball:{variant}", "srv/python-slow:1")
+    with server.client() as client:
+        tpl = f"t-{uuid.uuid4().hex[:8]}"
+        client.create_template(tpl, f"{registry.host}/srv/python-slow:1")
+        name = f"cli-{secrets.token_hex(4)}"
+        child = _spawn(server, "sandbox", "create", "-t", tpl, "-n", name, "--timeout", "1")
+        child.expect(pexpect.EOF)
+        child.close()
+        out = _ANSI.sub("", child.before.decode(errors="replace"))
+        assert child.exitstatus == 1, out
+        assert f"Sandbox '{name}' not ready after 1s" in out
+        assert "it keeps provisioning" in out
+        assert f"or delete it with hutch sandbox rm {name}" in " ".join(out.split())
+        assert client.get_sandbox_status(name).status in ("provisioning", "ready")
+        client.delete_sandbox(name)
+        client.delete_template(tpl)
 
 
 @pytest.mark.root
