@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -26,12 +27,13 @@ from hutch._cli_sandbox._common import (
     table,
     until,
 )
+from hutch._cli_sandbox._progress import StatusDisplay
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from contextlib import AbstractContextManager
 
-    from hutch.client import Sandbox, SandboxTemplate, Snapshot
+    from hutch.client import Sandbox, SandboxClient, SandboxTemplate, Snapshot
 
 T = TypeVar("T")
 
@@ -233,12 +235,14 @@ def sandbox_create(
     fs_bytes = parse_size(storage, "--storage") if storage else None
     idle = parse_duration(idle_ttl, "--idle-ttl") if idle_ttl is not None else None
     life = parse_duration(ttl, "--ttl") if ttl is not None else None
-    with errors(), conn(ctx).client() as client, _spinner("creating sandbox…"):
-        sb = client.create_sandbox(
+    with errors(), conn(ctx).client() as client:
+        # Created without the server waiting, so the wait below can show the server's progress
+        # (image pull, unpacking) as it goes.
+        created = client.create_sandbox(
             template,
             snapshot=snapshot,
             name=name,
-            timeout=timeout,
+            wait_for_ready=False,
             idle_ttl_seconds=idle,
             ttl_seconds=life,
             labels=labels or None,
@@ -246,10 +250,51 @@ def sandbox_create(
             mem_bytes=mem_bytes,
             fs_capacity_bytes=fs_bytes,
         )
+        sb = _until_ready(client, created.name, timeout)
     if as_json:
         print_json(sandbox_json(sb))
     else:
         typer.echo(sb.name)
+
+
+#: Seconds between two status polls while a sandbox provisions.
+POLL_INTERVAL = 0.2
+
+
+def _until_ready(client: SandboxClient, name: str, timeout: int) -> Sandbox:
+    """Poll the sandbox's status, showing the server's message, until it is ready.
+
+    As on a create the server waits for: a failed sandbox is deleted (the caller gets the
+    error, nothing is kept) and its message is the error; one still provisioning after
+    ``timeout`` seconds is left to go on.
+    """
+    import time
+
+    from hutch.client import SandboxClientError
+
+    deadline = time.monotonic() + timeout
+    with StatusDisplay(f"creating {name}…") as display:
+        while True:
+            status = client.get_sandbox_status(name)
+            if status.status == "ready":
+                return client.get_sandbox(name)
+            if status.status == "failed":
+                with suppress(SandboxClientError):
+                    client.delete_sandbox(name)
+                fail(status.status_message or "Sandbox provisioning failed")
+            if time.monotonic() >= deadline:
+                last = (
+                    f"{status.status}: {status.status_message}"
+                    if status.status_message
+                    else status.status
+                )
+                fail(
+                    f"Sandbox '{name}' not ready after {timeout}s (last status: {last}); it "
+                    f"keeps provisioning: watch it with hutch sandbox ls, or delete it with "
+                    f"hutch sandbox rm {name}"
+                )
+            display.show(status.status_message or f"{name}: {status.status}")
+            time.sleep(POLL_INTERVAL)
 
 
 @sandbox_app.command("rm")

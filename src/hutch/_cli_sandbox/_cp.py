@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -78,6 +79,19 @@ class _Progress:
     def advance(self, size: int) -> None:
         if self._bar is not None:
             self._bar.advance(self._task, size)
+
+    def within(self, size: int) -> Callable[[int], None]:
+        """A callback taking the bytes of one ``size``-byte file done so far (again from 0
+        if it is sent anew); the bar has advanced by ``size`` once it ends at ``size``."""
+        done = 0
+
+        def report(sent: int) -> None:
+            nonlocal done
+            sent = min(sent, size)  # a file grown meanwhile does not overfill the bar
+            self.advance(sent - done)
+            done = sent
+
+        return report
 
 
 @dataclass
@@ -207,6 +221,7 @@ def sandbox_cp(
             progress = _Progress(sum(f.size for f in plan), f"→ {dest}")
             with progress():
                 for item in plan:
-                    # One request per file: the bar advances file by file.
-                    sb.write(item.remote, item.local.read_bytes())
-                    progress.advance(item.size)
+                    # Streamed from the open file: the bar follows the bytes as they are sent,
+                    # and memory stays bounded whatever the file's size.
+                    with item.local.open("rb") as f:
+                        sb.write(item.remote, f, progress=progress.within(item.size))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, TypeAlias
 
 import httpx
 
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 RequestHeaders: TypeAlias = Mapping[str, str] | None
 _ErrorMapper: TypeAlias = Callable[[WireError], SandboxClientError]
+#: Called with the bytes of a file sent so far (again from 0 if a retry sends it anew).
+UploadProgress: TypeAlias = Callable[[int], None]
 
 #: The header a service URL's token travels in (what the server's service proxy reads).
 SERVICE_TOKEN_HEADER: Final = "X-Langsmith-Sandbox-Service-Token"
@@ -201,6 +203,30 @@ class AsyncServiceURL:
         return await self.request("DELETE", path, **kwargs)
 
 
+class _Reporting:
+    """A binary file for httpx's multipart body that reports its position after each read.
+
+    httpx seeks it to 0 and reads it in 64 KiB chunks as the body is sent, so the file is never
+    whole in memory; it learns the length by seeking to the end (for ``Content-Length``).
+    """
+
+    def __init__(self, file: BinaryIO, progress: UploadProgress | None) -> None:
+        self._file = file
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._file.read(size)
+        if self._progress is not None:
+            self._progress(self._file.tell())
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
 class AsyncSandboxFilesMixin:
     """File methods of a sandbox, and the data-plane plumbing all its methods use; the sandbox
     class provides the attributes declared here."""
@@ -234,7 +260,7 @@ class AsyncSandboxFilesMixin:
         timeout: float | None,
         json: Any = None,
         params: Mapping[str, str] | None = None,
-        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+        files: Mapping[str, tuple[str, bytes | _Reporting, str]] | None = None,
     ) -> httpx.Response:
         """A data-plane call (spec §3): checks, send, map a non-2xx answer."""
         url = f"{self._require_dataplane_url()}{path}"
@@ -250,19 +276,30 @@ class AsyncSandboxFilesMixin:
     async def write(
         self,
         path: str,
-        content: str | bytes,
+        content: str | bytes | BinaryIO,
         *,
         timeout: int = 60,
+        progress: UploadProgress | None = None,
         headers: RequestHeaders = None,
     ) -> None:
         """Write a file (creating parent directories; ``str`` is UTF-8 encoded).
 
-        Relative paths resolve from the sandbox's home directory.
+        Relative paths resolve from the sandbox's home directory. ``content`` may be a binary
+        file open for reading and seekable (e.g. ``open(p, "rb")``): it is sent from its start,
+        chunk by chunk as the request goes out, so memory stays bounded whatever its size.
+        ``progress`` is called with the bytes sent so far as they go (not at all for ``str``
+        or ``bytes`` content).
 
         Raises:
             SandboxOperationError: The write failed (``operation="write"``).
         """
-        data = content.encode("utf-8") if isinstance(content, str) else content
+        data: bytes | _Reporting
+        if isinstance(content, str):
+            data = content.encode("utf-8")
+        elif isinstance(content, bytes):
+            data = content
+        else:
+            data = _Reporting(content, progress)
         await self._dataplane(
             "POST",
             "/upload",

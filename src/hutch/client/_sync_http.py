@@ -148,7 +148,8 @@ class HttpBase:
         timeout: float | None,
         json: Any = None,
         params: Mapping[str, str] | None = None,
-        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+        # ``bytes`` or a readable, seekable file object that httpx streams.
+        files: Mapping[str, tuple[str, Any, str]] | None = None,
     ) -> httpx.Response:
         """Send one request (with retries); no httpx exception leaves this method."""
         try:
