@@ -18,6 +18,7 @@ import pytest
 from hutch.runtime import _fs
 from hutch.runtime._interface import ExecSpec, RuntimeError_, SandboxNotFound, SandboxSpec
 from hutch.runtime.images import Image, ImageStore
+from hutch.runtime.images._store import _mounted_layer_names
 from hutch.runtime.runc import RuncRuntime
 from hutch.runtime.runc._runtime import RuncProcess
 from tests.conftest import TIME_SCALE
@@ -303,3 +304,34 @@ async def test_close_leaves_nothing_on_the_host(data: Path, image: Image) -> Non
     await rt.aclose()
     assert not public.exists()
     assert str(data) not in Path("/proc/self/mountinfo").read_text()
+
+
+def _host_mounts() -> int:
+    return len(Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+async def test_sandboxes_leave_the_host_mount_table_alone(
+    runtime: RuncRuntime, image: Image, data: Path
+) -> None:
+    """A running sandbox's root overlay lives only in its own mount namespace: the host's mount
+    table (which every new container copies, so its size is paid on each create) does not grow
+    with sandboxes, across stop and start too, and the image store still sees their layers as
+    in use."""
+    first = make_spec(image)
+    await runtime.create(first)  # the storage pool's own mount comes with the first
+    before = _host_mounts()
+    specs = [make_spec(image) for _ in range(3)]
+    for spec in specs:
+        await runtime.create(spec)
+    assert _host_mounts() == before
+    await runtime.stop(specs[0].id)
+    await runtime.start(specs[0])
+    assert _host_mounts() == before
+    assert (await run(runtime, specs[0].id, ["/bin/echo", "up"]))[::2] == (b"up\n", 0)
+    in_use = _mounted_layer_names(image.layers[0].parent, data / "sandboxes")
+    assert {p.name for p in image.layers} <= in_use
+    for spec in [first, *specs]:
+        await runtime.delete(spec.id)
+    assert not {p.name for p in image.layers} & _mounted_layer_names(
+        image.layers[0].parent, data / "sandboxes"
+    )

@@ -24,6 +24,7 @@ inside layers are exactly as in the image (no uid shifting).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -549,15 +550,21 @@ def _mounted_layer_names(layers: Path, bundles: Path) -> set[str]:
     """Names (hex digests) of the directories in ``layers`` that are lower layers of a mounted
     overlay.
 
-    Read from ``/proc/self/mountinfo``, so it sees the overlays of every process in this mount
-    namespace (sandboxes of a running server, whichever process asks). Overlays list their
-    layers as ``lowerdir=a:b`` or, with the new mount API, as one ``lowerdir+=a`` per layer.
+    Read from ``/proc/self/mountinfo`` (overlays mounted in this mount namespace) and from the
+    mount table of each sandbox's init (``init.pid`` in its bundle under ``bundles``): a running
+    sandbox's root overlay lives only in its own mount namespace. Overlays list their layers as
+    ``lowerdir=a:b`` or, with the new mount API, as one ``lowerdir+=a`` per layer.
     """
     names: set[str] = set()
-    try:
-        lines = _MOUNTINFO.read_text().splitlines()
-    except OSError:
-        return names
+    lines: list[str] = []
+    tables = [_MOUNTINFO]
+    with contextlib.suppress(OSError):
+        for pid_file in bundles.glob("*/init.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                tables.append(Path(f"/proc/{int(pid_file.read_text())}/mountinfo"))
+    for table in tables:
+        with contextlib.suppress(OSError):  # a sandbox that just went: nothing of it in use
+            lines += table.read_text().splitlines()
     for line in lines:
         _, sep, rest = line.partition(" - ")
         fields = rest.split(" ")

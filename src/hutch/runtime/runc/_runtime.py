@@ -299,6 +299,10 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
         except BaseException:
             ours.close()
             raise
+        # The container's mount namespace has its own copy of the root filesystem's mount; the
+        # host's goes, so that the host's mount table does not grow with the sandboxes: every
+        # new mount namespace (each runc run) copies that whole table.
+        _umount(str(self._shared(sandbox_id) / "rootfs"))
         if self._init_bin is None:
             ours.close()
             return
