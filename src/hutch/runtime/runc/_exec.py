@@ -1,8 +1,9 @@
 """Commands of the runc runtime: starting processes in a running sandbox, and connecting to it.
 
-A command starts through the sandbox's init (its control socket, see :mod:`_spawner`); a
-sandbox adopted from an earlier server has none, and its commands start with ``runc exec``
-(pipes, or a PTY handed over a console socket). ``connect`` opens a TCP connection inside the
+A command starts through the sandbox's init (its control socket, see :mod:`_spawner`; after a
+server restart, taken back from the init that holds it). A sandbox whose init holds none (started
+by a server from before that) has its commands started with ``runc exec`` (pipes, or a PTY handed
+over a console socket). ``connect`` opens a TCP connection inside the
 sandbox's network namespace.
 """
 

@@ -147,8 +147,8 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
                 if not public_init.exists():
                     shutil.copy2(self._init_bin, public_init)
                 self._init_bin = public_init
-        # Control sockets of the inits this server started (adopted sandboxes have none and
-        # start commands with runc exec).
+        # Control sockets of the inits this server started or took back from their init after
+        # a restart (see _exec; sandboxes whose init holds none start commands with runc exec).
         self._spawners: dict[str, _spawner.Spawner] = {}
         self._reattaching: dict[str, asyncio.Future[_spawner.Spawner | None]] = {}
         self.network = _network.EgressNetwork(data_dir, network)
@@ -179,6 +179,10 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
         for refill in list(self._refills.values()):
             with contextlib.suppress(Exception):
                 await refill
+        for attempt in list(self._reattaching.values()):  # a HELLO still unanswered
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await attempt
         self._background.shutdown()
         self.storage.close()
         if self._userns_fd is not None:
