@@ -66,6 +66,11 @@ class ExecuteBody(BaseModel):
         return v
 
 
+def _utf8_len(text: str) -> int:
+    """Bytes of ``text`` in UTF-8; mostly ASCII output is counted without encoding a copy."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 async def ready_sandbox(svc: Services, who: Principal, sandbox_id: str) -> Sandbox:
     row = await svc.manager.sandboxes.in_workspace(who.workspace_id, sandbox_id)
     if row is None:
@@ -143,8 +148,8 @@ async def execute(
         )
     metrics = svc.manager.metrics
     metrics.exec_done("blocking", time.perf_counter() - began)
-    metrics.output("blocking", "stdout", len(result.stdout.encode()))
-    metrics.output("blocking", "stderr", len(result.stderr.encode()))
+    metrics.output("blocking", "stdout", _utf8_len(result.stdout))
+    metrics.output("blocking", "stderr", _utf8_len(result.stderr))
     return {"stdout": result.stdout, "stderr": result.stderr, "exit_code": result.exit_code}
 
 

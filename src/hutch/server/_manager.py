@@ -198,12 +198,12 @@ class SandboxManager:
             elif r.status == PROVISIONING:
                 # A create interrupted by the restart: remove what it made, record the failure.
                 await self.runtime.delete(r.id)
-                self.metrics.changed(r, FAILED, "provisioning interrupted by a restart")
-                with contextlib.suppress(WrongState, SandboxGone):
-                    await self.sandboxes.transition(
-                        r.id,
+                with contextlib.suppress(WrongState, SandboxNotFound):
+                    await self._transition(
+                        r,
                         FAILED,
                         expected={PROVISIONING},
+                        reason="provisioning interrupted by a restart",
                         status_message="Provisioning was interrupted by a server "
                         "restart; delete it and create it again",
                     )
@@ -235,21 +235,24 @@ class SandboxManager:
                 if isinstance(exc, SandboxNotFound)
                 else f"Could not reset its files ({exc})"
             )
-            self.metrics.changed(row, FAILED, failure)
             await self._transition(
-                row.id,
+                row,
                 FAILED,
                 expected={was},
+                reason=failure,
                 status_message=f"{failure}; delete it and create a new one",
             )
             raise WrongState(row.name, FAILED, "ready") from None
         now = self.clock.utcnow()
         times = {"status_message": message, "stopped_at": now, "last_active_at": now}
+        reason = message or "stop requested"
         if was == STOPPED:
             await self.sandboxes.update(row.id, updated_at=now, **times)
+            self.metrics.changed(row, STOPPED, reason, time.monotonic() - began)
         else:
-            await self._transition(row.id, STOPPED, expected={was}, **times)
-        self.metrics.changed(row, STOPPED, message or "stop requested", time.monotonic() - began)
+            await self._transition(
+                row, STOPPED, expected={was}, reason=reason, began=began, **times
+            )
 
     async def aclose(self) -> None:
         tasks = list(self._tasks.values())
@@ -514,9 +517,8 @@ class SandboxManager:
                 await self.runtime.start(self._spec(row, image))
             except SandboxNotFound:
                 message = "Its files are gone from the host; delete it and create a new one"
-                self.metrics.changed(row, FAILED, message)
                 await self._transition(
-                    sandbox_id, FAILED, expected={STOPPED}, status_message=message
+                    row, FAILED, expected={STOPPED}, reason=message, status_message=message
                 )
                 raise StartFailed(ErrorType.SANDBOX_CONFIG, message) from None
             except RuntimeError_ as exc:
@@ -527,14 +529,15 @@ class SandboxManager:
             now = self.clock.utcnow()
             # Starting is activity: the idle TTL counts from here.
             await self._transition(
-                sandbox_id,
+                row,
                 READY,
                 expected={STOPPED},
+                reason="start requested",
+                began=began,
                 status_message=None,
                 stopped_at=None,
                 last_active_at=now,
             )
-            self.metrics.changed(row, READY, "start requested", time.monotonic() - began)
             self._active[sandbox_id] = now
             row = await self._row(sandbox_id)
         self.kick()
@@ -552,18 +555,24 @@ class SandboxManager:
 
     async def _transition(
         self,
-        sandbox_id: str,
+        row: Sandbox,
         to: SandboxStatus,
         *,
         expected: set[SandboxStatus],
+        reason: str,
+        began: float | None = None,
         **values: object,
     ) -> datetime:
-        """:meth:`SandboxRepository.transition`, with a record gone meanwhile reported as the
+        """:meth:`SandboxRepository.transition`, logged (with ``reason``, and the time since
+        ``began`` when given) once it happened; a record gone meanwhile is reported as the
         runtime's :class:`SandboxNotFound` (what the handlers answer 404 for)."""
         try:
-            return await self.sandboxes.transition(sandbox_id, to, expected=expected, **values)
+            at = await self.sandboxes.transition(row.id, to, expected=expected, **values)
         except SandboxGone as exc:
             raise SandboxNotFound(str(exc)) from None
+        seconds = None if began is None else time.monotonic() - began
+        self.metrics.changed(row, to, reason, seconds)
+        return at
 
     # -- activity ------------------------------------------------------------------------------
 
