@@ -241,7 +241,13 @@ def test_expired_session_goes_back_to_sign_in(context: BrowserContext, server: S
     returns to where it was."""
     page = context.new_page()
     sign_in(page, server)
-    page.get_by_role("link", name="Templates").click()
+    # The templates page loads its list and the image names once; both must have answered
+    # before the session ends, or one of them meets the 401 and the page reacts before the reload.
+    with (
+        page.expect_response(lambda r: r.url.endswith("/api/v2/sandboxes/templates")),
+        page.expect_response(lambda r: r.url.endswith("/ui/api/images")),
+    ):
+        page.get_by_role("link", name="Templates").click()
     with cookie_client(server, session_cookie(context), origin=server.url) as http:
         assert http.delete("/ui/api/session").status_code == 204
     page.reload()  # the templates page polls nothing: a reload meets the expired session
