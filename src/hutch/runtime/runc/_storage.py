@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import logging
 import os
 import shutil
@@ -54,6 +53,21 @@ class StorageError(Exception):
     pass
 
 
+def _ioctl(fd: int, request: int, arg: bytearray) -> None:
+    """``ioctl(fd, request, arg)`` with the interpreter lock released.
+
+    btrfs ioctls block for a transaction commit (a snapshot waits for one; a quota limit or a
+    subvolume's creation may wait behind another's), often for milliseconds, under load for
+    tens. ``fcntl.ioctl`` holds the interpreter lock through the call when ``arg`` is a mutable
+    buffer, which stalls the server's event loop for as long; a foreign call through ctypes
+    releases it.
+    """
+    buf = (ctypes.c_char * len(arg)).from_buffer(arg)
+    if _libc.ioctl(fd, ctypes.c_ulong(request), buf) == -1:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
 def _vol_args(name: str) -> bytearray:
     raw = name.encode()
     if not raw or b"/" in raw or len(raw) >= _VOL_ARGS - 8:
@@ -80,7 +94,7 @@ def _snapshot(source: Path, parent: Path, name: str, *, readonly: bool) -> None:
         dst = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             flags = BTRFS_SUBVOL_RDONLY if readonly else 0
-            fcntl.ioctl(dst, BTRFS_IOC_SNAP_CREATE_V2, _vol_args_v2(src, name, flags))
+            _ioctl(dst, BTRFS_IOC_SNAP_CREATE_V2, _vol_args_v2(src, name, flags))
         finally:
             os.close(dst)
     finally:
@@ -98,7 +112,7 @@ def _exchange(a: Path, b: Path) -> None:
 def _destroy(parent: Path, name: str) -> None:
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        fcntl.ioctl(fd, BTRFS_IOC_SNAP_DESTROY, _vol_args(name))
+        _ioctl(fd, BTRFS_IOC_SNAP_DESTROY, _vol_args(name))
     finally:
         os.close(fd)
 
@@ -175,7 +189,7 @@ class StoragePool:
         if fresh:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                fcntl.ioctl(fd, BTRFS_IOC_QUOTA_CTL, bytearray(struct.pack("=QQ", 4, 0)))
+                _ioctl(fd, BTRFS_IOC_QUOTA_CTL, bytearray(struct.pack("=QQ", 4, 0)))
                 return
             except OSError:
                 pass
@@ -205,7 +219,7 @@ class StoragePool:
     def _new_layer(parent: Path, name: str, owner: tuple[int, int]) -> None:
         fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.ioctl(fd, BTRFS_IOC_SUBVOL_CREATE, _vol_args(name))
+            _ioctl(fd, BTRFS_IOC_SUBVOL_CREATE, _vol_args(name))
         except OSError as exc:
             raise StorageError(f"cannot create the sandbox's storage: {exc}") from exc
         finally:
@@ -251,7 +265,7 @@ class StoragePool:
             flags = BTRFS_QGROUP_LIMIT_MAX_RFER | BTRFS_QGROUP_LIMIT_MAX_EXCL
             # qgroupid 0: the subvolume the descriptor is in.
             args = bytearray(struct.pack("=6Q", 0, flags, limit_bytes, limit_bytes, 0, 0))
-            fcntl.ioctl(sub, BTRFS_IOC_QGROUP_LIMIT, args)
+            _ioctl(sub, BTRFS_IOC_QGROUP_LIMIT, args)
         except OSError as exc:
             raise StorageError(f"cannot limit the sandbox's storage: {exc}") from exc
         finally:
@@ -264,7 +278,7 @@ class StoragePool:
             return
         parent = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.ioctl(parent, BTRFS_IOC_SNAP_DESTROY, _vol_args(sandbox_id))
+            _ioctl(parent, BTRFS_IOC_SNAP_DESTROY, _vol_args(sandbox_id))
         except OSError as exc:
             log.warning("could not delete subvolume %s (%s); removing its files", path, exc)
             shutil.rmtree(path, ignore_errors=True)
