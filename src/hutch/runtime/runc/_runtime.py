@@ -74,6 +74,10 @@ DEFAULT_STORAGE_POOL = 256 * GiB  # sparse: takes host disk only as sandboxes wr
 DEFAULT_STORAGE_LIMIT = 10 * GiB  # per sandbox, when its template names none
 #: How long a sandbox's processes may take to die once SIGKILLed (unthrottled, thawed).
 KILL_TIMEOUT = 5.0
+#: Seconds a spare clone's refill waits after the create that took the spare. Its btrfs commit
+#: (writes and a flush of the pool) competes with the new sandbox's first commands, which
+#: clients send at once; a moment later it costs nobody a wait.
+SPARE_REFILL_DELAY = 0.1
 
 
 def _umount(target: str) -> None:
@@ -262,7 +266,7 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
             finally:
                 os.close(root)
             if spec.snapshot is not None:  # after the create: its commit would slow it down
-                self._refill(spec.snapshot)
+                self._refill(spec.snapshot, SPARE_REFILL_DELAY)
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.delete(spec.id))
@@ -458,7 +462,7 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
                 raise SandboxNotFound(f"sandbox {sandbox_id} does not exist") from exc
             raise RuntimeError_(str(exc)) from exc
         if snapshot is not None and (self.storage.snapshots / snapshot).is_dir():
-            self._refill(snapshot)  # the reset may have taken its spare
+            self._refill(snapshot, SPARE_REFILL_DELAY)  # the reset may have taken its spare
 
     async def snapshot_ids(self) -> set[str]:
         return await asyncio.to_thread(self.storage.snapshot_ids)
@@ -473,13 +477,15 @@ class RuncRuntime(ExecMixin, BundleMixin, Runtime):
             raise RuntimeError_(str(exc)) from exc
         self._refill(snapshot_id)
 
-    def _refill(self, snapshot_id: str) -> None:
+    def _refill(self, snapshot_id: str, delay: float = 0.0) -> None:
         """Make the snapshot's spare clone in the background (see ``StoragePool.spare``), so the
-        next sandbox from it starts without waiting for a btrfs snapshot's commit."""
+        next sandbox from it starts without waiting for a btrfs snapshot's commit; after
+        ``delay`` seconds (see ``SPARE_REFILL_DELAY``)."""
         if snapshot_id in self._refills:
             return
 
         async def refill() -> None:
+            await asyncio.sleep(delay)
             try:
                 await asyncio.get_running_loop().run_in_executor(
                     self._background, self.storage.prepare_spare, snapshot_id
