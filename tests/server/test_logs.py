@@ -166,10 +166,11 @@ def test_reaper_transitions_say_why(logged: Logged) -> None:
         assert r.status_code == 201, r.text
         box = r.json()
         assert wait_until(lambda: http.get(f"{BOXES}/{box['name']}").status_code == 404, PROMPT)
-        metrics = http.get("/metrics").text
+        # Counted once the delete is done, a moment after the record is gone.
+        counted = 'hutch_reaper_actions_total{action="ttl_delete"} 1.0'
+        assert wait_until(lambda: counted in http.get("/metrics").text, PROMPT)
     end = _one(logged.records(), event="sandbox.transition", sandbox_id=box["id"], to="deleted")
     assert end["reason"] == "ttl_seconds" and "request_id" not in end
-    assert 'hutch_reaper_actions_total{action="ttl_delete"} 1.0' in metrics
 
 
 def test_bad_request_ids_are_replaced(logged: Logged) -> None:

@@ -703,6 +703,9 @@ class SandboxManager:
         with self.metrics.reaping(deadline):
             if deadline.action == Action.DELETE:
                 await self.destroy(row.id)
-                return
-            with contextlib.suppress(WrongState, SandboxNotFound):  # deleted or stopped meanwhile
-                await self.stop(row.id)
+            else:
+                try:
+                    await self.stop(row.id)
+                except (WrongState, SandboxNotFound):  # deleted, or failed, meanwhile
+                    return
+            self.metrics.reaped(deadline)

@@ -211,11 +211,16 @@ class Metrics:
 
     @contextmanager
     def reaping(self, deadline: Deadline) -> Iterator[None]:
-        """The reaper acts on ``deadline``: counted, and the reason of what changes inside."""
-        action = _REAPER_ACTIONS.get((deadline.action, deadline.reason), str(deadline.action))
-        self.reaper_actions.labels(action).inc()
+        """The reaper acts on ``deadline``: what changes inside is logged with its reason, and
+        counted once it is done (see :meth:`reaped`)."""
         with _logs.because(deadline.reason):
             yield
+
+    def reaped(self, deadline: Deadline) -> None:
+        """The reaper stopped or deleted a sandbox for ``deadline`` (not counted: a sandbox that
+        a user deleted or stopped first)."""
+        action = _REAPER_ACTIONS.get((deadline.action, deadline.reason), str(deadline.action))
+        self.reaper_actions.labels(action).inc()
 
     # -- the data plane ------------------------------------------------------------------------
 
