@@ -255,4 +255,5 @@ def test_command_handles_offer_the_documented_calls() -> None:
         "stdout_offset": 0,
         "stderr_offset": 0,
         "headers": None,
+        "keep_output": True,  # hutch extension, after the documented ones
     }

@@ -173,6 +173,19 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def test_a_handle_can_keep_no_output(sandbox: Sandbox) -> None:
+    """keep_output=False: iterating (and reconnecting) still gets every byte, and the result
+    carries only the exit code, so a long-lived command's output does not pile up in the
+    client."""
+    expected = "".join(f"{i}\n" for i in range(1, 20001))
+    handle = sandbox.run("seq 1 20000; exit 3", wait=False, keep_output=False)
+    assert "".join(c.data for c in handle if c.stream == "stdout") == expected
+    assert (handle.result.stdout, handle.result.stderr, handle.result.exit_code) == ("", "", 3)
+    again = sandbox.reconnect(handle.command_id, keep_output=False)
+    assert "".join(c.data for c in again) == expected
+    assert (again.result.stdout, again.result.exit_code) == ("", 3)
+
+
 def test_two_clients_get_all_output(sandbox: Sandbox) -> None:
     """Two reconnected handles in two threads each get all of `seq 1 200000` (sha256)."""
     starter = sandbox.run("echo ready; read go; seq 1 200000", timeout=60, wait=False)

@@ -161,6 +161,7 @@ async def _exec(
             command_id=command_id,
             # A terminal's input is not forwarded: the command reads end-of-file at once.
             stdin=None if forward else "",
+            keep_output=False,  # printed as it comes: a chatty command must not fill our memory
         )
         if detach:
             typer.echo(handle.command_id)
@@ -237,7 +238,7 @@ async def _logs(
     async with connection.async_client() as client:
         sb = await client.get_sandbox(name)
         require_ready(sb)
-        handle = await sb.reconnect(command_id)
+        handle = await sb.reconnect(command_id, keep_output=False)
         if follow:
             return await stream_until_exit(handle, forward_stdin=False)
         if not as_json:

@@ -138,7 +138,7 @@ async def _shell(
         sb = await client.get_sandbox(name)
         require_ready(sb)
         if attach:
-            handle = await sb.reconnect(attach)
+            handle = await sb.reconnect(attach, keep_output=False)
         else:
             handle = await sb.run(
                 command,
@@ -148,6 +148,7 @@ async def _shell(
                 shell="/bin/sh",
                 idle_timeout=idle_timeout,
                 env={"TERM": os.environ.get("TERM") or "xterm-256color"},
+                keep_output=False,
             )
         fd = sys.stdin.fileno()
         try:

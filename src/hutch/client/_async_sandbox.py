@@ -224,6 +224,7 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
         wait: Literal[True] = ...,
         command_id: str | None = ...,
         stdin: str | None = ...,
+        keep_output: bool = ...,
     ) -> ExecutionResult: ...
 
     @overload
@@ -245,6 +246,7 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
         wait: Literal[False],
         command_id: str | None = ...,
         stdin: str | None = ...,
+        keep_output: bool = ...,
     ) -> AsyncCommandHandle: ...
 
     @overload
@@ -266,6 +268,7 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
         wait: bool = ...,
         command_id: str | None = ...,
         stdin: str | None = ...,
+        keep_output: bool = ...,
     ) -> ExecutionResult | AsyncCommandHandle: ...
 
     async def run(
@@ -286,6 +289,7 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
         wait: bool = True,
         command_id: str | None = None,
         stdin: str | None = None,
+        keep_output: bool = True,
     ) -> ExecutionResult | AsyncCommandHandle:
         """Run ``<shell> -c <command>`` in the sandbox.
 
@@ -316,6 +320,9 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
                 with that id rather than start a second one.
             stdin: hutch extension: text written to the command's stdin, which is then closed
                 (``""``: closed at once). Needs a server that supports ``close_stdin``.
+            keep_output: hutch extension: ``False`` passes output only to the handle's iterator
+                and the callbacks, and the result's ``stdout`` and ``stderr`` are empty: the
+                handle's memory stays flat however much a long-lived command prints.
 
         Returns:
             The :class:`ExecutionResult` (``wait=True``), or an :class:`AsyncCommandHandle`.
@@ -370,7 +377,12 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
                 headers=headers,
             )
         handle = await AsyncCommandHandle._start(
-            endpoint, ws, execute, on_stdout=on_stdout, on_stderr=on_stderr
+            endpoint,
+            ws,
+            execute,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            keep_output=keep_output,
         )
         try:
             if stdin:
@@ -392,11 +404,12 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
         stdout_offset: int = 0,
         stderr_offset: int = 0,
         headers: RequestHeaders = None,
+        keep_output: bool = True,
     ) -> AsyncCommandHandle:
         """A handle on a command started earlier, possibly by another process.
 
         Its output is replayed from the given byte offsets (0 and 0: everything the server still
-        has), then streamed live.
+        has), then streamed live. ``keep_output=False`` (hutch extension): as in :meth:`run`.
 
         Raises:
             ValueError: An invalid command id or a negative offset.
@@ -408,7 +421,9 @@ class AsyncSandbox(AsyncSandboxFilesMixin):
         """
         self._require_dataplane_url()
         request = Reconnect(command_id, stdout_offset, stderr_offset)
-        return await AsyncCommandHandle._reconnect(self._exec_endpoint(headers), request)
+        return await AsyncCommandHandle._reconnect(
+            self._exec_endpoint(headers), request, keep_output=keep_output
+        )
 
     def _exec_endpoint(self, headers: RequestHeaders) -> ExecEndpoint:
         """Where this sandbox's exec WebSockets go, with the client's headers (spec §4.1)."""

@@ -278,6 +278,7 @@ class AsyncCommandHandle:
         timeout: int | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        keep_output: bool = True,
     ) -> None:
         self._endpoint = endpoint
         self._ws: ClientConnection | None = ws
@@ -290,8 +291,9 @@ class AsyncCommandHandle:
         self._on_stdout = on_stdout
         self._on_stderr = on_stderr
         self._state = _State.RUNNING
-        self._stdout: list[str] = []
-        self._stderr: list[str] = []
+        # Everything received, for the result; None: not kept (``keep_output=False``).
+        self._stdout: list[str] | None = [] if keep_output else None
+        self._stderr: list[str] | None = [] if keep_output else None
         self._result: ExecutionResult | None = None
         self._failure: SandboxClientError | None = None
         self._killed = False
@@ -310,6 +312,7 @@ class AsyncCommandHandle:
         *,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        keep_output: bool = True,
     ) -> AsyncCommandHandle:
         """Start ``execute`` on the new connection ``ws``; returns once the server confirmed."""
         started = await endpoint.start(ws, execute)
@@ -322,10 +325,13 @@ class AsyncCommandHandle:
             timeout=execute.timeout_seconds or None,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
+            keep_output=keep_output,
         )
 
     @classmethod
-    async def _reconnect(cls, endpoint: ExecEndpoint, request: Reconnect) -> AsyncCommandHandle:
+    async def _reconnect(
+        cls, endpoint: ExecEndpoint, request: Reconnect, *, keep_output: bool = True
+    ) -> AsyncCommandHandle:
         """Attach to a command by id, resuming at the offsets of ``request``."""
         ws = await endpoint.resume(request)
         return cls(
@@ -335,6 +341,7 @@ class AsyncCommandHandle:
             stdout_offset=request.stdout_offset,
             stderr_offset=request.stderr_offset,
             resumed=True,
+            keep_output=keep_output,
         )
 
     def __repr__(self) -> str:
@@ -538,12 +545,10 @@ class AsyncCommandHandle:
                 logger.debug("command %s: dropped output already received", self._command_id)
                 return None
             data, offset = accepted
-            if msg.stream == "stdout":
-                self._stdout.append(data)
-                callback = self._on_stdout
-            else:
-                self._stderr.append(data)
-                callback = self._on_stderr
+            kept = self._stdout if msg.stream == "stdout" else self._stderr
+            if kept is not None:
+                kept.append(data)
+            callback = self._on_stdout if msg.stream == "stdout" else self._on_stderr
             if callback is not None:
                 callback(data)
             return OutputChunk(stream=msg.stream, data=data, offset=offset)
@@ -555,8 +560,8 @@ class AsyncCommandHandle:
                 self._pid = msg.pid
         elif isinstance(msg, Exit):
             self._result = ExecutionResult(
-                stdout="".join(self._stdout),
-                stderr="".join(self._stderr),
+                stdout="".join(self._stdout or ()),
+                stderr="".join(self._stderr or ()),
                 exit_code=msg.exit_code,
             )
             if self._ws is ws:

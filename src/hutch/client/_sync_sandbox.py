@@ -225,6 +225,7 @@ class Sandbox(SandboxFilesMixin):
         wait: Literal[True] = ...,
         command_id: str | None = ...,
         stdin: str | None = ...,
+        keep_output: bool = ...,
     ) -> ExecutionResult: ...
 
     @overload
@@ -246,6 +247,7 @@ class Sandbox(SandboxFilesMixin):
         wait: Literal[False],
         command_id: str | None = ...,
         stdin: str | None = ...,
+        keep_output: bool = ...,
     ) -> CommandHandle: ...
 
     @overload
@@ -267,6 +269,7 @@ class Sandbox(SandboxFilesMixin):
         wait: bool = ...,
         command_id: str | None = ...,
         stdin: str | None = ...,
+        keep_output: bool = ...,
     ) -> ExecutionResult | CommandHandle: ...
 
     def run(
@@ -287,6 +290,7 @@ class Sandbox(SandboxFilesMixin):
         wait: bool = True,
         command_id: str | None = None,
         stdin: str | None = None,
+        keep_output: bool = True,
     ) -> ExecutionResult | CommandHandle:
         """Run ``<shell> -c <command>`` in the sandbox.
 
@@ -317,6 +321,9 @@ class Sandbox(SandboxFilesMixin):
                 with that id rather than start a second one.
             stdin: hutch extension: text written to the command's stdin, which is then closed
                 (``""``: closed at once). Needs a server that supports ``close_stdin``.
+            keep_output: hutch extension: ``False`` passes output only to the handle's iterator
+                and the callbacks, and the result's ``stdout`` and ``stderr`` are empty: the
+                handle's memory stays flat however much a long-lived command prints.
 
         Returns:
             The :class:`ExecutionResult` (``wait=True``), or an :class:`CommandHandle`.
@@ -371,7 +378,12 @@ class Sandbox(SandboxFilesMixin):
                 headers=headers,
             )
         handle = CommandHandle._start(
-            endpoint, ws, execute, on_stdout=on_stdout, on_stderr=on_stderr
+            endpoint,
+            ws,
+            execute,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            keep_output=keep_output,
         )
         try:
             if stdin:
@@ -393,11 +405,12 @@ class Sandbox(SandboxFilesMixin):
         stdout_offset: int = 0,
         stderr_offset: int = 0,
         headers: RequestHeaders = None,
+        keep_output: bool = True,
     ) -> CommandHandle:
         """A handle on a command started earlier, possibly by another process.
 
         Its output is replayed from the given byte offsets (0 and 0: everything the server still
-        has), then streamed live.
+        has), then streamed live. ``keep_output=False`` (hutch extension): as in :meth:`run`.
 
         Raises:
             ValueError: An invalid command id or a negative offset.
@@ -409,7 +422,9 @@ class Sandbox(SandboxFilesMixin):
         """
         self._require_dataplane_url()
         request = Reconnect(command_id, stdout_offset, stderr_offset)
-        return CommandHandle._reconnect(self._exec_endpoint(headers), request)
+        return CommandHandle._reconnect(
+            self._exec_endpoint(headers), request, keep_output=keep_output
+        )
 
     def _exec_endpoint(self, headers: RequestHeaders) -> ExecEndpoint:
         """Where this sandbox's exec WebSockets go, with the client's headers (spec §4.1)."""
