@@ -14,6 +14,7 @@ import typer
 from hutch._cli_sandbox import sandbox_app, snapshot_app, template_app
 from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime.images import RegistryConfig
+from hutch.runtime.runc._config import RuncConfig
 from hutch.runtime.runc._network import DEFAULT_SUBNET, EgressConfig, HostPort
 from hutch.server._config import SERVICE_DOMAIN, ServerConfig, default_data_dir
 
@@ -283,7 +284,9 @@ def serve(
         max_upload_bytes=max_upload_bytes,
         max_body_bytes=max_body_bytes,
         session_log_budget=session_log_budget,
-        storage_pool_bytes=_size(storage_pool_size, "--storage-pool-size"),
+        runtime=RuncConfig(
+            storage_pool_bytes=_size(storage_pool_size, "--storage-pool-size"), egress=egress
+        ),
         default_storage_bytes=_size(default_storage, "--default-storage"),
         quota_sandboxes=quota_sandboxes,
         quota_cpu_millis=_cpu(quota_cpu, "--quota-cpu") if quota_cpu else None,
@@ -296,7 +299,6 @@ def serve(
         default_delete_after_stop=default_delete_after_stop,
         ttl_granularity=ttl_granularity,
         default_network="egress" if default_network == "egress" else "none",
-        egress=egress,
         metrics_public=metrics_public,
     )
     from hutch.server._servers import DataDirBusy, lock_data_dir, run_servers

@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hutch.protocol._errors import ErrorType, make_error
+from hutch.runtime._backend import load_runtime
 from hutch.runtime.images import ImageStore
-from hutch.runtime.runc import RuncRuntime
 from hutch.server import (
     _control,
     _dataplane,
@@ -147,11 +147,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         if written:
             print(f"hutch: generated the first API key; it is in {written}", flush=True)
         images = ImageStore(config.data_dir / "images")
-        runtime = RuncRuntime(
-            config.data_dir,
-            storage_pool_bytes=config.storage_pool_bytes,
-            storage_limit_bytes=config.default_storage_bytes,
-            network=config.egress,
+        runtime = load_runtime(
+            config.runtime, config.data_dir, default_storage_bytes=config.default_storage_bytes
         )
         sessions = SessionManager(log_budget=config.session_log_budget)
         manager = SandboxManager(db, runtime, images, config, sessions, metrics)

@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hutch.runtime._backend import RuntimeConfig, runtime_config
 from hutch.runtime._interface import NetworkMode
 from hutch.runtime.images import RegistryConfig
-from hutch.runtime.runc._network import EgressConfig
 
 
 def default_data_dir() -> Path:
@@ -57,8 +57,8 @@ class ServerConfig:
     max_exec_output_bytes: int = 64 * 1024**2
     #: Processes per sandbox (fork bombs stop here).
     pids_limit: int = 1024
-    #: Size of the (sparse) btrfs image holding every sandbox's writable layer.
-    storage_pool_bytes: int = 256 * 1024**3
+    #: The runtime backend and its own settings (``hutch serve --runtime`` and its flags).
+    runtime: RuntimeConfig = field(default_factory=runtime_config)
     #: Disk limit of a sandbox whose template names no ``storage``.
     default_storage_bytes: int = 10 * 1024**3
     #: Default quotas of a workspace (None: unlimited); ``hutch workspaces quota`` overrides.
@@ -85,8 +85,6 @@ class ServerConfig:
     snapshot_wait_seconds: float = 5.0
     #: Network mode of templates created without one (``none``: loopback only).
     default_network: NetworkMode = "none"
-    #: How ``egress`` sandboxes are networked: bridge, subnet, DNS, allowed host ports.
-    egress: EgressConfig = field(default_factory=EgressConfig)
     #: ``GET /metrics`` without an API key (for a scraper on a private network); by default
     #: it needs an admin key.
     metrics_public: bool = False

@@ -120,13 +120,14 @@ async def workspace_sandboxes(svc: Services, who: Principal) -> list[Sandbox]:
 
 
 def fits_pool(svc: Services, storage: int) -> None:
-    """A disk limit larger than the whole storage pool could never be honoured: 422."""
-    if storage > svc.config.storage_pool_bytes:
+    """A disk limit larger than the runtime can give one sandbox could never be honoured: 422."""
+    most = svc.config.runtime.max_storage_bytes
+    if most is not None and storage > most:
         raise ApiError(
             ErrorType.VALIDATION,
             f"A disk limit of {storage} bytes is larger than this server's storage pool "
-            f"({svc.config.storage_pool_bytes} bytes); ask for less, or start the server with a "
-            "larger --storage-pool-size",
+            f"({most} bytes); ask for less, or start the server with a larger "
+            "--storage-pool-size",
         )
 
 
