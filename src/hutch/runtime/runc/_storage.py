@@ -20,6 +20,7 @@ import os
 import shutil
 import struct
 import subprocess
+from errno import EINTR
 from pathlib import Path
 
 log = logging.getLogger("hutch.runtime")
@@ -63,9 +64,10 @@ def _ioctl(fd: int, request: int, arg: bytearray) -> None:
     releases it.
     """
     buf = (ctypes.c_char * len(arg)).from_buffer(arg)
-    if _libc.ioctl(fd, ctypes.c_ulong(request), buf) == -1:
+    while _libc.ioctl(fd, ctypes.c_ulong(request), buf) == -1:
         errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
+        if errno != EINTR:  # a signal handled on this thread: ask again, as fcntl.ioctl does
+            raise OSError(errno, os.strerror(errno))
 
 
 def _vol_args(name: str) -> bytearray:
