@@ -219,7 +219,7 @@ class SandboxFiles(abc.ABC):
         is ``path`` created (with missing parent directories) or truncated and filled. So if
         ``chunks`` raises (its exception propagates unchanged) or the bytes do not fit, the
         sandbox's files are unchanged. New files and directories belong to the sandbox's root
-        user; an existing file keeps its owner and mode.
+        user; an existing file keeps its mode.
 
         Raises:
             SandboxNotFound: The sandbox is not running.
