@@ -16,18 +16,14 @@ import posixpath
 import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from hutch.runtime._interface import (
-    FileError,
     FileIOError,
     FileNotFound,
     InvalidPath,
     NotADirectory,
     NotAFile,
 )
-
-__all__ = ["FileError"]  # re-exported: the errors every function here raises
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine, 437)
 RESOLVE_NO_XDEV = 0x01
@@ -70,12 +66,6 @@ def _fd(fd: int) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
-
-
-@dataclass
-class FileInfo:
-    size: int
-    mode: int
 
 
 def exists(root_fd: int, path: str) -> bool:
