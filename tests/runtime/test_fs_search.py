@@ -15,8 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hutch.runtime import _fs, _search
+from hutch.runtime import _search
+from hutch.runtime._interface import FileError, FileNotFound, NotADirectory
 from hutch.runtime._search import GlobPattern, Limits
+from hutch.runtime.runc import _fs, _walk
 
 CANARY = "canary-4f9a1c"
 
@@ -62,7 +64,7 @@ def _paths(result: _search.SearchResult[_search.FileMatch]) -> list[str]:
 
 def test_glob_star_lists_one_level_with_dotfiles_and_links_as_entries(root_fd: int) -> None:
     """``*`` lists a directory's entries (dotfiles too, sorted); symlinks are not dirs."""
-    result = _search.glob(root_fd, "/", GlobPattern("*"), Limits())
+    result = _walk.glob(root_fd, "/", GlobPattern("*"), Limits())
     assert _paths(result) == [
         "/.hidden",
         "/blob.bin",
@@ -83,9 +85,9 @@ def test_glob_star_lists_one_level_with_dotfiles_and_links_as_entries(root_fd: i
 
 def test_glob_double_star_recurses_breadth_first_without_following_links(root_fd: int) -> None:
     """``**/*.py`` finds files at every depth, shallow first; links are never walked into."""
-    result = _search.glob(root_fd, "/", GlobPattern("**/*.py"), Limits())
+    result = _walk.glob(root_fd, "/", GlobPattern("**/*.py"), Limits())
     assert _paths(result) == ["/src/main.py", "/src/pkg/util.py"]
-    everything = _paths(_search.glob(root_fd, "/", GlobPattern("**"), Limits()))
+    everything = _paths(_walk.glob(root_fd, "/", GlobPattern("**"), Limits()))
     links = ("/to_host/", "/to_slash/", "/up/", "/magic/")
     assert not [p for p in everything if p.startswith(links)]
     assert "/src/pkg/util.py" in everything
@@ -93,19 +95,19 @@ def test_glob_double_star_recurses_breadth_first_without_following_links(root_fd
 
 def test_glob_relative_to_a_subdirectory(root_fd: int) -> None:
     """Paths come back absolute; the pattern is relative to the search root."""
-    result = _search.glob(root_fd, "/src", GlobPattern("pkg/*.py"), Limits())
+    result = _walk.glob(root_fd, "/src", GlobPattern("pkg/*.py"), Limits())
     assert _paths(result) == ["/src/pkg/util.py"]
 
 
 def test_search_root_through_a_symlink_stays_in_the_sandbox(root_fd: int, host: Path) -> None:
     """A symlink as the search root resolves inside the sandbox's root, never on the host."""
-    slash = _search.glob(root_fd, "/to_slash", GlobPattern("*"), Limits())
+    slash = _walk.glob(root_fd, "/to_slash", GlobPattern("*"), Limits())
     assert "/to_slash/src" in _paths(slash)  # "/" of the sandbox, not of the host
     for hostile in ("/to_host", "/up", "/magic", "/src/secret_link.txt/.."):
-        with pytest.raises(_fs.SandboxPathError):
-            _search.glob(root_fd, hostile, GlobPattern("**"), Limits())
+        with pytest.raises(FileError):
+            _walk.glob(root_fd, hostile, GlobPattern("**"), Limits())
     for path in ("/", "/to_slash", "/src"):
-        found = _search.grep(root_fd, path, CANARY, Limits())
+        found = _walk.grep(root_fd, path, CANARY, Limits())
         assert found.matches == [], path
 
 
@@ -125,7 +127,7 @@ def test_open_child_refuses_symlinks_anywhere_in_the_path(tree: Path) -> None:
 
 def test_grep_reports_lines_and_skips_binary_and_links(root_fd: int) -> None:
     """Matching lines with 1-based numbers; binary files and symlinked files are not read."""
-    result = _search.grep(root_fd, "/", "hello", Limits())
+    result = _walk.grep(root_fd, "/", "hello", Limits())
     assert [(m.path, m.line, m.text) for m in result.matches] == [
         ("/.hidden", 1, "hello hidden"),
         ("/docs/readme.md", 1, "# hello"),
@@ -140,19 +142,19 @@ def test_grep_is_literal(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("x = f(1)\nx = f1\n.*\n")
     fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     try:
-        assert [m.line for m in _search.grep(fd, "/", "f(1)", Limits()).matches] == [1]
-        assert [m.line for m in _search.grep(fd, "/", ".*", Limits()).matches] == [3]
+        assert [m.line for m in _walk.grep(fd, "/", "f(1)", Limits()).matches] == [1]
+        assert [m.line for m in _walk.grep(fd, "/", ".*", Limits()).matches] == [3]
     finally:
         os.close(fd)
 
 
 def test_grep_file_filters(root_fd: int) -> None:
     """A bare glob filters by base name at any depth; one with ``/`` by relative path."""
-    by_name = _search.grep(
+    by_name = _walk.grep(
         root_fd, "/", "hello", Limits(), name_filter=_search.basename_matcher("*.py")
     )
     assert [m.path for m in by_name.matches] == ["/src/main.py", "/src/pkg/util.py"]
-    by_path = _search.grep(root_fd, "/", "hello", Limits(), pattern=GlobPattern("src/*.py"))
+    by_path = _walk.grep(root_fd, "/", "hello", Limits(), pattern=GlobPattern("src/*.py"))
     assert [m.path for m in by_path.matches] == ["/src/main.py"]
 
 
@@ -165,7 +167,7 @@ def test_grep_line_numbers_across_read_chunks(tmp_path: Path) -> None:
     (tmp_path / "big.txt").write_text("\n".join(lines))  # no final newline
     fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     try:
-        result = _search.grep(fd, "/", "needle", Limits())
+        result = _walk.grep(fd, "/", "needle", Limits())
     finally:
         os.close(fd)
     assert [m.line for m in result.matches] == [2, 45_124, 60_000]
@@ -186,24 +188,24 @@ def test_bounds_set_truncated(tmp_path: Path) -> None:
     (tmp_path / "long.txt").write_text("hit" + "y" * 10_000 + "\n")
     fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     try:
-        capped = _search.glob(fd, "/", GlobPattern("*.txt"), Limits(max_results=5))
+        capped = _walk.glob(fd, "/", GlobPattern("*.txt"), Limits(max_results=5))
         assert len(capped.matches) == 5 and capped.truncated
-        exact = _search.glob(fd, "/", GlobPattern("f0*.txt"), Limits(max_results=10))
+        exact = _walk.glob(fd, "/", GlobPattern("f0*.txt"), Limits(max_results=10))
         assert len(exact.matches) == 10 and not exact.truncated
-        assert _search.glob(fd, "/", GlobPattern("**"), Limits(max_entries=10)).truncated
-        shallow = _search.glob(fd, "/", GlobPattern("**/bottom.txt"), Limits(max_depth=3))
+        assert _walk.glob(fd, "/", GlobPattern("**"), Limits(max_entries=10)).truncated
+        shallow = _walk.glob(fd, "/", GlobPattern("**/bottom.txt"), Limits(max_depth=3))
         assert shallow.matches == [] and shallow.truncated
-        assert len(_search.grep(fd, "/", "hit", Limits(max_results=7)).matches) == 7
-        assert _search.grep(fd, "/", "hit", Limits(max_file_bytes=5)).truncated
-        assert _search.grep(fd, "/", "hit", Limits(max_total_bytes=20)).truncated
-        long = _search.grep(fd, "/", "hit", Limits(max_line_chars=10), pattern=GlobPattern("l*"))
+        assert len(_walk.grep(fd, "/", "hit", Limits(max_results=7)).matches) == 7
+        assert _walk.grep(fd, "/", "hit", Limits(max_file_bytes=5)).truncated
+        assert _walk.grep(fd, "/", "hit", Limits(max_total_bytes=20)).truncated
+        long = _walk.grep(fd, "/", "hit", Limits(max_line_chars=10), pattern=GlobPattern("l*"))
         assert long.matches[0].text == "hit" + "y" * 7
-        queue_cut = _search.glob(fd, "/", GlobPattern("**/bottom.txt"), Limits(max_queued_chars=4))
+        queue_cut = _walk.glob(fd, "/", GlobPattern("**/bottom.txt"), Limits(max_queued_chars=4))
         assert queue_cut.matches == [] and queue_cut.truncated
-        assert _search.glob(fd, "/", GlobPattern("*"), Limits(max_text_chars=40)).truncated
-        assert _search.grep(fd, "/", "hit", Limits(max_text_chars=40)).truncated
+        assert _walk.glob(fd, "/", GlobPattern("*"), Limits(max_text_chars=40)).truncated
+        assert _walk.grep(fd, "/", "hit", Limits(max_text_chars=40)).truncated
         ticks = itertools.count()
-        slow = _search.glob(
+        slow = _walk.glob(
             fd, "/", GlobPattern("**"), Limits(time_budget=3), clock=lambda: next(ticks)
         )
         assert slow.truncated
@@ -212,13 +214,11 @@ def test_bounds_set_truncated(tmp_path: Path) -> None:
 
 
 def test_search_root_errors(root_fd: int) -> None:
-    """A missing root is not_found; a file as the root is not_dir."""
-    with pytest.raises(_fs.SandboxPathError) as missing:
-        _search.glob(root_fd, "/nope", GlobPattern("*"), Limits())
-    assert missing.value.kind == "not_found"
-    with pytest.raises(_fs.SandboxPathError) as not_dir:
-        _search.grep(root_fd, "/src/main.py", "x", Limits())
-    assert not_dir.value.kind == "not_dir"
+    """A missing root is FileNotFound; a file as the root is NotADirectory."""
+    with pytest.raises(FileNotFound):
+        _walk.glob(root_fd, "/nope", GlobPattern("*"), Limits())
+    with pytest.raises(NotADirectory):
+        _walk.grep(root_fd, "/src/main.py", "x", Limits())
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import posixpath
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hutch.runtime._search import FileMatch, GlobPattern, Limits, LineMatch, SearchResult
 from hutch.runtime.images._types import Image
 
 
@@ -99,7 +101,179 @@ class Process(abc.ABC):
         """Change the terminal size of a PTY process (no-op for pipes)."""
 
 
-class Runtime(abc.ABC):
+# -- files: what a runtime provides so the server can read and write a sandbox's files --------
+#
+# Paths are the sandbox's own: absolute, lexically normalised (:func:`normalize_path`), and
+# resolved by the runtime *inside* the sandbox (its symlinks and ``..`` as the sandbox sees
+# them, clamped at its root), never against the host's filesystem. Nothing here names a host fd
+# or a host path, so a runtime whose sandboxes live elsewhere (a pod, a microVM) can provide it.
+# Failures are the :class:`FileError` subclasses below (their ``str()`` is for users), or
+# :class:`SandboxNotFound` when the sandbox is not running.
+
+
+class FileError(RuntimeError_):
+    """A path inside a sandbox could not be used; the subclass says why."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class FileNotFound(FileError):
+    """Nothing exists at the path (or a component of it is not a directory)."""
+
+
+class NotAFile(FileError):
+    """The path is a directory or a special file where a regular file is needed."""
+
+
+class NotADirectory(FileError):
+    """The path is not a directory where one is needed (a search root)."""
+
+
+class InvalidPath(FileError):
+    """The path is malformed, or resolving it needs a link that cannot be followed inside the
+    sandbox (e.g. a ``/proc/*/root`` magic link that would leave it)."""
+
+
+class FileIOError(FileError):
+    """The file system refused the operation (full disk, quota, permissions, I/O error)."""
+
+
+#: Longest path a client may name, in UTF-8 bytes (Linux's PATH_MAX).
+MAX_PATH_BYTES = 4096
+#: Largest chunk :meth:`FileReader.read` yields.
+READ_CHUNK_BYTES = 1 << 20
+
+
+def normalize_path(path: str, home: str) -> str:
+    """Absolute, lexically normalised form of a client path (relative paths start at ``home``).
+
+    Raises:
+        InvalidPath: NUL bytes, empty, or longer than :data:`MAX_PATH_BYTES`.
+    """
+    if "\x00" in path:
+        raise InvalidPath(path, "Path must not contain NUL bytes")
+    if not path or not path.strip():
+        raise InvalidPath(path, "Path must not be empty")
+    if len(path.encode()) > MAX_PATH_BYTES:
+        raise InvalidPath(path, f"Path is longer than {MAX_PATH_BYTES} bytes")
+    if not path.startswith("/"):
+        path = posixpath.join(home, path)
+    return posixpath.normpath(path).replace("//", "/")
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """One version of a regular file, as :meth:`Runtime.open_file` found it."""
+
+    size: int
+    mtime_ns: int
+    #: Opaque; equal for two stats only if they describe the same file with the same contents
+    #: as far as the runtime can tell (identity, size, mtime). The server's ETag is made from it.
+    version: str
+
+
+class FileReader(abc.ABC):
+    """An open regular file of a sandbox; :attr:`stat` and every byte read describe the same
+    file, even if its path is renamed over meanwhile."""
+
+    stat: FileStat
+
+    @abc.abstractmethod
+    def read(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes from ``offset``: ``length`` of them (None: to the end), in chunks of at most
+        :data:`READ_CHUNK_BYTES`. Fewer if the file shrank meanwhile (never padded)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the file; idempotent."""
+
+
+class SandboxFiles(abc.ABC):
+    """The file operations of :class:`Runtime` (all of them abstract)."""
+
+    @abc.abstractmethod
+    async def exists(self, sandbox_id: str, path: str) -> bool:
+        """Whether ``path`` exists in the sandbox, following its symlinks inside it.
+
+        Raises:
+            SandboxNotFound: The sandbox is not running.
+        """
+
+    @abc.abstractmethod
+    async def open_file(self, sandbox_id: str, path: str) -> FileReader:
+        """Open the regular file ``path`` for reading (the caller closes the reader).
+
+        Raises:
+            SandboxNotFound: The sandbox is not running.
+            FileNotFound, NotAFile, InvalidPath, FileIOError: See :class:`FileError`.
+        """
+
+    @abc.abstractmethod
+    async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterable[bytes]) -> int:
+        """Write ``chunks`` to the file ``path``; returns its size.
+
+        Streamed, never held in memory: the bytes go first to an unnamed file in the sandbox's
+        own storage (under its disk quota, out of its reach); only once ``chunks`` is exhausted
+        is ``path`` created (with missing parent directories) or truncated and filled. So if
+        ``chunks`` raises (its exception propagates unchanged) or the bytes do not fit, the
+        sandbox's files are unchanged. New files and directories belong to the sandbox's root
+        user; an existing file keeps its mode.
+
+        Raises:
+            SandboxNotFound: The sandbox is not running.
+            NotAFile: ``path`` is a directory or a special file.
+            InvalidPath, FileIOError: See :class:`FileError` (a full disk is FileIOError).
+        """
+
+    @abc.abstractmethod
+    async def glob(
+        self, sandbox_id: str, path: str, pattern: GlobPattern, limits: Limits
+    ) -> SearchResult[FileMatch]:
+        """Entries below the directory ``path`` whose path relative to it matches ``pattern``,
+        breadth first, names sorted per directory, ``path`` joined back onto each match.
+
+        Symlinks are entries, never followed; kernel-interface filesystems (``/proc``,
+        ``/sys``…) below ``path`` are not entered. Bounded by ``limits``: hitting any bound
+        ends the search with ``truncated`` set, so a partial answer is never taken as whole.
+
+        Raises:
+            SandboxNotFound: The sandbox is not running.
+            FileNotFound, NotADirectory, InvalidPath, FileIOError: ``path`` cannot be searched.
+        """
+
+    @abc.abstractmethod
+    async def grep(
+        self,
+        sandbox_id: str,
+        path: str,
+        needle: str,
+        limits: Limits,
+        *,
+        path_pattern: GlobPattern | None = None,
+        name_pattern: str | None = None,
+    ) -> SearchResult[LineMatch]:
+        """Lines containing the literal ``needle`` in regular files below the directory
+        ``path``, walked as :meth:`glob` walks (and bounded the same way).
+
+        Files are chosen by ``path_pattern`` (path relative to ``path``) or ``name_pattern``
+        (a one-segment glob on the base name, :func:`~hutch.runtime._search.basename_matcher`);
+        neither: every file. Binary files (a NUL in the first 8 KiB), symlinks, special files
+        and files on kernel-interface filesystems are skipped. Lines are 1-based; text is UTF-8
+        with invalid bytes replaced, cut at ``limits.max_line_chars``.
+
+        Raises:
+            As :meth:`glob`.
+        """
+
+
+# -- end of files ---------------------------------------------------------------------------
+
+
+class Runtime(SandboxFiles, abc.ABC):
+    """A container runtime; its file operations are :class:`SandboxFiles`'s."""
+
     @abc.abstractmethod
     async def create(self, spec: SandboxSpec) -> None:
         """Create and start the sandbox; on failure nothing of it is left behind."""
@@ -174,15 +348,6 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def exec(self, sandbox_id: str, spec: ExecSpec) -> Process: ...
 
-    def file_owner(self, sandbox_id: str) -> tuple[int, int]:
-        """Host uid and gid that the sandbox's root owns files as (files the server creates
-        for it get these)."""
-        return 0, 0
-
-    @abc.abstractmethod
-    def root_fd(self, sandbox_id: str) -> int:
-        """An ``O_PATH`` fd of the sandbox's root as the sandbox sees it (caller closes it)."""
-
     @abc.abstractmethod
     async def connect(self, sandbox_id: str, port: int) -> socket.socket:
         """A TCP socket connected to ``127.0.0.1:port`` *inside* the sandbox's network.
@@ -212,5 +377,5 @@ class Runtime(abc.ABC):
         """Egress connections (and packets) of the sandbox refused by its access control."""
         return 0
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release runtime-wide resources (not the sandboxes)."""

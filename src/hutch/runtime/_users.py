@@ -15,7 +15,7 @@ semantics of Docker and runc (``libcontainer/user.GetExecUser``):
   ``HOME=/home/user`` for every command, whoever runs it).
 
 The sandbox's files are hostile input: they are read through its root with ``openat2``
-(:mod:`hutch.runtime._fs`), must be regular files of at most :data:`MAX_FILE` bytes, and lines
+(:mod:`hutch.runtime.runc._fs`), must be regular files of at most :data:`MAX_FILE` bytes, and lines
 that do not parse are skipped (as the C library does). Ids are bounded to ``0..MAX_ID``, the range
 the sandbox's user namespace maps; at most :data:`MAX_GROUPS` supplementary groups.
 
@@ -29,7 +29,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hutch.runtime import _fs
+from hutch.runtime._interface import FileError, FileNotFound
+from hutch.runtime.runc import _fs
 
 #: Highest uid or gid: the sandbox's user namespace maps exactly 0..65535.
 MAX_ID = 65535
@@ -203,9 +204,9 @@ def read_file(root_fd: int, path: str) -> bytes | None:
     """
     try:
         fd, size = _fs.open_for_read(root_fd, path)
-    except _fs.SandboxPathError as exc:
-        if exc.kind == "not_found":
-            return None
+    except FileNotFound:
+        return None
+    except FileError as exc:
         raise UserError(f"Cannot read the sandbox's {path}: {exc}") from exc
     try:
         if size > MAX_FILE:

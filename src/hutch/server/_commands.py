@@ -7,15 +7,21 @@ A command runs as ``<shell> -c <command>`` with the sandbox's run configuration 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from hutch.protocol._errors import ErrorType
 from hutch.protocol._exec import ExecTooLarge, RunConfig, check_exec_size
-from hutch.runtime import _fs
-from hutch.runtime._interface import ExecSpec, Process, SandboxNotFound, SpawnError
+from hutch.runtime._interface import (
+    ExecSpec,
+    InvalidPath,
+    Process,
+    SandboxNotFound,
+    SpawnError,
+    normalize_path,
+)
 from hutch.server._deps import Services
 from hutch.server._errors import ApiError
+from hutch.server._file_errors import not_running
 from hutch.server._snapshot_store import effective_run_config
 from hutch.sessions import CommandSession, SessionError, SessionExpired, SessionOptions
 from hutch.store import Sandbox
@@ -59,16 +65,17 @@ def sandbox_run_config(row: Sandbox) -> RunConfig | None:
     return effective_run_config(row.run_config)
 
 
-def resolve_command(svc: Services, row: Sandbox, shell: str, cwd: str | None) -> tuple[str, str]:
+async def resolve_command(
+    svc: Services, row: Sandbox, shell: str, cwd: str | None
+) -> tuple[str, str]:
     """Check a command's shell and working directory inside the sandbox.
 
     Returns the shell to use (``/bin/bash`` falls back to ``/bin/sh`` when the image has no bash,
     spec §10.7) and the absolute cwd (default: the sandbox home).
     """
-    root = sandbox_root(svc, row)
     try:
-        if not _fs.exists(root, shell):
-            if shell != "/bin/bash" or not _fs.exists(root, "/bin/sh"):
+        if not await svc.runtime.exists(row.id, shell):
+            if shell != "/bin/bash" or not await svc.runtime.exists(row.id, "/bin/sh"):
                 raise ApiError(
                     ErrorType.COMMAND_ERROR,
                     f"Shell '{shell}' not found in sandbox '{row.name}'; "
@@ -76,30 +83,20 @@ def resolve_command(svc: Services, row: Sandbox, shell: str, cwd: str | None) ->
                 )
             shell = "/bin/sh"
         try:
-            where = _fs.normalize(cwd or HOME, HOME)
-        except _fs.SandboxPathError as exc:
+            where = normalize_path(cwd or HOME, HOME)
+        except InvalidPath as exc:
             raise ApiError(ErrorType.COMMAND_ERROR, str(exc)) from exc
-        if not _fs.exists(root, where):
+        if not await svc.runtime.exists(row.id, where):
             raise ApiError(
                 ErrorType.COMMAND_ERROR,
                 f"Working directory '{where}' does not exist in sandbox '{row.name}'",
             )
-    finally:
-        os.close(root)
+    except SandboxNotFound as exc:
+        raise not_running(row) from exc
     return shell, where
 
 
-def sandbox_root(svc: Services, row: Sandbox) -> int:
-    try:
-        return svc.runtime.root_fd(row.id)
-    except SandboxNotFound as exc:
-        raise ApiError(
-            ErrorType.NOT_READY,
-            f"Sandbox '{row.name}' is not running; delete it and create a new one",
-        ) from exc
-
-
-def exec_spec(svc: Services, row: Sandbox, req: CommandRequest) -> ExecSpec:
+async def exec_spec(svc: Services, row: Sandbox, req: CommandRequest) -> ExecSpec:
     """The runtime's view of a command (shell and cwd checked inside the sandbox); the one point
     every transport passes, so the sizes the kernel refuses are refused here.
 
@@ -118,7 +115,7 @@ def exec_spec(svc: Services, row: Sandbox, req: CommandRequest) -> ExecSpec:
         check_exec_size(req.command, env, shell=req.shell, cwd=cwd or "")
     except ExecTooLarge as exc:
         raise ApiError(ErrorType.PAYLOAD_TOO_LARGE, f"Command refused: {exc}") from None
-    shell, where = resolve_command(svc, row, req.shell, cwd)
+    shell, where = await resolve_command(svc, row, req.shell, cwd)
     return ExecSpec(
         argv=[shell, "-c", req.command],
         env=env,
@@ -139,7 +136,7 @@ async def start_command(
     Raises:
         ApiError: ``CommandError`` (bad shell, cwd or user; spawn failed), ``SessionExpired``.
     """
-    spec = exec_spec(svc, row, req)
+    spec = await exec_spec(svc, row, req)
     options = SessionOptions(
         timeout=limit(req.timeout) if req.timeout else None,
         idle_timeout=limit(req.idle_timeout),

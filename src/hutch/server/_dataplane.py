@@ -6,12 +6,11 @@ across renames. Every request carries the same ``X-Api-Key`` as the control plan
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
+import hashlib
 import posixpath
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -23,15 +22,22 @@ from starlette.requests import ClientDisconnect
 
 from hutch.domain import QuotaExceeded, WrongState
 from hutch.protocol._errors import ErrorType
-from hutch.runtime import _fs
-from hutch.runtime._interface import SandboxNotFound
+from hutch.runtime._interface import (
+    FileError,
+    FileReader,
+    FileStat,
+    InvalidPath,
+    SandboxNotFound,
+    normalize_path,
+)
 from hutch.server import _ranges
 from hutch.server._auth import Principal
-from hutch.server._commands import HOME, CommandRequest, exec_spec, sandbox_root
+from hutch.server._commands import HOME, CommandRequest, exec_spec
 from hutch.server._control import on_this_node
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError, api_error
 from hutch.server._exec import run_to_completion
+from hutch.server._file_errors import file_error
 from hutch.server._manager import READY, STOPPED, StartFailed
 from hutch.store import Sandbox
 
@@ -39,7 +45,6 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 router = APIRouter()
-CHUNK = 1 << 20
 
 
 class ExecuteBody(BaseModel):
@@ -115,17 +120,6 @@ async def _resume(svc: Services, row: Sandbox) -> Sandbox:
         raise ApiError(ErrorType.NOT_FOUND, f"Sandbox '{row.name}' was deleted") from exc
 
 
-_root_fd = sandbox_root
-
-
-def _path_error(exc: _fs.SandboxPathError, row: Sandbox, op: ErrorType) -> ApiError:
-    if exc.kind == "not_found":
-        return ApiError(
-            ErrorType.FILE_NOT_FOUND, f"File '{exc.path}' not found in sandbox '{row.name}'"
-        )
-    return ApiError(op, f"{exc} (sandbox '{row.name}')")
-
-
 @router.post("/dp/{sandbox_id}/execute")
 async def execute(
     sandbox_id: str,
@@ -134,7 +128,7 @@ async def execute(
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
     row = await ready_sandbox(svc, who, sandbox_id)
-    spec = exec_spec(
+    spec = await exec_spec(
         svc, row, CommandRequest(command=body.command, shell=body.shell, env=body.env, cwd=body.cwd)
     )
     began = time.perf_counter()
@@ -172,23 +166,15 @@ async def upload(
     if length is None or not length.isdigit():
         raise ApiError(ErrorType.VALIDATION, "Upload needs a Content-Length header", 411)
     try:
-        target = _fs.normalize(path, HOME)
-    except _fs.SandboxPathError as exc:
+        target = normalize_path(path, HOME)
+    except InvalidPath as exc:
         raise ApiError(ErrorType.WRITE_ERROR, str(exc)) from exc
     parts = _FilePart(_boundary(request.headers.get("content-type")), limit)
-    root = _root_fd(svc, row)
     try:
-        spool = await asyncio.to_thread(_spool_file, root, target)
-        try:
-            await _receive(request, parts, spool)
-            owner = svc.runtime.file_owner(row.id)
-            await asyncio.to_thread(_copy_into, root, target, spool, parts.size, owner)
-        finally:
-            os.close(spool)
-    except _fs.SandboxPathError as exc:
-        raise _path_error(exc, row, ErrorType.WRITE_ERROR) from exc
-    finally:
-        os.close(root)
+        async with contextlib.aclosing(_file_bytes(request, parts)) as data:
+            await svc.runtime.write_file(row.id, target, data)
+    except (FileError, SandboxNotFound) as exc:
+        raise file_error(exc, row, ErrorType.WRITE_ERROR) from exc
     await svc.manager.touch(row.id)
     return {"path": target, "size": parts.size}
 
@@ -291,22 +277,16 @@ class _FilePart:
         self._in_file = False
 
 
-async def _receive(request: Request, parts: _FilePart, spool: int) -> None:
-    """Stream the body through ``parts`` into ``spool``, a thread write per MiB or so."""
-    batch: list[bytes] = []
-    batched = 0
+async def _file_bytes(request: Request, parts: _FilePart) -> AsyncGenerator[bytes, None]:
+    """The bytes of the body's file part as they arrive; ends only after the whole body parsed
+    as one well-formed multipart message (else raises, and the runtime writes nothing)."""
     try:
         async for piece in request.stream():
             for data in parts.feed(piece):
-                batch.append(data)
-                batched += len(data)
-            if batched >= CHUNK:
-                await asyncio.to_thread(_write_spool, spool, batch)
-                batch, batched = [], 0
+                yield data
     except ClientDisconnect as exc:
         raise _not_multipart("the body ended early") from exc
     parts.finish()
-    await asyncio.to_thread(_write_spool, spool, batch)
 
 
 def _too_large(size: int, limit: int) -> ApiError:
@@ -315,44 +295,6 @@ def _too_large(size: int, limit: int) -> ApiError:
         f"Upload of {size} bytes exceeds this server's limit of {limit} bytes; write a bigger "
         "file in parts, or start the server with a larger --max-upload-bytes",
     )
-
-
-def _spool_file(root: int, target: str) -> int:
-    """An unnamed file in the sandbox's root directory: in its storage, under its disk quota,
-    out of its reach (no name), and gone when closed."""
-    try:
-        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=root)
-    except OSError as exc:
-        raise _fs.SandboxPathError(
-            "io", target, f"Cannot make room for the upload in the sandbox: {exc.strerror}"
-        ) from exc
-
-
-def _write_spool(spool: int, batch: list[bytes]) -> None:
-    try:
-        _fs.write_all(spool, batch)
-    except OSError as exc:  # a full disk or the sandbox's quota, mostly
-        raise _fs.SandboxPathError(
-            "io", "upload", f"Cannot store the upload in the sandbox: {exc.strerror}"
-        ) from exc
-
-
-def _copy_into(root: int, target: str, spool: int, size: int, owner: tuple[int, int]) -> None:
-    """Copy the spooled upload into ``target`` (created or truncated) in the kernel."""
-    fd = _fs.open_for_write(root, target, *owner)
-    try:
-        done = 0
-        while done < size:
-            n = os.copy_file_range(spool, fd, size - done, done)
-            if n == 0:
-                break
-            done += n
-    except OSError as exc:
-        raise _fs.SandboxPathError(
-            "io", target, f"Cannot write '{target}': {exc.strerror}"
-        ) from exc
-    finally:
-        os.close(fd)
 
 
 @router.api_route("/dp/{sandbox_id}/download", methods=["GET", "HEAD"])
@@ -397,26 +339,23 @@ async def serve_file(
     ``content_type`` overrides the type guessed from the name; ``disposition`` adds a
     ``Content-Disposition`` naming the file.
     """
-    root = _root_fd(svc, row)
     try:
-        target = _fs.normalize(path, HOME)
-        fd, _ = _fs.open_for_read(root, target)
-    except _fs.SandboxPathError as exc:
-        raise _path_error(exc, row, ErrorType.READ_ERROR) from exc
-    finally:
-        os.close(root)
+        target = normalize_path(path, HOME)
+        reader = await svc.runtime.open_file(row.id, target)
+    except (FileError, SandboxNotFound) as exc:
+        raise file_error(exc, row, ErrorType.READ_ERROR) from exc
     await svc.manager.touch(row.id)
     try:
-        # One fstat of the open fd: the validators, the size and the bytes sent all describe
-        # the same inode, even if the path is renamed over meanwhile.
-        st = os.fstat(fd)
-        etag = _ranges.etag_for(st)
-        modified = _ranges.last_modified_for(st.st_mtime)
+        # The reader's one stat: the validators, the size and the bytes sent all describe the
+        # same file, even if the path is renamed over meanwhile.
+        st = reader.stat
+        etag = _etag(st)
+        modified = _ranges.last_modified_for(st.mtime_ns / 1e9)
         headers = {
             "ETag": etag,
             "Last-Modified": modified,
             "Accept-Ranges": "bytes",
-            "X-Hutch-File-Size": str(st.st_size),
+            "X-Hutch-File-Size": str(st.size),
             **FILE_SAFETY_HEADERS,
         }
         if disposition is not None:
@@ -426,7 +365,7 @@ async def serve_file(
         media_type = content_type or _ranges.content_type_for(target)
         plan = _ranges.plan(
             method=request.method,
-            size=st.st_size,
+            size=st.size,
             etag=etag,
             last_modified=modified,
             range_header=request.headers.get("range"),
@@ -434,57 +373,49 @@ async def serve_file(
             if_none_match=request.headers.get("if-none-match"),
         )
         if plan.not_modified:
+            await reader.aclose()
             return Response(status_code=304, headers=headers)
         if plan.unsatisfiable:
             raise ApiError(
                 ErrorType.READ_ERROR,
                 f"Range '{request.headers.get('range')}' starts past the end of '{target}' "
-                f"({st.st_size} bytes in sandbox '{row.name}'); ask for a range below "
-                f"{st.st_size}",
+                f"({st.size} bytes in sandbox '{row.name}'); ask for a range below "
+                f"{st.size}",
                 416,
-                headers={"Content-Range": f"bytes */{st.st_size}"},
+                headers={"Content-Range": f"bytes */{st.size}"},
             )
         if request.method == "HEAD":
-            headers["Content-Length"] = str(st.st_size)
+            await reader.aclose()
+            headers["Content-Length"] = str(st.size)
             return Response(status_code=200, headers=headers, media_type=media_type)
     except BaseException:
-        os.close(fd)
+        await reader.aclose()
         raise
     if plan.range is not None:
         part = plan.range
         headers["Content-Range"] = part.content_range
         headers["Content-Length"] = str(part.length)
         return StreamingResponse(
-            _read_range(fd, part.first, part.length),
+            _stream(reader, part.first, part.length),
             status_code=206,
             media_type=media_type,
             headers=headers,
         )
-    return StreamingResponse(_read_all(fd), media_type=media_type, headers=headers)
+    return StreamingResponse(_stream(reader, 0, None), media_type=media_type, headers=headers)
 
 
-async def _read_all(fd: int) -> AsyncIterator[bytes]:
-    """The file from the start to EOF, a chunk at a time; closes ``fd``."""
+def _etag(st: FileStat) -> str:
+    """A strong ETag for a file version: a hash of the runtime's version of it (which changes
+    with any write or rename-over); the hash keeps the runtime's numbers private."""
+    return '"' + hashlib.sha256(st.version.encode()).hexdigest()[:32] + '"'
+
+
+async def _stream(reader: FileReader, offset: int, length: int | None) -> AsyncIterator[bytes]:
+    """``length`` bytes from ``offset`` (None: to the end); fewer if the file shrank meanwhile
+    (a ranged response then ends short of its Content-Length, which clients see as a failed
+    transfer, never as a complete one); closes ``reader``."""
     try:
-        while chunk := await asyncio.to_thread(os.read, fd, CHUNK):
+        async for chunk in reader.read(offset, length):
             yield chunk
     finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-async def _read_range(fd: int, offset: int, length: int) -> AsyncIterator[bytes]:
-    """``length`` bytes from ``offset``, fewer if the file shrank meanwhile (the server then
-    ends the response short of its Content-Length, which clients see as a failed transfer,
-    never as a complete one); closes ``fd``."""
-    try:
-        while length > 0:
-            chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, length), offset)
-            if not chunk:
-                break
-            offset += len(chunk)
-            length -= len(chunk)
-            yield chunk
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        await reader.aclose()

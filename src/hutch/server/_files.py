@@ -2,34 +2,33 @@
 download links (``POST /boxes/{name}/download-url``, fetched from ``/dp/{id}/download-link``).
 
 HEAD and ranged GET of ``/download`` live with ``/download`` in :mod:`hutch.server._dataplane`.
-The searches themselves (walk, bounds, symlink confinement) are :mod:`hutch.runtime._search`.
+The searches themselves (walk, bounds, symlink confinement) are the runtime's
+(:meth:`hutch.runtime._interface.SandboxFiles.glob` and ``grep``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import os
 import time
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from sqlalchemy import select
 
 from hutch.protocol._errors import ErrorType
-from hutch.runtime import _fs, _search
+from hutch.runtime import _search
+from hutch.runtime._interface import FileError, InvalidPath, SandboxNotFound, normalize_path
 from hutch.server import _ranges
 from hutch.server._auth import Principal
 from hutch.server._commands import HOME
 from hutch.server._control import _sandbox
-from hutch.server._dataplane import _path_error, _root_fd, ready_sandbox, serve_file
+from hutch.server._dataplane import ready_sandbox, serve_file
 from hutch.server._deps import Services, dataplane_base, principal, services
 from hutch.server._errors import ApiError
+from hutch.server._file_errors import file_error
 from hutch.server._manager import READY, STOPPED
 from hutch.server._tokens import TokenError
 from hutch.store import Sandbox
@@ -43,17 +42,10 @@ control_router = APIRouter()
 #: ``limit`` is lowered to this; ``truncated`` then tells the client there may be more).
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
-#: Searches running at once on this server; more wait their turn. Each one is bounded in time
-#: (``_search.Limits.time_budget``), so a wait is too. The pool lives as long as the process;
-#: its threads finish their (bounded) search on shutdown.
-SEARCH_WORKERS = 4
-_POOL = concurrent.futures.ThreadPoolExecutor(SEARCH_WORKERS, thread_name_prefix="hutch-search")
 #: Token kind of download links (see hutch.server._tokens).
 DOWNLOAD_TOKEN = "download"
 #: Longest lifetime a link may ask for (ten years); none asked means it never expires.
 MAX_LINK_SECONDS = 10 * 365 * 86400
-
-T = TypeVar("T")
 
 
 class _SearchBody(BaseModel):
@@ -94,32 +86,9 @@ def _glob_pattern(pattern: str, what: str) -> _search.GlobPattern:
 
 def _search_root(path: str, row: Sandbox) -> str:
     try:
-        return _fs.normalize(path, HOME)
-    except _fs.SandboxPathError as exc:
-        raise _path_error(exc, row, ErrorType.READ_ERROR) from exc
-
-
-async def _run_search(svc: Services, row: Sandbox, job: Callable[[int], T]) -> T:
-    """Run ``job(root_fd)`` on the search pool; the job's thread owns (and closes) the fd."""
-    root = _root_fd(svc, row)
-
-    def owned() -> T:
-        try:
-            return job(root)
-        finally:
-            os.close(root)
-
-    future = _POOL.submit(owned)
-    try:
-        return await asyncio.wrap_future(future)
-    except asyncio.CancelledError:
-        # The client went away. A search already running finishes within its time budget and
-        # closes the fd itself; one still queued never runs, so its fd is ours to close.
-        if future.cancel():
-            os.close(root)
-        raise
-    except _fs.SandboxPathError as exc:
-        raise _path_error(exc, row, ErrorType.READ_ERROR) from exc
+        return normalize_path(path, HOME)
+    except InvalidPath as exc:
+        raise file_error(exc, row, ErrorType.READ_ERROR) from exc
 
 
 @router.post("/dp/{sandbox_id}/glob")
@@ -134,7 +103,10 @@ async def glob(
     pattern = _glob_pattern(body.pattern, "glob pattern")
     where = _search_root(body.path, row)
     limits = body.limits()
-    result = await _run_search(svc, row, lambda root: _search.glob(root, where, pattern, limits))
+    try:
+        result = await svc.runtime.glob(row.id, where, pattern, limits)
+    except (FileError, SandboxNotFound) as exc:
+        raise file_error(exc, row, ErrorType.READ_ERROR) from exc
     await svc.manager.touch(row.id)
     return {"matches": [asdict(m) for m in result.matches], "truncated": result.truncated}
 
@@ -150,23 +122,20 @@ async def grep(
     bare ``*.py`` by base name at any depth, one with ``/`` or ``**`` by relative path)."""
     row = await ready_sandbox(svc, who, sandbox_id)
     pattern: _search.GlobPattern | None = None
-    by_name: Callable[[str], bool] | None = None
+    by_name: str | None = None
     if body.glob is not None:
         if "/" in body.glob or "**" in body.glob:
             pattern = _glob_pattern(body.glob, "glob")
         else:
             _glob_pattern(body.glob, "glob")  # same validation for the one-segment form
-            by_name = _search.basename_matcher(body.glob)
+            by_name = body.glob
     where = _search_root(body.path, row)
-    limits = body.limits()
-    needle = body.pattern
-    result = await _run_search(
-        svc,
-        row,
-        lambda root: _search.grep(
-            root, where, needle, limits, pattern=pattern, name_filter=by_name
-        ),
-    )
+    try:
+        result = await svc.runtime.grep(
+            row.id, where, body.pattern, body.limits(), path_pattern=pattern, name_pattern=by_name
+        )
+    except (FileError, SandboxNotFound) as exc:
+        raise file_error(exc, row, ErrorType.READ_ERROR) from exc
     await svc.manager.touch(row.id)
     return {"matches": [asdict(m) for m in result.matches], "truncated": result.truncated}
 
@@ -208,8 +177,8 @@ async def create_download_url(
     """
     row = await _sandbox(svc, who, name)
     try:
-        path = _fs.normalize(body.path, HOME)
-    except _fs.SandboxPathError as exc:
+        path = normalize_path(body.path, HOME)
+    except InvalidPath as exc:
         raise ApiError(ErrorType.VALIDATION, f"Invalid path {body.path!r}: {exc}") from exc
     expires = None
     if body.expires_in_seconds is not None:

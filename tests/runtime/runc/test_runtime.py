@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 
-from hutch.runtime import _fs
 from hutch.runtime._interface import ExecSpec, RuntimeError_, SandboxNotFound, SandboxSpec
 from hutch.runtime.images import Image, ImageStore
 from hutch.runtime.images._store import _mounted_layer_names
-from hutch.runtime.runc import RuncRuntime
+from hutch.runtime.runc import RuncRuntime, _fs
 from hutch.runtime.runc._runtime import RuncProcess
 from tests.conftest import TIME_SCALE
 

@@ -2,7 +2,7 @@
 
 Create, start, stop and delete of sandboxes, their snapshots (capture, spare clones) and the
 runc calls behind them live here; the bundle preparation is in :mod:`._bundle`, commands and
-connections in :mod:`._exec`, and the class composes the three.
+connections in :mod:`._exec`, files in :mod:`._files`, and the class composes them.
 
 Layout under ``data_dir``::
 
@@ -39,7 +39,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hutch.runtime import _fs
 from hutch.runtime._interface import (
     NetworkMode,
     Runtime,
@@ -49,6 +48,7 @@ from hutch.runtime._interface import (
 )
 from hutch.runtime.runc import (
     _cgroups,
+    _fs,
     _keyring,
     _network,
     _spawner,
@@ -59,6 +59,7 @@ from hutch.runtime.runc import (
 from hutch.runtime.runc._bundle import CONTROL_FD, HOME, PUBLIC_ROOT, BundleMixin
 from hutch.runtime.runc._egress_policy import EgressPolicy
 from hutch.runtime.runc._exec import ExecMixin
+from hutch.runtime.runc._files import FdFiles
 from hutch.runtime.runc._process import RuncProcess
 
 # RuncProcess is what exec returns; callers may keep importing it from here.
@@ -114,9 +115,9 @@ def _is_mounted(target: str) -> bool:
         return any(line.split()[4] == target for line in f)
 
 
-class RuncRuntime(ExecMixin, BundleMixin, Runtime):
+class RuncRuntime(ExecMixin, BundleMixin, FdFiles, Runtime):
     """Lifecycle of runc sandboxes: create, start, stop, delete, snapshots; composes the bundle
-    preparation (:mod:`_bundle`) and the commands (:mod:`_exec`)."""
+    preparation (:mod:`_bundle`), the commands (:mod:`_exec`) and the files (:mod:`_files`)."""
 
     def __init__(
         self,

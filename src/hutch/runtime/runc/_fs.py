@@ -16,7 +16,14 @@ import posixpath
 import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+
+from hutch.runtime._interface import (
+    FileIOError,
+    FileNotFound,
+    InvalidPath,
+    NotADirectory,
+    NotAFile,
+)
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine, 437)
 RESOLVE_NO_XDEV = 0x01
@@ -30,15 +37,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-class SandboxPathError(Exception):
-    """A path inside a sandbox could not be used; ``kind`` tells why."""
-
-    def __init__(self, kind: str, path: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind  # "not_found" | "invalid" | "not_file" | "not_dir" | "io"
-        self.path = path
 
 
 def openat2(
@@ -62,31 +60,12 @@ def openat2(
         raise OSError(err, os.strerror(err), path)
 
 
-def normalize(path: str, home: str) -> str:
-    """Absolute, lexically normalised form of a client path (relative paths start at ``home``)."""
-    if "\x00" in path:
-        raise SandboxPathError("invalid", path, "Path must not contain NUL bytes")
-    if not path or not path.strip():
-        raise SandboxPathError("invalid", path, "Path must not be empty")
-    if len(path.encode()) > 4096:
-        raise SandboxPathError("invalid", path, "Path is longer than 4096 bytes")
-    if not path.startswith("/"):
-        path = posixpath.join(home, path)
-    return posixpath.normpath(path).replace("//", "/")
-
-
 @contextmanager
 def _fd(fd: int) -> Iterator[int]:
     try:
         yield fd
     finally:
         os.close(fd)
-
-
-@dataclass
-class FileInfo:
-    size: int
-    mode: int
 
 
 def exists(root_fd: int, path: str) -> bool:
@@ -108,11 +87,9 @@ def makedirs(root_fd: int, path: str, mode: int = 0o755, uid: int = 0, gid: int 
             os.close(openat2(root_fd, nxt, os.O_PATH | os.O_DIRECTORY))
         except OSError as exc:
             if exc.errno == errno.ENOTDIR:
-                raise SandboxPathError(
-                    "invalid", path, f"'{nxt}' exists and is not a directory"
-                ) from exc
+                raise InvalidPath(path, f"'{nxt}' exists and is not a directory") from exc
             if exc.errno != errno.ENOENT:
-                raise SandboxPathError("io", path, f"Cannot open '{nxt}': {exc.strerror}") from exc
+                raise FileIOError(path, f"Cannot open '{nxt}': {exc.strerror}") from exc
             with _fd(openat2(root_fd, current, os.O_PATH | os.O_DIRECTORY)) as parent:
                 try:
                     os.mkdir(part, mode, dir_fd=parent)
@@ -120,13 +97,11 @@ def makedirs(root_fd: int, path: str, mode: int = 0o755, uid: int = 0, gid: int 
                 except FileExistsError:
                     pass  # raced with the sandbox creating it; the next lookup decides
                 except OSError as exc2:
-                    raise SandboxPathError(
-                        "io", path, f"Cannot create '{nxt}': {exc2.strerror}"
-                    ) from exc2
+                    raise FileIOError(path, f"Cannot create '{nxt}': {exc2.strerror}") from exc2
             try:
                 os.close(openat2(root_fd, nxt, os.O_PATH | os.O_DIRECTORY))
             except OSError as exc3:
-                raise SandboxPathError("invalid", path, f"'{nxt}' is not a directory") from exc3
+                raise InvalidPath(path, f"'{nxt}' is not a directory") from exc3
         current = nxt
 
 
@@ -136,17 +111,17 @@ def open_for_read(root_fd: int, path: str) -> tuple[int, int]:
         fd = openat2(root_fd, path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise SandboxPathError("not_found", path, f"File '{path}' not found") from exc
+            raise FileNotFound(path, f"File '{path}' not found") from exc
         if exc.errno == errno.ELOOP:
-            raise SandboxPathError(
-                "invalid", path, f"'{path}' goes through a link that cannot be followed"
+            raise InvalidPath(
+                path, f"'{path}' goes through a link that cannot be followed"
             ) from exc
-        raise SandboxPathError("io", path, f"Cannot open '{path}': {exc.strerror}") from exc
+        raise FileIOError(path, f"Cannot open '{path}': {exc.strerror}") from exc
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise SandboxPathError("not_file", path, f"'{path}' is {what}; only files can be read")
+        raise NotAFile(path, f"'{path}' is {what}; only files can be read")
     os.set_blocking(fd, True)
     return fd, st.st_size
 
@@ -155,22 +130,22 @@ def open_for_write(root_fd: int, path: str, uid: int = 0, gid: int = 0) -> int:
     """Create or truncate a regular file, creating missing parent directories."""
     parent, name = posixpath.split(path)
     if not name:
-        raise SandboxPathError("invalid", path, "Path names a directory, not a file")
+        raise InvalidPath(path, "Path names a directory, not a file")
     makedirs(root_fd, parent, uid=uid, gid=gid)
     try:
         fd = openat2(root_fd, path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY, 0o644)
     except OSError as exc:
         if exc.errno == errno.EISDIR:
-            raise SandboxPathError("not_file", path, f"'{path}' is a directory") from exc
+            raise NotAFile(path, f"'{path}' is a directory") from exc
         if exc.errno == errno.ELOOP:
-            raise SandboxPathError(
-                "invalid", path, f"'{path}' goes through a link that cannot be followed"
+            raise InvalidPath(
+                path, f"'{path}' goes through a link that cannot be followed"
             ) from exc
-        raise SandboxPathError("io", path, f"Cannot write '{path}': {exc.strerror}") from exc
+        raise FileIOError(path, f"Cannot write '{path}': {exc.strerror}") from exc
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise SandboxPathError("not_file", path, f"'{path}' is not a regular file")
+        raise NotAFile(path, f"'{path}' is not a regular file")
     os.set_blocking(fd, True)
     if st.st_uid != uid and st.st_nlink == 1 and st.st_size == 0:
         os.fchown(fd, uid, gid)  # freshly created by us
@@ -226,17 +201,17 @@ def open_dir(root_fd: int, path: str) -> int:
         return openat2(root_fd, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
-            raise SandboxPathError("not_found", path, f"Directory '{path}' not found") from exc
+            raise FileNotFound(path, f"Directory '{path}' not found") from exc
         if exc.errno == errno.ENOTDIR:
             # ENOTDIR also comes from a missing parent that is a file; both mean "not a dir".
-            raise SandboxPathError(
-                "not_dir", path, f"'{path}' is not a directory; pass the directory to search"
+            raise NotADirectory(
+                path, f"'{path}' is not a directory; pass the directory to search"
             ) from exc
         if exc.errno == errno.ELOOP:
-            raise SandboxPathError(
-                "invalid", path, f"'{path}' goes through a link that cannot be followed"
+            raise InvalidPath(
+                path, f"'{path}' goes through a link that cannot be followed"
             ) from exc
-        raise SandboxPathError("io", path, f"Cannot open '{path}': {exc.strerror}") from exc
+        raise FileIOError(path, f"Cannot open '{path}': {exc.strerror}") from exc
 
 
 def open_child(dir_fd: int, rel: str, flags: int) -> int:
