@@ -146,3 +146,18 @@ class Registry(Base):
     username: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkspaceSecret(Base):
+    """A workspace's secret for egress header rules (``{NAME}`` in a rule's header value). The
+    value is sealed (AES-GCM, key in ``<data>/secrets.key``) and never leaves the server but
+    to the egress proxy; see hutch.server._secrets_store."""
+
+    __tablename__ = "workspace_secrets"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
