@@ -42,6 +42,7 @@ from hutch.server._schemas import (
     sandbox_json,
     template_json,
 )
+from hutch.server._secrets import with_secrets
 from hutch.server._snapshot_store import READY as SNAPSHOT_READY
 from hutch.server._snapshot_store import (
     SnapshotError,
@@ -420,7 +421,7 @@ async def create_sandbox(
     missing = body.unsupported()
     if missing:
         raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
-    access_control = proxy_access_control(body.proxy_config)
+    access_control = await with_secrets(svc, who, proxy_access_control(body.proxy_config))
     mgr: SandboxManager = svc.manager
     async with mgr.quotas.lock(who.workspace_id):
         # What it is made from and what the workspace may still hold, read on one connection
@@ -516,7 +517,7 @@ async def update_sandbox(
     missing = body.unsupported()
     if missing:
         raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
-    access_control = proxy_access_control(body.proxy_config)
+    access_control = await with_secrets(svc, who, proxy_access_control(body.proxy_config))
     row = await _sandbox(svc, who, name)
     fields = body.model_dump(exclude_unset=True)
     if row.template_id is None:

@@ -14,10 +14,12 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import Field, StrictStr
 
 from hutch.protocol._errors import ErrorType
+from hutch.runtime.runc._egress_policy import HEADER_RULES
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError, not_found
 from hutch.server._schemas import _Body, iso
+from hutch.server._secrets_rules import resolve_rules
 from hutch.server._secrets_store import (
     SecretBox,
     SecretError,
@@ -94,3 +96,15 @@ async def delete_workspace_secret(
     if not await delete_secret(svc.db, who.workspace_id, name):
         raise not_found("Secret", name, HINT)
     return Response(status_code=204)
+
+
+async def with_secrets(
+    svc: Services, who: Principal, access_control: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """A checked ``proxy_config`` (:func:`proxy_access_control`) as the runtime takes it: the
+    header rules' secrets resolved, under :data:`HEADER_RULES`."""
+    if not access_control or "rules" not in access_control:
+        return access_control
+    rest = {k: v for k, v in access_control.items() if k != "rules"}
+    rules = await resolve_rules(svc.db, box_of(svc), who.workspace_id, access_control["rules"])
+    return {**rest, HEADER_RULES: rules}

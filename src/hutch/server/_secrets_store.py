@@ -1,28 +1,22 @@
 """Workspace secrets: sealed at rest, named by egress header rules, never answered.
 
-A value is sealed with AES-GCM (``cryptography``) under the server's key, ``<data>/secrets.key``
-(32 random bytes, base64, mode 0600, made on first use). The workspace id and the secret's name
-are the associated data: a sealed value copied to another row (another workspace, another name)
-does not open. The database holds only sealed values; the key file never enters it, so a
-database dump alone reveals nothing. Values are opened only to hand them to the egress proxy.
+A value is sealed (:class:`SecretBox`: AES-GCM under the server's key, ``<data>/secrets.key``,
+0600, made on first use). The workspace id and the secret's name are the associated data: a
+sealed value copied to another row (another workspace, another name) does not open. The
+database holds only sealed values and the key file never enters it, so a database dump alone
+reveals nothing. Values are opened only to hand them to the egress proxy.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import os
 import re
-import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import delete, select
 
+from hutch.runtime.runc._egress_seal import SealError, SecretBox
 from hutch.store import Database, Workspace, WorkspaceSecret, utcnow
 
 __all__ = [
@@ -36,14 +30,13 @@ __all__ = [
     "list_secrets",
     "open_secrets",
     "set_secret",
+    "workspace_id",
 ]
 
-KEY_FILE = "secrets.key"
 #: Bytes of one value (a token, a service account's JSON) and secrets per workspace.
 MAX_VALUE = 64 * 1024
 MAX_SECRETS = 1000
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
-_NONCE = 12
 
 
 class SecretError(ValueError):
@@ -57,46 +50,6 @@ def check_name(name: str) -> str:
             "starting with a letter or '_' (e.g. OPENAI_API_KEY)"
         )
     return name
-
-
-class SecretBox:
-    """Seals and opens values under the key of one data dir."""
-
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
-
-    @classmethod
-    def in_dir(cls, data_dir: Path) -> SecretBox:
-        """The data dir's key, made (0600, never replaced) if there is none."""
-        path = data_dir / KEY_FILE
-        data_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, base64.b64encode(secrets.token_bytes(32)) + b"\n")
-            finally:
-                os.close(fd)
-        key = base64.b64decode(path.read_bytes().strip())
-        if len(key) != 32:
-            raise SecretError(f"{path} does not hold a 32-byte key; restore it from a backup")
-        return cls(key)
-
-    def seal(self, workspace_id: str, name: str, value: str) -> str:
-        nonce = secrets.token_bytes(_NONCE)
-        sealed = self._aead.encrypt(nonce, value.encode(), f"{workspace_id}/{name}".encode())
-        return base64.b64encode(nonce + sealed).decode()
-
-    def open(self, workspace_id: str, name: str, sealed: str) -> str:
-        raw = base64.b64decode(sealed)
-        try:
-            plain = self._aead.decrypt(
-                raw[:_NONCE], raw[_NONCE:], f"{workspace_id}/{name}".encode()
-            )
-        except InvalidTag:
-            raise SecretError(
-                f"secret {name!r} does not open with this server's {KEY_FILE}; set it again"
-            ) from None
-        return plain.decode()
 
 
 @dataclass(frozen=True)
@@ -119,7 +72,7 @@ async def set_secret(
     check_name(name)
     if not value or len(value.encode()) > MAX_VALUE:
         raise SecretError(f"a secret's value is 1 to {MAX_VALUE} bytes")
-    sealed = box.seal(workspace_id, name, value)
+    sealed = box.seal(f"{workspace_id}/{name}", value)
     async with db.session() as s, s.begin():
         row = (
             await s.execute(
@@ -197,7 +150,10 @@ async def open_secrets(
                 )
             ).scalars()
         )
-    return {r.name: box.open(workspace_id, r.name, r.sealed) for r in rows}
+    try:
+        return {r.name: box.open(f"{workspace_id}/{r.name}", r.sealed) for r in rows}
+    except SealError as exc:
+        raise SecretError(str(exc)) from None
 
 
 async def workspace_id(db: Database, workspace: str) -> str:

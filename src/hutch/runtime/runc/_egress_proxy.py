@@ -26,6 +26,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from hutch.runtime.runc._egress_http import Buffered, Forward, HttpError, HttpRewriter
 from hutch.runtime.runc._egress_policy import EgressPolicy, IPAddress, Verdict, valid_name
 
 __all__ = ["NEED_MORE", "EgressProxy", "sniff_name"]
@@ -284,13 +285,23 @@ class EgressProxy:
         verdict = Verdict.DENY if forbidden else policy.ip_verdict(ip)
         head = b""
         name: str | None = None
-        if verdict == Verdict.UNKNOWN:
+        if verdict == Verdict.UNKNOWN or (verdict == Verdict.ALLOW and policy.headers):
             head, name = await _peek(reader)
-            verdict = await self._decide(policy, ip, name)
+            if verdict == Verdict.UNKNOWN:
+                verdict = await self._decide(policy, ip, name)
         if verdict != Verdict.ALLOW:
             self._deny(sb, dst_ip, dst_port, name)
             _reset(writer)
             return
+        # Headers go only where a rule names the host and the address dialled is one the name
+        # has on the host: a sandbox that sends ``Host: api.example`` to its own server gets
+        # nothing.
+        inject = (
+            name is not None
+            and head[:1] != b"\x16"  # TLS: not intercepted (yet); spliced as it is
+            and policy.injects_for(name)
+            and ip in await _resolve(name)
+        )
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 up_reader, up_writer = await asyncio.open_connection(
@@ -301,6 +312,11 @@ class EgressProxy:
             return
         sb.allowed += 1
         try:
+            if inject:
+                assert name is not None
+                rewriter = HttpRewriter(name, policy)
+                await _splice(reader, writer, up_reader, up_writer, rewriter.run, head)
+                return
             if head:
                 up_writer.write(head)
             await _splice(reader, writer, up_reader, up_writer)
@@ -389,8 +405,11 @@ async def _splice(
     a_writer: asyncio.StreamWriter,
     b_reader: asyncio.StreamReader,
     b_writer: asyncio.StreamWriter,
+    a_to_b: Forward | None = None,
+    head: bytes = b"",
 ) -> None:
-    """Copy both ways until both sides are done (half-closes passed on)."""
+    """Copy both ways until both sides are done (half-closes passed on). ``a_to_b``, when
+    given, carries the ``a`` side's bytes (``head`` first) instead of a plain copy."""
 
     async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
@@ -406,6 +425,22 @@ async def _splice(
             with contextlib.suppress(OSError):
                 dst.write_eof()
 
+    async def forward(fn: Forward) -> None:
+        async def send(data: bytes) -> None:
+            b_writer.write(data)
+            await b_writer.drain()
+
+        try:
+            await fn(Buffered(a_reader.read, head), send)
+        except (OSError, HttpError, asyncio.IncompleteReadError):
+            # Malformed or hostile framing, or a reset: both sides end, nothing more is sent.
+            a_writer.transport.abort()
+            b_writer.transport.abort()
+            return
+        if b_writer.can_write_eof():
+            with contextlib.suppress(OSError):
+                b_writer.write_eof()
+
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(pump(a_reader, b_writer))
+        tg.create_task(pump(a_reader, b_writer) if a_to_b is None else forward(a_to_b))
         tg.create_task(pump(b_reader, a_writer))
