@@ -70,18 +70,27 @@ class S(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-import threading
-threading.Thread(target=S(("0.0.0.0", 80), H).serve_forever, daemon=True).start()
+import ssl, threading
+tls = S(("0.0.0.0", 443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+for server in (S(("0.0.0.0", 80), H), tls):
+    threading.Thread(target=server.serve_forever, daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()
 """
 
 #: Inside the sandbox: requests on one keep-alive connection (GET, POST with a length, POST
-#: chunked), each answer on a line; with ``wait``, the process then stays for a memory scan.
+#: chunked), each answer on a line, over ``http`` or ``https`` (verified by the sandbox's own
+#: trust store); with a fourth argument, the process then stays for a memory scan.
 CLIENT = r"""
-import http.client, sys, time
-host, dial = sys.argv[1], sys.argv[2]
-c = http.client.HTTPConnection(dial, 80, timeout=10)
+import http.client, ssl, sys, time
+host, dial, scheme = sys.argv[1], sys.argv[2], sys.argv[3]
+if scheme == "https":
+    c = http.client.HTTPSConnection(host, 443, timeout=10, context=ssl.create_default_context())
+else:
+    c = http.client.HTTPConnection(dial, 80, timeout=10)
 for method, path, body, chunked in (("GET", "/v1/models", None, False),
                                      ("POST", "/v1/chat", b"x" * 70000, False),
                                      ("POST", "/other", iter([b"ab", b"cde"]), True)):
@@ -101,7 +110,7 @@ for method, path, body, chunked in (("GET", "/v1/models", None, False),
         c.send(body)
     sys.stdout.write(c.getresponse().read().decode())
 sys.stdout.flush()
-if len(sys.argv) > 3:
+if len(sys.argv) > 4:
     open("/tmp/client.done", "w").close()
     time.sleep(120)
 """
@@ -128,6 +137,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
     forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     hosts = Path("/etc/hosts")
     ours = f"{NET}.10 api.{tag}.test\n{NET}.20 other.{tag}.test\n"
+    key, cert = str(tmp / "key.pem"), str(tmp / "cert.pem")
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+       f"/CN=api.{tag}.test", "-addext", f"subjectAltName=DNS:api.{tag}.test,DNS:other.{tag}.test",
+       "-keyout", key, "-out", cert)  # fmt: skip
     sh("ip", "netns", "add", ns)
     upstream = srv = None
     try:
@@ -140,7 +153,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
         sh("ip", "-n", ns, "link", "set", peer_if, "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         upstream = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", UPSTREAM],
+            ["ip", "netns", "exec", ns, sys.executable, "-c", UPSTREAM, cert, key],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert upstream.stdout is not None and upstream.stdout.readline() == "ready\n"
@@ -152,9 +165,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
             [*HUTCH, "image", "import", "local/python", str(python_tar), "--data-dir", str(data)],
             check=True, capture_output=True,
         )  # fmt: skip
+        # The proxy verifies the upstream's certificate against this bundle (not the host's).
         srv = start_server(
             data, "--egress-bridge", bridge,
             "--egress-subnet", f"10.251.{secrets.randbelow(250) + 1}.0/24",
+            env={"HUTCH_EGRESS_CA_BUNDLE": cert},
         )  # fmt: skip
         template = f"eh-{tag}"
         with srv.http() as http:
@@ -194,11 +209,14 @@ class Box:
         out = r.json()
         return out["exit_code"], out["stdout"] + out["stderr"]
 
-    def requests(self, host: str, dial: str | None = None) -> list[str]:
+    def requests(self, host: str, dial: str | None = None, scheme: str = "http") -> list[str]:
         """The upstream's answers to the client's three requests for ``host``."""
-        code, out = self.run(f"python3 -c {shlex.quote(CLIENT)} {host} {dial or host}")
+        code, out = self.attempt(host, dial, scheme)
         assert code == 0, out
         return out.splitlines()
+
+    def attempt(self, host: str, dial: str | None = None, scheme: str = "http") -> tuple[int, str]:
+        return self.run(f"python3 -c {shlex.quote(CLIENT)} {host} {dial or host} {scheme}")
 
 
 @pytest.fixture
@@ -256,6 +274,25 @@ def test_workspace_secret_reaches_only_its_host(world: World, box_factory: Any) 
     # Host says the rule's host, the address is another's: no secret.
     spoofed = box.requests(world.api, dial=f"{NET}.20")
     assert spoofed[0] == f"{NET}.20 /v1/models 0 {own} none"
+
+
+def test_https_is_intercepted_only_for_the_rules_host(world: World, box_factory: Any) -> None:
+    """Over HTTPS the rule's host gets the header on every keep-alive request, the sandbox
+    verifying the proxy's certificate with the CA the server installed; the upstream's own
+    certificate was verified by the proxy. Another host is not intercepted: its certificate
+    (which the sandbox does not trust) reaches the sandbox unchanged."""
+    value = _secret(world, "TLS_TOKEN")
+    box = box_factory({"rules": [_rule(world, "Bearer {TLS_TOKEN}")]})
+    want = sha(f"Bearer {value}")
+    assert box.requests(world.api, scheme="https") == [
+        f"{NET}.10 /v1/models 0 {want} none",
+        f"{NET}.10 /v1/chat 70000 {want} none",
+        f"{NET}.10 /other 5 {want} none",
+    ]
+    code, out = box.attempt(world.other, scheme="https")
+    assert code != 0 and "CERTIFICATE_VERIFY_FAILED" in out, out
+    code, bundle = box.run("cat /etc/ssl/certs/ca-certificates.crt")
+    assert code == 0 and value not in bundle and "BEGIN CERTIFICATE" in bundle
 
 
 def test_opaque_value_paths_and_redacted_answers(world: World, box_factory: Any) -> None:
@@ -337,7 +374,7 @@ def test_the_secret_never_enters_the_sandbox(world: World, box_factory: Any) -> 
     box = box_factory({"rules": [_rule(world, "Bearer {SCAN_TOKEN}")]})
     marker = f"m{secrets.token_hex(6)}"
     code, out = box.run(
-        f"nohup python3 -c {shlex.quote(CLIENT)} {world.api} {world.api} {marker} "
+        f"nohup python3 -c {shlex.quote(CLIENT)} {world.api} {world.api} https {marker} "
         "> /tmp/client.out 2>&1 &"
     )
     assert code == 0, out

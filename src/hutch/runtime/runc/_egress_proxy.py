@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from hutch.runtime.runc._egress_http import Buffered, Forward, HttpError, HttpRewriter
 from hutch.runtime.runc._egress_policy import EgressPolicy, IPAddress, Verdict, valid_name
+from hutch.runtime.runc._egress_tls import EgressCA, TlsServerStream, upstream_context
 
 __all__ = ["NEED_MORE", "EgressProxy", "sniff_name"]
 
@@ -188,8 +190,12 @@ class _HostAddresses:
 class EgressProxy:
     """Listens on ``host:port``; sandboxes are known by address (:meth:`set`)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, ca_dir: Path | None = None) -> None:
         self.host, self.port = host, port
+        #: Where the interception CA lives (None: HTTPS is never intercepted).
+        self._ca_dir = ca_dir
+        self._ca: EgressCA | None = None
+        self._upstream_tls: ssl.SSLContext | None = None
         self._by_ip: dict[str, _Sandbox] = {}
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -298,10 +304,14 @@ class EgressProxy:
         # nothing.
         inject = (
             name is not None
-            and head[:1] != b"\x16"  # TLS: not intercepted (yet); spliced as it is
             and policy.injects_for(name)
+            and (head[:1] != b"\x16" or self._ca_dir is not None)
             and ip in await _resolve(name)
         )
+        if inject and head[:1] == b"\x16":
+            assert name is not None
+            await self._intercept(sb, name, dst_ip, dst_port, reader, writer, head)
+            return
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 up_reader, up_writer = await asyncio.open_connection(
@@ -323,6 +333,46 @@ class EgressProxy:
         finally:
             up_writer.close()
             with contextlib.suppress(OSError):
+                await up_writer.wait_closed()
+
+    async def _intercept(
+        self,
+        sb: _Sandbox,
+        name: str,
+        dst_ip: str,
+        dst_port: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+    ) -> None:
+        """TLS to a rule's host: terminated here with a leaf of the server's CA, requests
+        rewritten, re-originated to the real server (verified, same name)."""
+        assert self._ca_dir is not None
+        if self._ca is None:
+            self._ca = await asyncio.to_thread(EgressCA, self._ca_dir)
+            self._upstream_tls = upstream_context()
+        assert self._upstream_tls is not None
+        ctx = await asyncio.to_thread(self._ca.context_for, name)
+        tls = TlsServerStream(ctx, reader, writer, head)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await tls.handshake()
+                up_reader, up_writer = await asyncio.open_connection(
+                    dst_ip, dst_port, ssl=self._upstream_tls, server_hostname=name,
+                    limit=2 * CHUNK,
+                )  # fmt: skip
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError included: an unverified upstream
+            log.info("egress: TLS to %s:%d (%s) of sandbox %s failed: %s", dst_ip, dst_port,
+                     name, sb.sandbox_id, exc)  # fmt: skip
+            _reset(writer)
+            return
+        sb.allowed += 1
+        rewriter = HttpRewriter(name, sb.policy)
+        try:
+            await _splice_tls(tls, writer, up_reader, up_writer, rewriter.run)
+        finally:
+            up_writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
                 await up_writer.wait_closed()
 
     async def _decide(self, policy: EgressPolicy, ip: IPAddress, name: str | None) -> str:
@@ -444,3 +494,42 @@ async def _splice(
     async with asyncio.TaskGroup() as tg:
         tg.create_task(pump(a_reader, b_writer) if a_to_b is None else forward(a_to_b))
         tg.create_task(pump(b_reader, a_writer))
+
+
+async def _splice_tls(
+    tls: TlsServerStream,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+    forward: Forward,
+) -> None:
+    """Like :func:`_splice`, the sandbox's side being TLS terminated here."""
+
+    def abort() -> None:
+        writer.transport.abort()
+        up_writer.transport.abort()
+
+    async def to_sandbox() -> None:
+        try:
+            while chunk := await up_reader.read(CHUNK):
+                await tls.send(chunk)
+        except (OSError, ssl.SSLError):
+            abort()
+            return
+        writer.close()  # the server is done: so is the sandbox's connection
+
+    async def to_upstream() -> None:
+        async def send(data: bytes) -> None:
+            up_writer.write(data)
+            await up_writer.drain()
+
+        try:
+            await forward(Buffered(tls.recv), send)
+        except (OSError, ssl.SSLError, HttpError, asyncio.IncompleteReadError):
+            abort()
+            return
+        up_writer.close()  # TLS has no half-close: the sandbox is done, so is the server
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(to_sandbox())
+        tg.create_task(to_upstream())

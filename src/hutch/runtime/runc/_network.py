@@ -65,6 +65,7 @@ from hutch.runtime.runc import _egress_firewall
 from hutch.runtime.runc._egress_policy import EgressPolicy
 from hutch.runtime.runc._egress_proxy import EgressProxy
 from hutch.runtime.runc._egress_seal import SecretBox
+from hutch.runtime.runc._egress_tls import ca_dir
 
 __all__ = ["Attachment", "EgressConfig", "EgressNetwork", "HostPort", "NetworkError"]
 
@@ -545,6 +546,11 @@ class EgressNetwork:
     def _policy_path(self, sandbox_id: str) -> Path:
         return self.policy_dir / f"{sandbox_id}.json"
 
+    @property
+    def ca_dir(self) -> Path:
+        """Where the egress proxy's interception CA is kept (see _egress_tls)."""
+        return ca_dir(self._data_dir)
+
     def box(self) -> SecretBox:
         """Seals the header values of saved policies (the data dir's ``secrets.key``)."""
         if self._box is None:
@@ -596,7 +602,7 @@ class EgressNetwork:
             await asyncio.to_thread(_egress_firewall.remove, sandbox_id)
             return
         if self.proxy is None:
-            self.proxy = EgressProxy(str(att.gateway), PROXY_PORT)
+            self.proxy = EgressProxy(str(att.gateway), PROXY_PORT, ca_dir=self.ca_dir)
         try:
             await self.proxy.start()
         except OSError as exc:
