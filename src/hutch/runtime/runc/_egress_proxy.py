@@ -3,10 +3,12 @@ firewall (see :mod:`_network`), is let through or refused by name.
 
 One proxy per server, listening on the bridge's address; the firewall redirects a sandbox's TCP
 to it (``REDIRECT``), so the connection's original destination comes from ``SO_ORIGINAL_DST``
-and the sandbox from the peer address. The first bytes are read (never altered): a TLS
-ClientHello's SNI or an HTTP request's ``Host`` names the destination. Allowed: the proxy dials
-the original destination and copies bytes both ways (TLS stays end to end, nothing is
-intercepted). Refused: the sandbox's connection is reset at once.
+and the sandbox from the peer address. The first bytes are read: a TLS ClientHello's SNI or an
+HTTP request's ``Host`` names the destination. Allowed: the proxy dials the original
+destination and copies bytes both ways unchanged (TLS end to end). Refused: the sandbox's
+connection is reset at once. Only a connection to a host a header rule names is altered: its
+requests get the rule's headers (:mod:`_egress_http`), its TLS terminated and re-originated
+(:mod:`_egress_tls`).
 
 A name is trusted only for the address it resolves to on the host: a sandbox that says
 ``allowed.example`` but dials another address is refused.
