@@ -296,8 +296,8 @@ def test_https_is_intercepted_only_for_the_rules_host(world: World, box_factory:
 
 
 def test_opaque_value_paths_and_redacted_answers(world: World, box_factory: Any) -> None:
-    """An opaque value is injected only on matching paths, and is in no answer of the API;
-    a plaintext header joins it."""
+    """An opaque value is injected only on matching paths, and is in no answer of the API (GET
+    shows the rule with the value blanked); a plaintext header joins it."""
     value = f"opaque-{secrets.token_hex(12)}"
     rule = _rule(world, value, kind="opaque", match_paths=["/v1/*"])
     rule["headers"].append({"name": "X-Team", "type": "plaintext", "value": "blue"})
@@ -308,6 +308,12 @@ def test_opaque_value_paths_and_redacted_answers(world: World, box_factory: Any)
     with world.server.http() as http:
         for path in (f"{BOXES}/{box.name}", BOXES, SECRETS):
             assert value not in http.get(path).text
+        shown = http.get(f"{BOXES}/{box.name}").json()["proxy_config"]["rules"][0]
+    assert shown["match_hosts"] == [world.api] and shown["match_paths"] == ["/v1/*"]
+    assert shown["headers"] == [
+        {"name": "Authorization", "type": "opaque", "value": ""},
+        {"name": "X-Team", "type": "plaintext", "value": "blue"},
+    ]
 
 
 def test_patch_changes_rules_for_new_connections(world: World, box_factory: Any) -> None:

@@ -43,6 +43,7 @@ from hutch.server._schemas import (
     template_json,
 )
 from hutch.server._secrets import install_ca, needs_ca, with_secrets
+from hutch.server._secrets_rules import shown_proxy_config
 from hutch.server._snapshot_store import READY as SNAPSHOT_READY
 from hutch.server._snapshot_store import (
     SnapshotError,
@@ -301,6 +302,7 @@ async def _insert_sandbox(
         candidate.labels = json.dumps(body.labels) if body.labels else None
         candidate.fs_capacity_bytes = origin.storage
         candidate.persistent = body.persistent is not False
+        candidate.proxy_config = shown_proxy_config(body.proxy_config)
         try:
             await svc.manager.sandboxes.insert(candidate)
             return candidate
@@ -548,6 +550,7 @@ async def update_sandbox(
                     raise ApiError(ErrorType.SANDBOX_CONFIG, f"proxy_config: {exc}") from exc
                 if needs_ca(access_control):
                     await install_ca(svc, fresh.id)
+                fresh.proxy_config = shown_proxy_config(body.proxy_config)
             if fields.get("name") is not None:
                 fresh.name = fields["name"]
             for key in LIFETIMES:

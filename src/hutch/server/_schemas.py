@@ -369,4 +369,6 @@ def sandbox_json(s: Sandbox, dataplane_base: str, life: Lifetime) -> dict[str, A
         "labels": json.loads(s.labels) if s.labels else {},
         "persistent": s.persistent,
         "preserve_memory_on_stop": False,
+        # What the client set, opaque values blanked (never a secret value).
+        "proxy_config": json.loads(s.proxy_config) if s.proxy_config else None,
     }

@@ -17,6 +17,7 @@ type; so do ``match_headers`` and ``env_vars``, which hutch does not apply yet.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -26,7 +27,7 @@ from hutch.server._errors import ApiError
 from hutch.server._secrets_store import SecretBox, SecretError, check_name, open_secrets
 from hutch.store import Database
 
-__all__ = ["parse_rules", "redact_rules", "resolve_rules"]
+__all__ = ["parse_rules", "resolve_rules", "shown_proxy_config"]
 
 _RULE_FEATURES = {
     "aws": "AWS SigV4 signing rules (aws_auth)",
@@ -164,15 +165,18 @@ async def resolve_rules(
     return out
 
 
-def redact_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rules as answers show them: opaque values blanked (workspace_secret values are only
-    references, plaintext ones are the client's own)."""
-    return [
-        {
-            **r,
-            "headers": [
-                {**h, "value": "" if h["type"] == "opaque" else h["value"]} for h in r["headers"]
-            ],
-        }
-        for r in rules
-    ]
+def shown_proxy_config(proxy_config: dict[str, Any] | None) -> str | None:
+    """A checked ``proxy_config`` as answers show it (JSON): as given, but every ``opaque``
+    header value blanked (write-only). ``workspace_secret`` values are references only."""
+    if proxy_config is None:
+        return None
+    shown: dict[str, Any] = {k: v for k, v in proxy_config.items() if k != "rules"}
+    rules = []
+    for rule in proxy_config.get("rules") or []:
+        headers = [
+            {**h, "value": ""} if isinstance(h, dict) and h.get("type") == "opaque" else h
+            for h in (rule.get("headers") or [])
+        ]
+        rules.append({**rule, "headers": headers} if "headers" in rule else dict(rule))
+    shown["rules"] = rules
+    return json.dumps(shown)

@@ -90,6 +90,9 @@ class Sandbox(Base):
     #: The server (node) that runs it: only that one reconciles and reaps it (None: a row from
     #: before nodes, claimed by the first server to start).
     node: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    #: Its ``proxy_config`` as answers show it (JSON; opaque header values blanked, workspace
+    #: secrets only by reference): never a secret value.
+    proxy_config: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Snapshot(Base):

@@ -1,4 +1,5 @@
-"""Workspace secrets: sealed values that egress header rules name (``hutch secrets``).
+"""Workspace secrets: sealed values that egress header rules name (``hutch secrets``); a
+sandbox's ``proxy_config`` as answers show it (no secret values).
 
 Revision ID: 0003
 Revises: 0002
@@ -26,7 +27,9 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.UniqueConstraint("workspace_id", "name"),
     )
+    op.add_column("sandboxes", sa.Column("proxy_config", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("sandboxes", "proxy_config")
     op.drop_table("workspace_secrets")
