@@ -16,7 +16,6 @@ import re
 import secrets
 import shlex
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,13 +27,12 @@ import pytest
 
 from hutch.runtime.runc._network import EgressConfig, teardown_host
 from tests.conftest import HUTCH, Server, remove_all_sandboxes, start_server, stop_server
-from tests.server.test_egress_policy import sh
+from tests.egress_upstream import NET, sh, upstream_namespace
 
 pytestmark = pytest.mark.root
 
 BOXES = "/api/v2/sandboxes/boxes"
 SECRETS = "/api/v2/sandboxes/secrets"
-NET = "198.51.100"
 SDK_PYTHON = Path("/var/cache/hutch/venvs/langsmith-0.15.1-ws/bin/python")
 
 UPSTREAM = r"""
@@ -133,65 +131,43 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
     """The upstream namespace, the host's names for it, and a server with an egress template."""
     tmp = tmp_path_factory.mktemp("egress-headers")
     tag = secrets.token_hex(3)
-    ns, host_if, peer_if, bridge = f"hutch-hu-{tag}", f"hhe{tag}", f"hhp{tag}", f"hhb{tag}"
+    bridge = f"hhb{tag}"
     forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
-    hosts = Path("/etc/hosts")
     ours = f"{NET}.10 api.{tag}.test\n{NET}.20 other.{tag}.test\n"
     key, cert = str(tmp / "key.pem"), str(tmp / "cert.pem")
     sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
        f"/CN=api.{tag}.test", "-addext", f"subjectAltName=DNS:api.{tag}.test,DNS:other.{tag}.test",
        "-keyout", key, "-out", cert)  # fmt: skip
-    sh("ip", "netns", "add", ns)
-    upstream = srv = None
+    srv = None
     try:
-        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if)
-        sh("ip", "link", "set", peer_if, "netns", ns)
-        sh("ip", "addr", "add", f"{NET}.1/24", "dev", host_if)
-        sh("ip", "link", "set", host_if, "up")
-        for last in (10, 20):
-            sh("ip", "-n", ns, "addr", "add", f"{NET}.{last}/24", "dev", peer_if)
-        sh("ip", "-n", ns, "link", "set", peer_if, "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        upstream = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", UPSTREAM, cert, key],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert upstream.stdout is not None and upstream.stdout.readline() == "ready\n"
-        with hosts.open("a") as f:
-            f.write(ours)
-        data = tmp / "data"
-        data.mkdir()
-        subprocess.run(
-            [*HUTCH, "image", "import", "local/python", str(python_tar), "--data-dir", str(data)],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        # The proxy verifies the upstream's certificate against this bundle (not the host's).
-        srv = start_server(
-            data, "--egress-bridge", bridge,
-            "--egress-subnet", f"10.251.{secrets.randbelow(250) + 1}.0/24",
-            env={"HUTCH_EGRESS_CA_BUNDLE": cert},
-        )  # fmt: skip
-        template = f"eh-{tag}"
-        with srv.http() as http:
-            r = http.post(
-                "/v2/sandboxes/templates",
-                json={"name": template, "image": "local/python", "network": "egress"},
-            )
-            assert r.status_code == 201, r.text
-        yield World(srv, template, f"api.{tag}.test", f"other.{tag}.test")
+        with upstream_namespace(tag, (10, 20), ours, UPSTREAM, cert, key):
+            try:
+                data = tmp / "data"
+                data.mkdir()
+                subprocess.run(
+                    [*HUTCH, "image", "import", "local/python", str(python_tar), "--data-dir",
+                     str(data)],
+                    check=True, capture_output=True,
+                )  # fmt: skip
+                # The proxy verifies the upstream's certificate against this bundle only.
+                srv = start_server(
+                    data, "--egress-bridge", bridge,
+                    "--egress-subnet", f"10.251.{secrets.randbelow(250) + 1}.0/24",
+                    env={"HUTCH_EGRESS_CA_BUNDLE": cert},
+                )  # fmt: skip
+                template = f"eh-{tag}"
+                with srv.http() as http:
+                    r = http.post(
+                        "/v2/sandboxes/templates",
+                        json={"name": template, "image": "local/python", "network": "egress"},
+                    )
+                    assert r.status_code == 201, r.text
+                yield World(srv, template, f"api.{tag}.test", f"other.{tag}.test")
+            finally:
+                if srv is not None:
+                    stop_server(srv)
+                    remove_all_sandboxes(srv.data_dir)
     finally:
-        if srv is not None:
-            stop_server(srv)
-            remove_all_sandboxes(srv.data_dir)
-        hosts.write_text(hosts.read_text().replace(ours, ""))
-        if upstream is not None:
-            upstream.kill()
-            upstream.wait()
-            for pipe in (upstream.stdin, upstream.stdout):
-                if pipe is not None:
-                    pipe.close()
-        sh("ip", "netns", "del", ns, check=False)
-        sh("ip", "link", "del", host_if, check=False)
         teardown_host(EgressConfig(bridge=bridge))
         Path("/proc/sys/net/ipv4/ip_forward").write_text(forwarding)
 
