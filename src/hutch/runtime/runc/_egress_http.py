@@ -10,8 +10,9 @@ Framing is strict, because the sandbox is hostile and the upstream may frame dif
 ``Content-Length`` with ``Transfer-Encoding``, two lengths, a transfer coding other than
 ``chunked``, a folded or bare-LF header line, or a head over the limit ends the connection
 (:class:`HttpError`). A request for another host than the one checked (a later ``Host`` on
-the same connection) is passed on without any header of the rules. An upgrade (``Upgrade``,
-``CONNECT``) ends framing: the rest is copied as it comes.
+the same connection) is passed on without any header of the rules, and so is a ``TRACE``
+(whose answer echoes the request). An upgrade (``Upgrade``, ``CONNECT``) ends framing: the rest
+is copied as it comes.
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def rewrite_head(head: bytes, host: str, policy: EgressPolicy) -> tuple[bytes, i
         hosts, path = [authority.encode()], slash + tail
     if len(hosts) != 1 or _host_of(hosts[0]) != host.lower().rstrip("."):
         return head, framing  # not the host checked: nothing of the rules
+    if method == b"TRACE":  # the server would echo the request, headers and all
+        return head, framing
     add = policy.headers_for(host, path or "/")
     if not add:
         return head, framing
