@@ -40,6 +40,8 @@ _RULE_FEATURES = {
 _HEADER_TYPES = {None, "", "header", "headers", "custom"}
 _REF = re.compile(r"\{([^{}]*)\}")
 HEADER_VALUE_TYPES = ("plaintext", "opaque", "workspace_secret")
+#: Header value types whose values answers may show (a reference is not a secret).
+_SHOWN = ("plaintext", "workspace_secret")
 
 
 def _bad(message: str) -> ApiError:
@@ -74,6 +76,8 @@ def parse_rules(raw: object) -> list[dict[str, Any]]:
         if not isinstance(rule, dict):
             raise _bad(f"{where} must be an object")
         kind = rule.get("type")
+        if kind is not None and not isinstance(kind, str):
+            raise _bad(f"{where}.type must be a string")
         provider = next((k for k in ("aws", "gcp", "azure") if k in rule), None)
         if kind in _RULE_FEATURES or provider is not None or kind not in _HEADER_TYPES:
             feature = _RULE_FEATURES.get(str(kind or provider), f"Rules of type {kind!r}")
@@ -166,17 +170,25 @@ async def resolve_rules(
 
 
 def shown_proxy_config(proxy_config: dict[str, Any] | None) -> str | None:
-    """A checked ``proxy_config`` as answers show it (JSON): as given, but every ``opaque``
-    header value blanked (write-only). ``workspace_secret`` values are references only."""
+    """A checked ``proxy_config`` as answers show it (JSON): as given, but every header value
+    blanked that is not ``plaintext`` or a ``workspace_secret`` reference (``opaque`` ones are
+    write-only)."""
     if proxy_config is None:
         return None
     shown: dict[str, Any] = {k: v for k, v in proxy_config.items() if k != "rules"}
     rules = []
     for rule in proxy_config.get("rules") or []:
+        raw = rule.get("headers")
+        if not isinstance(raw, list):  # a disabled rule is kept as given, minus its headers
+            rules.append({k: v for k, v in rule.items() if k != "headers"})
+            continue
         headers = [
-            {**h, "value": ""} if isinstance(h, dict) and h.get("type") == "opaque" else h
-            for h in (rule.get("headers") or [])
+            # Anything but a plaintext value or a reference is taken for a secret.
+            {**h, "value": ""}
+            if isinstance(h, dict) and h.get("type", "plaintext") not in _SHOWN
+            else h
+            for h in raw
         ]
-        rules.append({**rule, "headers": headers} if "headers" in rule else dict(rule))
+        rules.append({**rule, "headers": headers})
     shown["rules"] = rules
     return json.dumps(shown)
