@@ -12,7 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import HUTCH, Server, data_dir_with_busybox, start_server, stop_server
+from tests.conftest import (
+    HUTCH,
+    Server,
+    data_dir_with_busybox,
+    start_server,
+    stop_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.root
 API = "/api/v2/sandboxes"
@@ -69,6 +76,8 @@ def test_workspaces_see_only_their_own(srv: Server) -> None:
     """A secret set in one workspace is not listed, replaced or deleted through another's key."""
     other = hutch(srv, "keys", "create", "--workspace", "other").stdout.strip()
     with srv.http() as mine, srv.http(other) as theirs:
+        # A running server takes a new key within a second (it re-reads the key table).
+        assert wait_until(lambda: theirs.get(f"{API}/secrets").status_code == 200)
         assert mine.put(f"{API}/secrets/MINE", json={"value": VALUE}).status_code == 200
         assert theirs.get(f"{API}/secrets").json() == {"secrets": []}
         assert theirs.delete(f"{API}/secrets/MINE").status_code == 404
