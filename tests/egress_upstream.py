@@ -10,6 +10,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from hutch.runtime.runc._network import EgressConfig, teardown_host
+from tests.conftest import HUTCH, Server, start_server, stop_server
+
 NET = "198.51.100"
 
 
@@ -58,3 +61,37 @@ def upstream_namespace(
                     pipe.close()
         sh("ip", "netns", "del", ns, check=False)
         sh("ip", "link", "del", host_if, check=False)
+
+
+@contextmanager
+def egress_bridge(bridge: str) -> Iterator[None]:
+    """Afterwards: the test servers' bridge and firewall removed, ``ip_forward`` as it was."""
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    try:
+        yield
+    finally:
+        teardown_host(EgressConfig(bridge=bridge))
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(forwarding)
+
+
+def egress_server(
+    tmp: Path, python_tar: Path, template: str, *args: str, env: dict[str, str] | None = None
+) -> Server:
+    """A server on ``tmp/data`` (``hutch serve *args``) whose store holds ``local/python`` and
+    which has an egress template of it named ``template``."""
+    data = tmp / "data"
+    data.mkdir()
+    subprocess.run(
+        [*HUTCH, "image", "import", "local/python", str(python_tar), "--data-dir", str(data)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    srv = start_server(data, *args, env=env)
+    with srv.http() as http:
+        r = http.post(
+            "/v2/sandboxes/templates",
+            json={"name": template, "image": "local/python", "network": "egress"},
+        )
+    if r.status_code != 201:
+        stop_server(srv)
+        raise AssertionError(r.text)
+    return srv

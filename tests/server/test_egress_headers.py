@@ -25,9 +25,8 @@ from typing import Any
 
 import pytest
 
-from hutch.runtime.runc._network import EgressConfig, teardown_host
-from tests.conftest import HUTCH, Server, remove_all_sandboxes, start_server, stop_server
-from tests.egress_upstream import NET, sh, upstream_namespace
+from tests.conftest import Server, remove_all_sandboxes, stop_server
+from tests.egress_upstream import NET, egress_bridge, egress_server, sh, upstream_namespace
 
 pytestmark = pytest.mark.root
 
@@ -131,45 +130,24 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
     """The upstream namespace, the host's names for it, and a server with an egress template."""
     tmp = tmp_path_factory.mktemp("egress-headers")
     tag = secrets.token_hex(3)
-    bridge = f"hhb{tag}"
-    forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     ours = f"{NET}.10 api.{tag}.test\n{NET}.20 other.{tag}.test\n"
     key, cert = str(tmp / "key.pem"), str(tmp / "cert.pem")
     sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
        f"/CN=api.{tag}.test", "-addext", f"subjectAltName=DNS:api.{tag}.test,DNS:other.{tag}.test",
        "-keyout", key, "-out", cert)  # fmt: skip
-    srv = None
-    try:
-        with upstream_namespace(tag, (10, 20), ours, UPSTREAM, cert, key):
-            try:
-                data = tmp / "data"
-                data.mkdir()
-                subprocess.run(
-                    [*HUTCH, "image", "import", "local/python", str(python_tar), "--data-dir",
-                     str(data)],
-                    check=True, capture_output=True,
-                )  # fmt: skip
-                # The proxy verifies the upstream's certificate against this bundle only.
-                srv = start_server(
-                    data, "--egress-bridge", bridge,
-                    "--egress-subnet", f"10.251.{secrets.randbelow(250) + 1}.0/24",
-                    env={"HUTCH_EGRESS_CA_BUNDLE": cert},
-                )  # fmt: skip
-                template = f"eh-{tag}"
-                with srv.http() as http:
-                    r = http.post(
-                        "/v2/sandboxes/templates",
-                        json={"name": template, "image": "local/python", "network": "egress"},
-                    )
-                    assert r.status_code == 201, r.text
-                yield World(srv, template, f"api.{tag}.test", f"other.{tag}.test")
-            finally:
-                if srv is not None:
-                    stop_server(srv)
-                    remove_all_sandboxes(srv.data_dir)
-    finally:
-        teardown_host(EgressConfig(bridge=bridge))
-        Path("/proc/sys/net/ipv4/ip_forward").write_text(forwarding)
+    bridge = f"hhb{tag}"
+    with egress_bridge(bridge), upstream_namespace(tag, (10, 20), ours, UPSTREAM, cert, key):
+        # The proxy verifies the upstream's certificate against this bundle only.
+        srv = egress_server(
+            tmp, python_tar, f"eh-{tag}", "--egress-bridge", bridge,
+            "--egress-subnet", f"10.251.{secrets.randbelow(250) + 1}.0/24",
+            env={"HUTCH_EGRESS_CA_BUNDLE": cert},
+        )  # fmt: skip
+        try:
+            yield World(srv, f"eh-{tag}", f"api.{tag}.test", f"other.{tag}.test")
+        finally:
+            stop_server(srv)
+            remove_all_sandboxes(srv.data_dir)
 
 
 @dataclass

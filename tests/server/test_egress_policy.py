@@ -29,16 +29,14 @@ from typing import Any
 import pytest
 
 from hutch.runtime.runc._egress_firewall import chain_names
-from hutch.runtime.runc._network import EgressConfig, teardown_host
 from tests.conftest import (
-    HUTCH,
     Server,
     remove_all_sandboxes,
     start_server,
     stop_server,
     wait_until,
 )
-from tests.egress_upstream import NET, sh, upstream_namespace
+from tests.egress_upstream import NET, egress_bridge, egress_server, sh, upstream_namespace
 
 pytestmark = pytest.mark.root
 
@@ -149,46 +147,25 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
     tmp = tmp_path_factory.mktemp("egress")
     tag = secrets.token_hex(3)
     bridge = f"hne{tag}"
-    forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     key, cert = str(tmp / "key.pem"), str(tmp / "cert.pem")
     sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
        f"/CN=allowed.{tag}.test", "-keyout", key, "-out", cert)  # fmt: skip
-    srv = the_world = None
     addresses = [f"{NET}.{i}" for i in LASTS]
-    try:
-        with upstream_namespace(
-            tag, LASTS, _hosts_lines(tag), UPSTREAM, cert, key, *addresses
-        ) as ns:
-            try:
-                data = tmp / "data"
-                data.mkdir()
-                subprocess.run(
-                    [*HUTCH, "image", "import", "local/python", str(python_tar), "--data-dir",
-                     str(data)],
-                    check=True, capture_output=True,
-                )  # fmt: skip
-                subnet = f"10.252.{secrets.randbelow(250) + 1}.0/24"
-                args = ("--egress-bridge", bridge, "--egress-subnet", subnet,
-                        "--dns", f"{NET}.53")  # fmt: skip
-                srv = start_server(data, *args)
-                template = f"eg-{tag}"
-                with srv.http() as http:
-                    r = http.post(
-                        "/v2/sandboxes/templates",
-                        json={"name": template, "image": "local/python", "network": "egress"},
-                    )
-                    assert r.status_code == 201, r.text
-                the_world = World(
-                    srv, template, f"allowed.{tag}.test", f"denied.{tag}.test", bridge, ns, args
-                )
-                yield the_world
-            finally:
-                if srv is not None:  # the one the last test restarted, if it did
-                    stop_server(the_world.server if the_world else srv)
-                    remove_all_sandboxes(srv.data_dir)
-    finally:
-        teardown_host(EgressConfig(bridge=bridge))
-        Path("/proc/sys/net/ipv4/ip_forward").write_text(forwarding)
+    with (
+        egress_bridge(bridge),
+        upstream_namespace(tag, LASTS, _hosts_lines(tag), UPSTREAM, cert, key, *addresses) as ns,
+    ):
+        subnet = f"10.252.{secrets.randbelow(250) + 1}.0/24"
+        args = ("--egress-bridge", bridge, "--egress-subnet", subnet, "--dns", f"{NET}.53")
+        srv = egress_server(tmp, python_tar, f"eg-{tag}", *args)
+        the_world = World(
+            srv, f"eg-{tag}", f"allowed.{tag}.test", f"denied.{tag}.test", bridge, ns, args
+        )
+        try:
+            yield the_world
+        finally:
+            stop_server(the_world.server)  # the one the last test restarted, if it did
+            remove_all_sandboxes(srv.data_dir)
 
 
 @dataclass
