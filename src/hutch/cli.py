@@ -1,5 +1,6 @@
 """The ``hutch`` command: ``hutch serve``, ``hutch image import|pull|list|rm|gc``,
-``hutch keys create|list|revoke``, ``hutch workspaces list|quota``."""
+``hutch keys create|list|revoke``, ``hutch workspaces list|quota``,
+``hutch secrets set|list|rm``."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ keys_app = typer.Typer(help="Manage API keys (each belongs to a workspace).", no
 app.add_typer(keys_app, name="keys")
 ws_app = typer.Typer(help="Manage workspaces and their quotas.", no_args_is_help=True)
 app.add_typer(ws_app, name="workspaces")
+secrets_app = typer.Typer(
+    help="Manage workspace secrets (for egress header rules; values are never shown).",
+    no_args_is_help=True,
+)
+app.add_typer(secrets_app, name="secrets")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(template_app, name="template")
 app.add_typer(snapshot_app, name="snapshot")
@@ -588,6 +594,88 @@ def workspaces_quota(
         ),
     )
     typer.echo(_show(info))
+
+
+def _secret_action(
+    workspace: str, action: Callable[[Database, str], Awaitable[T]]
+) -> Callable[[Database], Awaitable[T]]:
+    """``action`` on the id of ``workspace``; a refused name or value exits 1 with the reason."""
+    from hutch.server._admin import AdminError
+    from hutch.server._secrets_store import SecretError, workspace_id
+
+    async def run(db: Database) -> T:
+        try:
+            return await action(db, await workspace_id(db, workspace))
+        except SecretError as exc:
+            raise AdminError(str(exc)) from exc
+
+    return run
+
+
+WorkspaceOption = typer.Option("default", "--workspace", "-w", help="Workspace of the secret")
+
+
+@secrets_app.command("set")
+def secrets_set(
+    name: str,
+    workspace: str = WorkspaceOption,
+    data_dir: Path | None = DataDir,
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """Create or replace a secret; the value is read from standard input (a prompt on a
+    terminal), never from the command line, which other users can read in ps."""
+    import getpass
+    import sys
+
+    from hutch.server._secrets_store import SecretBox, set_secret
+
+    if sys.stdin.isatty():
+        value = getpass.getpass(f"value of {name}: ")
+    else:
+        value = sys.stdin.read()
+        # A trailing newline is how echo and files end; a value never means it.
+        value = value[:-1] if value.endswith("\n") else value
+    box = SecretBox.in_dir(data_dir or default_data_dir())
+    info = _admin(
+        data_dir,
+        database_url,
+        _secret_action(workspace, lambda db, ws: set_secret(db, box, ws, name, value)),
+    )
+    typer.echo(f"set {info.name} in workspace {workspace!r}")
+
+
+@secrets_app.command("list")
+def secrets_list(
+    workspace: str = WorkspaceOption,
+    data_dir: Path | None = DataDir,
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """Names and when each was set (never the values)."""
+    from hutch.server._secrets_store import list_secrets
+
+    for i in _admin(data_dir, database_url, _secret_action(workspace, list_secrets)):
+        when = f"created {i.created_at:%Y-%m-%d %H:%M}  updated {i.updated_at:%Y-%m-%d %H:%M}"
+        typer.echo(f"{i.name}  {when}")
+
+
+@secrets_app.command("rm")
+def secrets_rm(
+    name: str,
+    workspace: str = WorkspaceOption,
+    data_dir: Path | None = DataDir,
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """Delete a secret (sandboxes already given its value keep it until their proxy_config
+    is next set)."""
+    from hutch.server._admin import AdminError
+    from hutch.server._secrets_store import delete_secret
+
+    async def rm(db: Database, ws: str) -> None:
+        if not await delete_secret(db, ws, name):
+            raise AdminError(f"no secret {name!r} in workspace {workspace!r}")
+
+    _admin(data_dir, database_url, _secret_action(workspace, rm))
+    typer.echo(f"removed {name}")
 
 
 def main() -> None:

@@ -282,7 +282,7 @@ def create_errors(c, sb):
     else:
         out["proxy_config"] = raises(
             lambda: c.create_sandbox(
-                proxy_config={"rules": [{"name": "h", "headers": [{"name": "X", "value": "v"}]}]}
+                proxy_config={"rules": [{"name": "a", "type": "aws", "aws": {}}]}
             )
         )
     return out

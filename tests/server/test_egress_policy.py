@@ -29,20 +29,18 @@ from typing import Any
 import pytest
 
 from hutch.runtime.runc._egress_firewall import chain_names
-from hutch.runtime.runc._network import EgressConfig, teardown_host
 from tests.conftest import (
-    HUTCH,
     Server,
     remove_all_sandboxes,
     start_server,
     stop_server,
     wait_until,
 )
+from tests.egress_upstream import NET, egress_bridge, egress_server, sh, upstream_namespace
 
 pytestmark = pytest.mark.root
 
 BOXES = "/v2/sandboxes/boxes"
-NET = "198.51.100"
 LASTS = (10, 20, 40, 53, 200)
 SDK_PYTHON = Path("/var/cache/hutch/venvs/langsmith-0.15.1-ws/bin/python")
 #: The client inside sandboxes (Debian's Python): ``get URL`` fetches (TLS unverified, SNI
@@ -126,10 +124,6 @@ sys.stdin.read()
 """
 
 
-def sh(*argv: str, check: bool = True) -> str:
-    return subprocess.run(argv, check=check, capture_output=True, text=True).stdout
-
-
 @dataclass
 class World:
     server: Server
@@ -152,67 +146,26 @@ def world(tmp_path_factory: pytest.TempPathFactory, python_tar: Path) -> Iterato
     """The upstream namespace, the host's names for it, and a server with an egress template."""
     tmp = tmp_path_factory.mktemp("egress")
     tag = secrets.token_hex(3)
-    ns, host_if, peer_if, bridge = f"hutch-up-{tag}", f"hue{tag}", f"hup{tag}", f"hne{tag}"
-    forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
-    hosts = Path("/etc/hosts")
-    ours = _hosts_lines(tag)
+    bridge = f"hne{tag}"
     key, cert = str(tmp / "key.pem"), str(tmp / "cert.pem")
     sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
        f"/CN=allowed.{tag}.test", "-keyout", key, "-out", cert)  # fmt: skip
-    sh("ip", "netns", "add", ns)
-    upstream = srv = the_world = None
-    try:
-        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if)
-        sh("ip", "link", "set", peer_if, "netns", ns)
-        sh("ip", "addr", "add", f"{NET}.1/24", "dev", host_if)
-        sh("ip", "link", "set", host_if, "up")
-        for last in LASTS:
-            sh("ip", "-n", ns, "addr", "add", f"{NET}.{last}/24", "dev", peer_if)
-        sh("ip", "-n", ns, "link", "set", peer_if, "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        upstream = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", UPSTREAM,
-             cert, key, *(f"{NET}.{i}" for i in LASTS)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert upstream.stdout is not None and upstream.stdout.readline() == "ready\n"
-        with hosts.open("a") as f:
-            f.write(ours)
-        data = tmp / "data"
-        data.mkdir()
-        subprocess.run(
-            [*HUTCH, "image", "import", "local/python", str(python_tar), "--data-dir", str(data)],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        args = ("--egress-bridge", bridge, "--egress-subnet",
-                f"10.252.{secrets.randbelow(250) + 1}.0/24", "--dns", f"{NET}.53")  # fmt: skip
-        srv = start_server(data, *args)
-        template = f"eg-{tag}"
-        with srv.http() as http:
-            r = http.post(
-                "/v2/sandboxes/templates",
-                json={"name": template, "image": "local/python", "network": "egress"},
-            )
-            assert r.status_code == 201, r.text
+    addresses = [f"{NET}.{i}" for i in LASTS]
+    with (
+        egress_bridge(bridge),
+        upstream_namespace(tag, LASTS, _hosts_lines(tag), UPSTREAM, cert, key, *addresses) as ns,
+    ):
+        subnet = f"10.252.{secrets.randbelow(250) + 1}.0/24"
+        args = ("--egress-bridge", bridge, "--egress-subnet", subnet, "--dns", f"{NET}.53")
+        srv = egress_server(tmp, python_tar, f"eg-{tag}", *args)
         the_world = World(
-            srv, template, f"allowed.{tag}.test", f"denied.{tag}.test", bridge, ns, args
+            srv, f"eg-{tag}", f"allowed.{tag}.test", f"denied.{tag}.test", bridge, ns, args
         )
-        yield the_world
-    finally:
-        if srv is not None:  # the one the last test restarted, if it did
-            stop_server(the_world.server if the_world else srv)
+        try:
+            yield the_world
+        finally:
+            stop_server(the_world.server)  # the one the last test restarted, if it did
             remove_all_sandboxes(srv.data_dir)
-        hosts.write_text(hosts.read_text().replace(ours, ""))
-        if upstream is not None:
-            upstream.kill()
-            upstream.wait()
-            for pipe in (upstream.stdin, upstream.stdout):
-                if pipe is not None:
-                    pipe.close()
-        sh("ip", "netns", "del", ns, check=False)
-        sh("ip", "link", "del", host_if, check=False)
-        teardown_host(EgressConfig(bridge=bridge))
-        Path("/proc/sys/net/ipv4/ip_forward").write_text(forwarding)
 
 
 @dataclass

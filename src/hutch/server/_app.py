@@ -21,6 +21,7 @@ from hutch.server import (
     _files,
     _observe,
     _registries,
+    _secrets,
     _service,
     _snapshots,
     _sse_exec,
@@ -186,6 +187,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         app.include_router(_control.router, prefix=prefix)
         app.include_router(_snapshots.router, prefix=prefix)
         app.include_router(_registries.router, prefix=prefix)
+        app.include_router(_secrets.router, prefix=prefix)
         for extra in (_files, _service, _sse_exec):
             app.include_router(extra.control_router, prefix=prefix)
         app.include_router(_unimplemented.router, prefix=prefix)

@@ -42,6 +42,8 @@ from hutch.server._schemas import (
     sandbox_json,
     template_json,
 )
+from hutch.server._secrets import install_ca, needs_ca, with_secrets
+from hutch.server._secrets_rules import shown_proxy_config
 from hutch.server._snapshot_store import READY as SNAPSHOT_READY
 from hutch.server._snapshot_store import (
     SnapshotError,
@@ -301,6 +303,7 @@ async def _insert_sandbox(
         candidate.labels = json.dumps(body.labels) if body.labels else None
         candidate.fs_capacity_bytes = origin.storage
         candidate.persistent = body.persistent is not False
+        candidate.proxy_config = shown_proxy_config(body.proxy_config)
         try:
             await svc.manager.sandboxes.insert(candidate)
             return candidate
@@ -421,7 +424,7 @@ async def create_sandbox(
     missing = body.unsupported()
     if missing:
         raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
-    access_control = proxy_access_control(body.proxy_config)
+    access_control = await with_secrets(svc, who, proxy_access_control(body.proxy_config))
     mgr: SandboxManager = svc.manager
     async with mgr.quotas.lock(who.workspace_id):
         # What it is made from and what the workspace may still hold, read on one connection
@@ -468,6 +471,12 @@ async def create_sandbox(
             outcome.error or ErrorType.SANDBOX_CONFIG,
             outcome.message or "Sandbox provisioning failed",
         )
+    if needs_ca(access_control):
+        try:
+            await install_ca(svc, row.id)
+        except ApiError:
+            await mgr.destroy(row.id)
+            raise
     # The provisioning task recorded the status; its outcome says when, so no re-read.
     row.status, row.status_message = outcome.status, outcome.message
     if outcome.updated_at is not None:
@@ -517,7 +526,7 @@ async def update_sandbox(
     missing = body.unsupported()
     if missing:
         raise ApiError(ErrorType.NOT_IMPLEMENTED, missing)
-    access_control = proxy_access_control(body.proxy_config)
+    access_control = await with_secrets(svc, who, proxy_access_control(body.proxy_config))
     row = await _sandbox(svc, who, name)
     fields = body.model_dump(exclude_unset=True)
     if row.template_id is None:
@@ -540,6 +549,9 @@ async def update_sandbox(
                     await svc.manager.runtime.set_egress_policy(fresh.id, access_control)
                 except RuntimeError_ as exc:
                     raise ApiError(ErrorType.SANDBOX_CONFIG, f"proxy_config: {exc}") from exc
+                if needs_ca(access_control):
+                    await install_ca(svc, fresh.id)
+                fresh.proxy_config = shown_proxy_config(body.proxy_config)
             if fields.get("name") is not None:
                 fresh.name = fields["name"]
             for key in LIFETIMES:

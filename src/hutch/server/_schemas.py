@@ -23,9 +23,10 @@ from hutch.protocol._errors import ErrorType
 from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime._resources import QuantityError, parse_cpu, parse_memory
 from hutch.runtime.images import Credentials, ImageError, normalize_reference
-from hutch.runtime.runc._egress_policy import EgressPolicy
+from hutch.runtime.runc._egress_policy import HEADER_RULES, EgressPolicy
 from hutch.server._errors import ApiError
 from hutch.server._lifetimes import Lifetime, expires_at
+from hutch.server._secrets_rules import parse_rules
 from hutch.server._snapshot_store import effective_run_config
 from hutch.store import Sandbox, Template
 
@@ -178,20 +179,15 @@ def _unsupported(body: BaseModel, fields: dict[str, str]) -> str | None:
 #: ``proxy_config`` fields hutch honours or may ignore (``no_proxy``: deprecated by the SDK and
 #: ignored there too; ``description``: text for people).
 _PROXY_FIELDS = {"access_control", "rules", "callbacks", "no_proxy", "description"}
-_RULE_FEATURES = {
-    "aws": "AWS SigV4 signing rules (aws_auth)",
-    "gcp": "GCP OAuth rules (gcp_auth)",
-    "azure": "Azure auth rules",
-    "attribution": "Attribution header rules",
-    "relay": "Relay rules",
-}
 
 
 def proxy_access_control(proxy_config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The validated ``access_control`` of a ``proxy_config`` (None: unrestricted).
+    """The validated ``access_control`` of a ``proxy_config`` (None: unrestricted), with its
+    enabled header-injection rules under ``"rules"`` (secret references not yet resolved: see
+    :func:`hutch.server._secrets_rules.resolve_rules`).
 
     Raises ApiError: 400 naming a bad entry or field; 501 naming a rule type hutch cannot apply
-    yet (header injection, AWS, GCP, …) or callbacks.
+    yet (AWS, GCP, …) or callbacks.
     """
     if proxy_config is None:
         return None
@@ -200,29 +196,28 @@ def proxy_access_control(proxy_config: dict[str, Any] | None) -> dict[str, Any] 
         raise ApiError(
             ErrorType.BAD_REQUEST,
             f"proxy_config has unknown field(s) {', '.join(unknown)}; use access_control "
-            "(allow_list, deny_list)",
+            "(allow_list, deny_list) and rules",
         )
-    rules = proxy_config.get("rules") or []
-    if not isinstance(rules, list):
-        raise ApiError(ErrorType.BAD_REQUEST, "proxy_config.rules must be a list of rules")
-    for rule in rules:
-        kind = str(rule.get("type") or "header") if isinstance(rule, dict) else "header"
-        feature = _RULE_FEATURES.get(kind, f"Header-injection rules (type {kind!r})")
-        raise ApiError(
-            ErrorType.NOT_IMPLEMENTED,
-            f"{feature} in proxy_config.rules are not supported by this hutch server yet; "
-            "leave rules empty (access_control works)",
-        )
+    rules = parse_rules(proxy_config.get("rules"))
     if proxy_config.get("callbacks"):
         raise ApiError(
             ErrorType.NOT_IMPLEMENTED,
             "proxy_config.callbacks are not supported by this hutch server yet; leave them out",
         )
+    access_control = proxy_config.get("access_control")
+    if isinstance(access_control, dict) and HEADER_RULES in access_control:
+        raise ApiError(
+            ErrorType.BAD_REQUEST,
+            f"access_control has unknown field(s) {HEADER_RULES}; use allow_list and deny_list",
+        )
     try:
-        policy = EgressPolicy.parse(proxy_config.get("access_control"))
+        policy = EgressPolicy.parse(access_control)
     except ValueError as exc:
         raise ApiError(ErrorType.BAD_REQUEST, str(exc)) from None
-    return None if policy.empty else policy.to_json()
+    out = {} if policy.empty else policy.to_json()
+    if rules:
+        out["rules"] = rules
+    return out or None
 
 
 class SandboxCreate(_Body):
@@ -374,4 +369,6 @@ def sandbox_json(s: Sandbox, dataplane_base: str, life: Lifetime) -> dict[str, A
         "labels": json.loads(s.labels) if s.labels else {},
         "persistent": s.persistent,
         "preserve_memory_on_stop": False,
+        # What the client set, opaque values blanked (never a secret value).
+        "proxy_config": json.loads(s.proxy_config) if s.proxy_config else None,
     }

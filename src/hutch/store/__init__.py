@@ -10,6 +10,7 @@ from hutch.store._models import (
     SnapshotTag,
     Template,
     Workspace,
+    WorkspaceSecret,
     utcnow,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "SnapshotTag",
     "Template",
     "Workspace",
+    "WorkspaceSecret",
     "contains_ci",
     "utcnow",
 ]

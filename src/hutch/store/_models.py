@@ -90,6 +90,9 @@ class Sandbox(Base):
     #: The server (node) that runs it: only that one reconciles and reaps it (None: a row from
     #: before nodes, claimed by the first server to start).
     node: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    #: Its ``proxy_config`` as answers show it (JSON; opaque header values blanked, workspace
+    #: secrets only by reference): never a secret value.
+    proxy_config: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Snapshot(Base):
@@ -144,5 +147,20 @@ class Registry(Base):
     name: Mapped[str] = mapped_column(String(128))
     url: Mapped[str] = mapped_column(Text)
     username: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkspaceSecret(Base):
+    """A workspace's secret for egress header rules (``{NAME}`` in a rule's header value). The
+    value is sealed (AES-GCM, key in ``<data>/secrets.key``) and never leaves the server but
+    to the egress proxy; see hutch.server._secrets_store."""
+
+    __tablename__ = "workspace_secrets"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    sealed: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

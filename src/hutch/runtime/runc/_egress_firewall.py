@@ -70,7 +70,8 @@ def ruleset(
         *(f"-d {r} -p tcp --dport 53 -j RETURN" for r in resolvers),
         *(f"-d {net} -j RETURN" for net in v4),
     ]
-    if not policy.deny.has_names:
+    if not policy.deny.has_names and not policy.headers:
+        # Header rules need the proxy to see every connection (it injects into some).
         nat += [f"-d {net} -j RETURN" for net in allow]
     nat.append(f"-p tcp -j REDIRECT --to-ports {proxy_port}")
     lines += [f"-A {nchain} {rule}" for rule in nat]

@@ -3,10 +3,12 @@ firewall (see :mod:`_network`), is let through or refused by name.
 
 One proxy per server, listening on the bridge's address; the firewall redirects a sandbox's TCP
 to it (``REDIRECT``), so the connection's original destination comes from ``SO_ORIGINAL_DST``
-and the sandbox from the peer address. The first bytes are read (never altered): a TLS
-ClientHello's SNI or an HTTP request's ``Host`` names the destination. Allowed: the proxy dials
-the original destination and copies bytes both ways (TLS stays end to end, nothing is
-intercepted). Refused: the sandbox's connection is reset at once.
+and the sandbox from the peer address. The first bytes are read: a TLS ClientHello's SNI or an
+HTTP request's ``Host`` names the destination. Allowed: the proxy dials the original
+destination and copies bytes both ways unchanged (TLS end to end). Refused: the sandbox's
+connection is reset at once. Only a connection to a host a header rule names is altered: its
+requests get the rule's headers (:mod:`_egress_http`), its TLS terminated and re-originated
+(:mod:`_egress_tls`).
 
 A name is trusted only for the address it resolves to on the host: a sandbox that says
 ``allowed.example`` but dials another address is refused.
@@ -21,12 +23,15 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from hutch.runtime.runc._egress_http import Buffered, Forward, HttpError, HttpRewriter
 from hutch.runtime.runc._egress_policy import EgressPolicy, IPAddress, Verdict, valid_name
+from hutch.runtime.runc._egress_tls import EgressCA, TlsServerStream, upstream_context
 
 __all__ = ["NEED_MORE", "EgressProxy", "sniff_name"]
 
@@ -187,8 +192,12 @@ class _HostAddresses:
 class EgressProxy:
     """Listens on ``host:port``; sandboxes are known by address (:meth:`set`)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, ca_dir: Path | None = None) -> None:
         self.host, self.port = host, port
+        #: Where the interception CA lives (None: HTTPS is never intercepted).
+        self._ca_dir = ca_dir
+        self._ca: EgressCA | None = None
+        self._upstream_tls: ssl.SSLContext | None = None
         self._by_ip: dict[str, _Sandbox] = {}
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -284,12 +293,26 @@ class EgressProxy:
         verdict = Verdict.DENY if forbidden else policy.ip_verdict(ip)
         head = b""
         name: str | None = None
-        if verdict == Verdict.UNKNOWN:
+        if verdict == Verdict.UNKNOWN or (verdict == Verdict.ALLOW and policy.headers):
             head, name = await _peek(reader)
-            verdict = await self._decide(policy, ip, name)
+            if verdict == Verdict.UNKNOWN:
+                verdict = await self._decide(policy, ip, name)
         if verdict != Verdict.ALLOW:
             self._deny(sb, dst_ip, dst_port, name)
             _reset(writer)
+            return
+        # Headers go only where a rule names the host and the address dialled is one the name
+        # has on the host: a sandbox that sends ``Host: api.example`` to its own server gets
+        # nothing.
+        inject = (
+            name is not None
+            and policy.injects_for(name)
+            and (head[:1] != b"\x16" or self._ca_dir is not None)
+            and ip in await _resolve(name)
+        )
+        if inject and head[:1] == b"\x16":
+            assert name is not None
+            await self._intercept(sb, name, dst_ip, dst_port, reader, writer, head)
             return
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
@@ -301,12 +324,57 @@ class EgressProxy:
             return
         sb.allowed += 1
         try:
+            if inject:
+                assert name is not None
+                rewriter = HttpRewriter(name, policy)
+                await _splice(reader, writer, up_reader, up_writer, rewriter.run, head)
+                return
             if head:
                 up_writer.write(head)
             await _splice(reader, writer, up_reader, up_writer)
         finally:
             up_writer.close()
             with contextlib.suppress(OSError):
+                await up_writer.wait_closed()
+
+    async def _intercept(
+        self,
+        sb: _Sandbox,
+        name: str,
+        dst_ip: str,
+        dst_port: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+    ) -> None:
+        """TLS to a rule's host: terminated here with a leaf of the server's CA, requests
+        rewritten, re-originated to the real server (verified, same name)."""
+        assert self._ca_dir is not None
+        if self._ca is None:
+            self._ca = await asyncio.to_thread(EgressCA, self._ca_dir)
+            self._upstream_tls = upstream_context()
+        assert self._upstream_tls is not None
+        ctx = await asyncio.to_thread(self._ca.context_for, name)
+        tls = TlsServerStream(ctx, reader, writer, head)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await tls.handshake()
+                up_reader, up_writer = await asyncio.open_connection(
+                    dst_ip, dst_port, ssl=self._upstream_tls, server_hostname=name,
+                    limit=2 * CHUNK,
+                )  # fmt: skip
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError included: an unverified upstream
+            log.info("egress: TLS to %s:%d (%s) of sandbox %s failed: %s", dst_ip, dst_port,
+                     name, sb.sandbox_id, exc)  # fmt: skip
+            _reset(writer)
+            return
+        sb.allowed += 1
+        rewriter = HttpRewriter(name, sb.policy)
+        try:
+            await _splice_tls(tls, writer, up_reader, up_writer, rewriter.run)
+        finally:
+            up_writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
                 await up_writer.wait_closed()
 
     async def _decide(self, policy: EgressPolicy, ip: IPAddress, name: str | None) -> str:
@@ -389,8 +457,11 @@ async def _splice(
     a_writer: asyncio.StreamWriter,
     b_reader: asyncio.StreamReader,
     b_writer: asyncio.StreamWriter,
+    a_to_b: Forward | None = None,
+    head: bytes = b"",
 ) -> None:
-    """Copy both ways until both sides are done (half-closes passed on)."""
+    """Copy both ways until both sides are done (half-closes passed on). ``a_to_b``, when
+    given, carries the ``a`` side's bytes (``head`` first) instead of a plain copy."""
 
     async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
@@ -406,6 +477,61 @@ async def _splice(
             with contextlib.suppress(OSError):
                 dst.write_eof()
 
+    async def forward(fn: Forward) -> None:
+        async def send(data: bytes) -> None:
+            b_writer.write(data)
+            await b_writer.drain()
+
+        try:
+            await fn(Buffered(a_reader.read, head), send)
+        except (OSError, HttpError, asyncio.IncompleteReadError):
+            # Malformed or hostile framing, or a reset: both sides end, nothing more is sent.
+            a_writer.transport.abort()
+            b_writer.transport.abort()
+            return
+        if b_writer.can_write_eof():
+            with contextlib.suppress(OSError):
+                b_writer.write_eof()
+
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(pump(a_reader, b_writer))
+        tg.create_task(pump(a_reader, b_writer) if a_to_b is None else forward(a_to_b))
         tg.create_task(pump(b_reader, a_writer))
+
+
+async def _splice_tls(
+    tls: TlsServerStream,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+    forward: Forward,
+) -> None:
+    """Like :func:`_splice`, the sandbox's side being TLS terminated here."""
+
+    def abort() -> None:
+        writer.transport.abort()
+        up_writer.transport.abort()
+
+    async def to_sandbox() -> None:
+        try:
+            while chunk := await up_reader.read(CHUNK):
+                await tls.send(chunk)
+        except (OSError, ssl.SSLError):
+            abort()
+            return
+        writer.close()  # the server is done: so is the sandbox's connection
+
+    async def to_upstream() -> None:
+        async def send(data: bytes) -> None:
+            up_writer.write(data)
+            await up_writer.drain()
+
+        try:
+            await forward(Buffered(tls.recv), send)
+        except (OSError, ssl.SSLError, HttpError, asyncio.IncompleteReadError):
+            abort()
+            return
+        up_writer.close()  # TLS has no half-close: the sandbox is done, so is the server
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(to_sandbox())
+        tg.create_task(to_upstream())

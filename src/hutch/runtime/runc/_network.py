@@ -64,6 +64,8 @@ from hutch.runtime._interface import RuntimeError_
 from hutch.runtime.runc import _egress_firewall
 from hutch.runtime.runc._egress_policy import EgressPolicy
 from hutch.runtime.runc._egress_proxy import EgressProxy
+from hutch.runtime.runc._egress_seal import SecretBox
+from hutch.runtime.runc._egress_tls import ca_dir
 
 __all__ = ["Attachment", "EgressConfig", "EgressNetwork", "HostPort", "NetworkError"]
 
@@ -456,6 +458,8 @@ class EgressNetwork:
         #: server may find sandboxes of an earlier ``--egress-bridge``): cleaned up on close.
         self._used: set[str] = set()
         self.policy_dir = data_dir / "egress"
+        self._data_dir = data_dir
+        self._box: SecretBox | None = None
         self.proxy: EgressProxy | None = None
         self._resumed = False
 
@@ -542,6 +546,17 @@ class EgressNetwork:
     def _policy_path(self, sandbox_id: str) -> Path:
         return self.policy_dir / f"{sandbox_id}.json"
 
+    @property
+    def ca_dir(self) -> Path:
+        """Where the egress proxy's interception CA is kept (see _egress_tls)."""
+        return ca_dir(self._data_dir)
+
+    def box(self) -> SecretBox:
+        """Seals the header values of saved policies (the data dir's ``secrets.key``)."""
+        if self._box is None:
+            self._box = SecretBox.in_dir(self._data_dir)
+        return self._box
+
     def load_policy(self, sandbox_id: str) -> EgressPolicy | None:
         """The sandbox's saved access control (None: unrestricted)."""
         try:
@@ -549,7 +564,7 @@ class EgressNetwork:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         try:
-            return EgressPolicy.parse(data)
+            return EgressPolicy.parse(data, box=self.box())
         except ValueError:  # written by us from a parsed policy: never, but fail closed
             return EgressPolicy.parse({"allow_list": []})
 
@@ -562,7 +577,7 @@ class EgressNetwork:
         else:
             self.policy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(policy.to_json()))
+            tmp.write_text(json.dumps(policy.to_json(self.box())))
             tmp.replace(path)
         att = self.attachment(sandbox_id) if self.netns_path(sandbox_id).exists() else None
         if att is not None:
@@ -587,7 +602,7 @@ class EgressNetwork:
             await asyncio.to_thread(_egress_firewall.remove, sandbox_id)
             return
         if self.proxy is None:
-            self.proxy = EgressProxy(str(att.gateway), PROXY_PORT)
+            self.proxy = EgressProxy(str(att.gateway), PROXY_PORT, ca_dir=self.ca_dir)
         try:
             await self.proxy.start()
         except OSError as exc:
