@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server, remove_all_sandboxes, stop_server
+from tests.conftest import Server, remove_all_sandboxes, stop_server, wait_until
 from tests.egress_upstream import NET, egress_bridge, egress_server, sh, upstream_namespace
 
 pytestmark = pytest.mark.root
@@ -388,3 +388,36 @@ def test_secret_values_are_sealed_on_the_host(world: World, box_factory: Any) ->
     saved = (world.server.data_dir / "egress" / f"{box.id}.json").read_text()
     assert value not in saved and "sealed" in json.loads(saved)["header_rules"][0]["headers"][0]
     assert re.search(r"secrets\.key", str(list(world.server.data_dir.iterdir())))
+
+
+def test_the_ca_comes_with_every_create_and_start(world: World) -> None:
+    """A sandbox created with rules and not waited for has the egress CA in its trust store
+    (the runtime installs it as the sandbox starts, not the create's answer), and a stop and a
+    start leave it there once."""
+    name = f"eh-{uuid.uuid4().hex[:8]}"
+    body = {
+        "template_name": world.template,
+        "name": name,
+        "wait_for_ready": False,
+        "proxy_config": {"rules": [_rule(world, "Bearer x", kind="plaintext")]},
+    }
+    with world.server.http() as http:
+        r = http.post(BOXES, json=body)
+        assert r.status_code == 201, r.text
+        box = Box(world, r.json()["id"], name)
+        try:
+
+            def ready() -> bool:
+                return http.get(f"{BOXES}/{name}").json()["status"] == "ready"
+
+            assert wait_until(ready, 60)
+            pem = (world.server.data_dir / "egress" / "ca" / "ca.pem").read_text()
+            cert = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", pem, re.S)
+            assert cert is not None
+            for _ in range(2):
+                code, bundle = box.run("cat /etc/ssl/certs/ca-certificates.crt")
+                assert code == 0 and bundle.count(cert.group(0)) == 1, bundle
+                assert http.post(f"{BOXES}/{name}/stop").status_code == 200
+                assert http.post(f"{BOXES}/{name}/start").status_code == 200
+        finally:
+            http.delete(f"{BOXES}/{name}")

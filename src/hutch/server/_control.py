@@ -42,7 +42,7 @@ from hutch.server._schemas import (
     sandbox_json,
     template_json,
 )
-from hutch.server._secrets import install_ca, needs_ca, with_secrets
+from hutch.server._secrets import with_secrets
 from hutch.server._secrets_rules import shown_proxy_config
 from hutch.server._snapshot_store import READY as SNAPSHOT_READY
 from hutch.server._snapshot_store import (
@@ -471,12 +471,6 @@ async def create_sandbox(
             outcome.error or ErrorType.SANDBOX_CONFIG,
             outcome.message or "Sandbox provisioning failed",
         )
-    if needs_ca(access_control):
-        try:
-            await install_ca(svc, row.id)
-        except ApiError:
-            await mgr.destroy(row.id)
-            raise
     # The provisioning task recorded the status; its outcome says when, so no re-read.
     row.status, row.status_message = outcome.status, outcome.message
     if outcome.updated_at is not None:
@@ -549,8 +543,6 @@ async def update_sandbox(
                     await svc.manager.runtime.set_egress_policy(fresh.id, access_control)
                 except RuntimeError_ as exc:
                     raise ApiError(ErrorType.SANDBOX_CONFIG, f"proxy_config: {exc}") from exc
-                if needs_ca(access_control):
-                    await install_ca(svc, fresh.id)
                 fresh.proxy_config = shown_proxy_config(body.proxy_config)
             if fields.get("name") is not None:
                 fresh.name = fields["name"]

@@ -20,10 +20,10 @@ from pydantic import (
 )
 
 from hutch.protocol._errors import ErrorType
+from hutch.runtime._egress_policy import HEADER_RULES, EgressPolicy
 from hutch.runtime._interface import NETWORK_MODES
 from hutch.runtime._resources import QuantityError, parse_cpu, parse_memory
 from hutch.runtime.images import Credentials, ImageError, normalize_reference
-from hutch.runtime.runc._egress_policy import HEADER_RULES, EgressPolicy
 from hutch.server._errors import ApiError
 from hutch.server._lifetimes import Lifetime, expires_at
 from hutch.server._secrets_rules import parse_rules

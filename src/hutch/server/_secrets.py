@@ -6,9 +6,7 @@ only the egress proxy ever sees them opened. See docs/egress.md and :mod:`._secr
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +14,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import Field, StrictStr
 
 from hutch.protocol._errors import ErrorType
-from hutch.runtime import _fs
-from hutch.runtime.runc._egress_policy import HEADER_RULES
-from hutch.runtime.runc._egress_tls import EgressCA, ca_dir
+from hutch.runtime._egress_policy import HEADER_RULES
 from hutch.server._auth import Principal
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError, not_found
@@ -112,72 +108,3 @@ async def with_secrets(
     rest = {k: v for k, v in access_control.items() if k != "rules"}
     rules = await resolve_rules(svc.db, box_of(svc), who.workspace_id, access_control["rules"])
     return {**rest, HEADER_RULES: rules}
-
-
-#: Where the interception CA's certificate goes in a sandbox with header rules: the bundles
-#: OpenSSL reads by default (Python, curl, wget, Go, Ruby, ...) on Debian and Ubuntu
-#: (``/usr/lib/ssl/cert.pem`` is a link to the first when ca-certificates is installed, and
-#: the only one read when it is not), Alpine and RHEL; and Debian's drop-in directory, so that
-#: an ``update-ca-certificates`` in the sandbox keeps it. Each is appended to (made if missing)
-#: unless it holds the certificate already.
-CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-CA_BUNDLES = (CA_BUNDLE, "/usr/lib/ssl/cert.pem", "/etc/ssl/cert.pem",
-              "/etc/pki/tls/certs/ca-bundle.crt")  # fmt: skip
-CA_DROP_IN = "/usr/local/share/ca-certificates/hutch-egress.crt"
-#: A sandbox's bundle larger than this is left alone (the drop-in is still written).
-MAX_BUNDLE = 8 << 20
-
-
-def _install_ca(root_fd: int, pem: bytes, uid: int, gid: int) -> None:
-    """Append ``pem`` to the sandbox's bundle unless it is there (blocking). Paths resolve
-    inside the sandbox's root (openat2 RESOLVE_IN_ROOT): its links cannot lead out."""
-    for path, append in ((CA_DROP_IN, False), *((b, True) for b in CA_BUNDLES)):
-        current = b""
-        if append:
-            try:
-                fd, size = _fs.open_for_read(root_fd, path)
-            except _fs.SandboxPathError:
-                size, fd = 0, -1
-            if fd >= 0:
-                try:
-                    if size > MAX_BUNDLE:
-                        continue
-                    current = os.read(fd, MAX_BUNDLE + 1)
-                finally:
-                    os.close(fd)
-            if pem in current:
-                continue
-            if current and not current.endswith(b"\n"):
-                current += b"\n"
-        fd = _fs.open_for_write(root_fd, path, uid, gid)
-        try:
-            _fs.write_all(fd, [current, pem])
-        finally:
-            os.close(fd)
-
-
-async def install_ca(svc: Services, sandbox_id: str) -> None:
-    """Give a ready sandbox with header rules the server's interception CA (HTTPS to the rules'
-    hosts is terminated by the egress proxy with certificates of that CA).
-
-    Raises ApiError: the sandbox's files cannot take it (422 SandboxConfig).
-    """
-    ca = await asyncio.to_thread(EgressCA, ca_dir(svc.config.data_dir))
-    runtime = svc.manager.runtime
-    uid, gid = runtime.file_owner(sandbox_id)
-    root = runtime.root_fd(sandbox_id)
-    try:
-        await asyncio.to_thread(_install_ca, root, ca.pem, uid, gid)
-    except (OSError, _fs.SandboxPathError) as exc:
-        raise ApiError(
-            ErrorType.SANDBOX_CONFIG,
-            f"proxy_config: the egress CA could not be added to the sandbox's {CA_BUNDLE} "
-            f"({exc}); HTTPS to the rules' hosts will not verify",
-        ) from None
-    finally:
-        os.close(root)
-
-
-def needs_ca(access_control: dict[str, Any] | None) -> bool:
-    """Does the sandbox need the interception CA (it has header rules)?"""
-    return bool(access_control and access_control.get(HEADER_RULES))

@@ -22,7 +22,7 @@ import re
 from typing import Any
 
 from hutch.protocol._errors import ErrorType
-from hutch.runtime.runc._egress_policy import HEADER_RULES, EgressPolicy, PolicyError
+from hutch.runtime._egress_policy import HEADER_RULES, EgressPolicy, PolicyError
 from hutch.server._errors import ApiError
 from hutch.server._secrets_store import SecretBox, SecretError, check_name, open_secrets
 from hutch.store import Database

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, select
 
-from hutch.runtime.runc._egress_seal import SealError, SecretBox
+from hutch.runtime._egress_seal import SealError, SecretBox
 from hutch.store import Database, Workspace, WorkspaceSecret, utcnow
 
 __all__ = [

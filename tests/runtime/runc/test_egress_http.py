@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from hutch.runtime._egress_policy import HEADER_RULES, EgressPolicy, PolicyError
+from hutch.runtime._egress_seal import SealError, SecretBox
 from hutch.runtime.runc._egress_firewall import ruleset
 from hutch.runtime.runc._egress_http import Buffered, HttpError, HttpRewriter, rewrite_head
-from hutch.runtime.runc._egress_policy import HEADER_RULES, EgressPolicy, PolicyError
-from hutch.runtime.runc._egress_seal import SealError, SecretBox
 
 HOST = "api.example.com"
 

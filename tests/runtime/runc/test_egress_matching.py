@@ -8,8 +8,8 @@ import ssl
 
 import pytest
 
+from hutch.runtime._egress_policy import EgressPolicy, PolicyError, Verdict
 from hutch.runtime.runc._egress_firewall import ruleset
-from hutch.runtime.runc._egress_policy import EgressPolicy, PolicyError, Verdict
 from hutch.runtime.runc._egress_proxy import NEED_MORE, sniff_name
 
 

@@ -30,7 +30,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from hutch.runtime.runc._egress_policy import EgressPolicy
+from hutch.runtime._egress_policy import EgressPolicy
 
 __all__ = ["apply", "chain_names", "denied_packets", "other_networks", "remove", "ruleset"]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 
-from hutch.runtime.runc._egress_policy import EgressPolicy
+from hutch.runtime._egress_policy import EgressPolicy
 
 __all__ = ["Buffered", "Forward", "HttpError", "HttpRewriter", "rewrite_head"]
 

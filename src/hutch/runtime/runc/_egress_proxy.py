@@ -29,8 +29,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from hutch.runtime._egress_policy import EgressPolicy, IPAddress, Verdict, valid_name
 from hutch.runtime.runc._egress_http import Buffered, Forward, HttpError, HttpRewriter
-from hutch.runtime.runc._egress_policy import EgressPolicy, IPAddress, Verdict, valid_name
 from hutch.runtime.runc._egress_tls import EgressCA, TlsServerStream, upstream_context
 
 __all__ = ["NEED_MORE", "EgressProxy", "sniff_name"]

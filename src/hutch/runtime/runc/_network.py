@@ -60,11 +60,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hutch.runtime._egress_policy import EgressPolicy
+from hutch.runtime._egress_seal import SecretBox
 from hutch.runtime._interface import RuntimeError_
 from hutch.runtime.runc import _egress_firewall
-from hutch.runtime.runc._egress_policy import EgressPolicy
 from hutch.runtime.runc._egress_proxy import EgressProxy
-from hutch.runtime.runc._egress_seal import SecretBox
 from hutch.runtime.runc._egress_tls import ca_dir
 
 __all__ = ["Attachment", "EgressConfig", "EgressNetwork", "HostPort", "NetworkError"]

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hutch.runtime._egress_policy import EgressPolicy
 from hutch.runtime._interface import (
     NetworkMode,
     Runtime,
@@ -57,7 +58,8 @@ from hutch.runtime.runc import (
     _userns,
 )
 from hutch.runtime.runc._bundle import CONTROL_FD, HOME, PUBLIC_ROOT, BundleMixin
-from hutch.runtime.runc._egress_policy import EgressPolicy
+from hutch.runtime.runc._egress_tls import EgressCA
+from hutch.runtime.runc._egress_trust import TrustError, install_ca
 from hutch.runtime.runc._exec import ExecMixin
 from hutch.runtime.runc._files import FdFiles
 from hutch.runtime.runc._process import RuncProcess
@@ -266,6 +268,7 @@ class RuncRuntime(ExecMixin, BundleMixin, FdFiles, Runtime):
                 _fs.makedirs(root, HOME, uid=uid, gid=gid)
             finally:
                 os.close(root)
+            await self._trust_egress_ca(spec.id)
             if spec.snapshot is not None:  # after the create: its commit would slow it down
                 self._refill(spec.snapshot, SPARE_REFILL_DELAY)
         except BaseException:
@@ -375,6 +378,24 @@ class RuncRuntime(ExecMixin, BundleMixin, FdFiles, Runtime):
         except ValueError as exc:
             raise RuntimeError_(str(exc)) from exc
         await self.network.set_policy(sandbox_id, policy)
+        if await self.is_running(sandbox_id):  # else its create or start adds it
+            await self._trust_egress_ca(sandbox_id)
+
+    async def _trust_egress_ca(self, sandbox_id: str) -> None:
+        """A sandbox with header rules gets the egress proxy's interception CA in its trust
+        stores (see _egress_trust); one without gets nothing."""
+        policy = self.network.load_policy(sandbox_id)
+        if policy is None or not policy.headers:
+            return
+        ca = await asyncio.to_thread(EgressCA, self.network.ca_dir)
+        uid, gid = self.file_owner(sandbox_id)
+        root = self.root_fd(sandbox_id)
+        try:
+            await asyncio.to_thread(install_ca, root, ca.pem, uid, gid)
+        except TrustError as exc:
+            raise RuntimeError_(str(exc)) from None
+        finally:
+            os.close(root)
 
     def egress_denied(self, sandbox_id: str) -> int:
         return self.network.denied(sandbox_id)
@@ -443,6 +464,7 @@ class RuncRuntime(ExecMixin, BundleMixin, FdFiles, Runtime):
             await asyncio.to_thread(self._mount_rootfs, spec, bundle)
             await self._run_container(spec.id, bundle, spec.network)
             self.init_pid(spec.id)
+            await self._trust_egress_ca(spec.id)  # a reset may have dropped it
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.stop(spec.id))

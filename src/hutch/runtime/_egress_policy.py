@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hutch.runtime.runc._egress_seal import SecretBox
+    from hutch.runtime._egress_seal import SecretBox
 
 __all__ = ["HEADER_RULES", "EgressPolicy", "HeaderRule", "PolicyError", "Verdict"]
 
