@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -128,6 +129,29 @@ def _cpu(value: str, option: str) -> int:
         raise typer.BadParameter(f"{option}: {exc}") from exc
 
 
+def _default_proxy_config(text: str | None) -> dict[str, Any] | None:
+    """``--default-proxy-config``: JSON or @FILE, checked as a template's default is."""
+    if not text:
+        return None
+    try:
+        raw = Path(text[1:]).read_text() if text.startswith("@") else text
+        value = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: --default-proxy-config: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not isinstance(value, dict):
+        typer.echo("error: --default-proxy-config: give a JSON object", err=True)
+        raise typer.Exit(2)
+    from hutch.server._errors import ApiError
+    from hutch.server._schemas import default_proxy_config
+
+    try:
+        return default_proxy_config(value, "The default")
+    except ApiError as exc:
+        typer.echo(f"error: --default-proxy-config: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
@@ -228,6 +252,12 @@ def serve(
         help="Network of templates (and template-less sandboxes) created without one: none "
         "(loopback only) or egress (outbound through NAT)",
     ),
+    default_proxy_config: str | None = typer.Option(
+        None,
+        help="proxy_config of sandboxes whose create and template give none: JSON, or @FILE "
+        'holding it, e.g. \'{"access_control": {"allow_list": ["pypi.org"]}}\' (access '
+        "control only; a sandbox's own proxy_config replaces it)",
+    ),
     egress_subnet: str = typer.Option(
         DEFAULT_SUBNET, help="IPv4 subnet of the egress bridge (must not overlap the host's)"
     ),
@@ -281,6 +311,7 @@ def serve(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    default_proxy = _default_proxy_config(default_proxy_config)
     config = ServerConfig(
         data_dir=data_dir or default_data_dir(),
         host=host,
@@ -305,6 +336,7 @@ def serve(
         default_delete_after_stop=default_delete_after_stop,
         ttl_granularity=ttl_granularity,
         default_network="egress" if default_network == "egress" else "none",
+        default_proxy_config=default_proxy,
         metrics_public=metrics_public,
     )
     from hutch.server._servers import DataDirBusy, lock_data_dir, run_servers

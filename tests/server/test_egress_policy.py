@@ -474,3 +474,83 @@ def test_glob_and_regex_entries(world: World, box_factory: Any) -> None:
     assert box.get(f"https://{world.allowed}/")[0]
     _refused(box, f"https://{world.denied}/")
     _refused(box, f"http://{world.denied}/")
+
+
+def _plain_box(world: World, **body: Any) -> Box:
+    """A sandbox created with ``body`` (no proxy_config unless given), names in its hosts."""
+    name = f"eg-{uuid.uuid4().hex[:8]}"
+    with world.server.http() as http:
+        r = http.post(BOXES, json={"template_name": world.template, "name": name, **body})
+    assert r.status_code == 201, r.text
+    box = Box(world, r.json()["id"], name)
+    tag = world.allowed.split(".")[1]
+    assert box.run(f"printf '{_hosts_lines(tag)}' >> /etc/hosts")[0] == 0
+    return box
+
+
+def test_a_templates_proxy_config_is_its_sandboxes_default(world: World) -> None:
+    """A template's proxy_config (access control only) applies to its sandboxes that name none
+    and is shown by GET; a sandbox's own replaces it; header rules on a template are a 400."""
+    tpl = f"egd-{uuid.uuid4().hex[:6]}"
+    default = {"access_control": {"allow_list": [world.allowed]}}
+    body = {"name": tpl, "image": "local/python", "network": "egress", "proxy_config": default}
+    with world.server.http() as http:
+        r = http.post("/v2/sandboxes/templates", json=body)
+        assert r.status_code == 201, r.text
+        assert r.json()["proxy_config"] == default
+        assert http.get(f"/v2/sandboxes/templates/{tpl}").json()["proxy_config"] == default
+        rules = [{"name": "x", "match_hosts": [world.allowed], "headers": []}]
+        bad = http.post(
+            "/v2/sandboxes/templates",
+            json={**body, "name": f"{tpl}-r", "proxy_config": {"rules": rules}},
+        )
+        assert bad.status_code == 400 and "access_control only" in bad.text, bad.text
+    made = []
+    try:
+        box = _plain_box(world, template_name=tpl)
+        made.append(box)
+        with world.server.http() as http:
+            shown = http.get(f"{BOXES}/{box.name}").json()["proxy_config"]
+            assert shown["access_control"] == default["access_control"]
+        assert box.get(f"http://{world.allowed}/")[0]
+        _refused(box, f"http://{world.denied}/")
+        own = _plain_box(
+            world,
+            template_name=tpl,
+            proxy_config={"access_control": {"deny_list": [world.allowed]}},
+        )
+        made.append(own)
+        assert own.get(f"http://{world.denied}/")[0]
+        _refused(own, f"http://{world.allowed}/")
+    finally:
+        with world.server.http() as http:
+            for b in made:
+                http.delete(f"{BOXES}/{b.name}")
+            http.delete(f"/v2/sandboxes/templates/{tpl}")
+
+
+def test_the_servers_default_proxy_config(world: World) -> None:
+    """``hutch serve --default-proxy-config`` applies to sandboxes whose create and template
+    name none; a sandbox's own replaces it (the module's server is restarted with the flag, then
+    without it)."""
+    default = {"access_control": {"deny_list": [world.denied]}}
+    srv = world.server
+    stop_server(srv)
+    world.server = start_server(
+        srv.data_dir, *world.args, "--default-proxy-config", json.dumps(default)
+    )
+    made = []
+    try:
+        box = _plain_box(world)
+        made.append(box)
+        assert box.get(f"http://{world.allowed}/")[0]
+        _refused(box, f"http://{world.denied}/")
+        own = _plain_box(world, proxy_config={"access_control": {}})
+        made.append(own)
+        assert own.get(f"http://{world.denied}/")[0]
+    finally:
+        with world.server.http() as http:
+            for b in made:
+                http.delete(f"{BOXES}/{b.name}")
+        stop_server(world.server)
+        world.server = start_server(srv.data_dir, *world.args)

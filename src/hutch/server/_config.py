@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hutch.runtime._backend import RuntimeConfig, runtime_config
 from hutch.runtime._interface import NetworkMode
@@ -85,6 +86,9 @@ class ServerConfig:
     snapshot_wait_seconds: float = 5.0
     #: Network mode of templates created without one (``none``: loopback only).
     default_network: NetworkMode = "none"
+    #: ``proxy_config`` (``access_control`` only) of sandboxes whose create and template name
+    #: none (``hutch serve --default-proxy-config``); None: unrestricted.
+    default_proxy_config: dict[str, Any] | None = None
     #: ``GET /metrics`` without an API key (for a scraper on a private network); by default
     #: it needs an admin key.
     metrics_public: bool = False

@@ -38,6 +38,7 @@ from hutch.server._schemas import (
     SandboxUpdate,
     TemplateCreate,
     TemplateUpdate,
+    default_proxy_config,
     proxy_access_control,
     sandbox_json,
     template_json,
@@ -145,6 +146,7 @@ async def create_template(
         )
     if body.resources.storage:
         fits_pool(svc, parse_memory(body.resources.storage, field="storage", check_host=False))
+    proxy_config = default_proxy_config(body.proxy_config, "A template's")
     row = Template(
         id=uuid.uuid4().hex,
         workspace_id=who.workspace_id,
@@ -154,6 +156,7 @@ async def create_template(
         memory=body.resources.memory,
         storage=body.resources.storage,
         network=body.network or svc.config.default_network,
+        proxy_config=json.dumps(proxy_config) if proxy_config else None,
     )
     try:
         async with svc.db.session() as s, s.begin():
@@ -303,7 +306,9 @@ async def _insert_sandbox(
         candidate.labels = json.dumps(body.labels) if body.labels else None
         candidate.fs_capacity_bytes = origin.storage
         candidate.persistent = body.persistent is not False
-        candidate.proxy_config = shown_proxy_config(body.proxy_config)
+        candidate.proxy_config = shown_proxy_config(
+            body.proxy_config if body.proxy_config is not None else origin.proxy_config
+        )
         try:
             await svc.manager.sandboxes.insert(candidate)
             return candidate
@@ -338,6 +343,8 @@ class Origin:
     run_config: RunConfig | None = None
     #: Disk limit of its writable layer (None: the server's default).
     storage: int | None = None
+    #: Its template's default ``proxy_config`` (else the server's), for a create naming none.
+    proxy_config: dict[str, Any] | None = None
 
 
 def body_run_config(body: SandboxCreate) -> RunConfig | None:
@@ -363,9 +370,14 @@ async def _origin(
         storage = body.fs_capacity_bytes or (
             parse_memory(tpl.storage, field="storage", check_host=False) if tpl.storage else None
         )
-        return Origin(template=tpl, storage=storage)
+        defaults = json.loads(tpl.proxy_config) if tpl.proxy_config else None
+        return Origin(
+            template=tpl,
+            storage=storage,
+            proxy_config=defaults or svc.config.default_proxy_config,
+        )
     if not refs:
-        return Origin(storage=body.fs_capacity_bytes)
+        return Origin(storage=body.fs_capacity_bytes, proxy_config=svc.config.default_proxy_config)
     try:
         snap = await svc.manager.snapshots.get(who.workspace_id, refs[0], session)
     except SnapshotError as exc:
@@ -385,6 +397,7 @@ async def _origin(
         snapshot=snap,
         run_config=load_run_config(snap.run_config),
         storage=body.fs_capacity_bytes or snap.fs_capacity_bytes or None,
+        proxy_config=svc.config.default_proxy_config,
     )
 
 
@@ -440,6 +453,8 @@ async def create_sandbox(
             await mgr.quotas.check(who.workspace_id, cpu, memory, new=True, session=s)
         row = await _insert_sandbox(svc, who, body, origin, (image, cpu, memory))
     snap = origin.snapshot
+    if body.proxy_config is None and origin.proxy_config is not None:  # a default applies
+        access_control = proxy_access_control(origin.proxy_config)
     if access_control is not None:  # saved before the container exists: enforced from its start
         try:
             await mgr.runtime.set_egress_policy(row.id, access_control)

@@ -114,6 +114,9 @@ class TemplateCreate(_Body):
     volume_mounts: list[VolumeMountIn] = Field(default_factory=list)
     #: hutch extension: ``none`` or ``egress``; absent: the server's ``--default-network``.
     network: StrictStr | None = None
+    #: hutch extension: the ``proxy_config`` (``access_control`` only) of the template's
+    #: sandboxes whose create names none.
+    proxy_config: dict[str, Any] | None = None
     # hutch extension: credentials for pulling ``image`` (kept by the server, never returned).
     registry_username: StrictStr | None = None
     registry_password: StrictStr | None = Field(default=None, repr=False)
@@ -218,6 +221,25 @@ def proxy_access_control(proxy_config: dict[str, Any] | None) -> dict[str, Any] 
     if rules:
         out["rules"] = rules
     return out or None
+
+
+def default_proxy_config(proxy_config: dict[str, Any] | None, whose: str) -> dict[str, Any] | None:
+    """A template's or the server's default ``proxy_config``, checked: ``access_control`` only
+    (header rules carry values and name a workspace's secrets: they are given per sandbox).
+    None when it restricts nothing.
+
+    Raises ApiError: 400 naming what is wrong.
+    """
+    if proxy_config is None:
+        return None
+    if proxy_config.get("rules") or proxy_config.get("callbacks"):
+        raise ApiError(
+            ErrorType.BAD_REQUEST,
+            f"{whose} proxy_config takes access_control only; give header rules and callbacks "
+            "on each sandbox",
+        )
+    access_control = proxy_access_control(proxy_config)
+    return {"access_control": access_control} if access_control else None
 
 
 class SandboxCreate(_Body):
@@ -337,6 +359,7 @@ def template_json(t: Template) -> dict[str, Any]:
         "resources": resources,
         "volume_mounts": [],
         "network": t.network,
+        **({"proxy_config": json.loads(t.proxy_config)} if t.proxy_config else {}),
         "created_at": iso(t.created_at),
         "updated_at": iso(t.updated_at),
     }

@@ -49,6 +49,8 @@ class Template(Base):
     storage: Mapped[str | None] = mapped_column(String(32), nullable=True)
     #: ``none`` or ``egress`` (hutch extension); fixed when the template is made.
     network: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
+    #: The ``proxy_config`` (JSON, access control only) of its sandboxes that name none.
+    proxy_config: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
