@@ -3,11 +3,13 @@
     .venv/bin/python bench/network.py [--n 20] [--warmup 2] [--json]
     .venv/bin/python bench/network.py --proxy [--n 200] [--mib 256] [--json]
 
-``--proxy``: what the egress proxy (an access control with a denied name, so all TCP meets it)
-costs against direct NAT: connection latency (connect, one HTTP request, the answer's first
-byte, close; ``--n`` times) and download throughput (``--mib`` MiB over one connection), measured
-by Python inside two sandboxes of the Debian image, one with the policy and one without, against
-an HTTP server in a network namespace of its own.
+``--proxy``: what the egress proxy costs against direct NAT: connection latency (connect, one
+HTTP request, the answer's first byte, close; ``--n`` times) and download throughput (``--mib``
+MiB over one connection), measured by Python inside three sandboxes of the Debian image against
+an HTTP server in a network namespace of its own: **direct** (no policy), **proxy** (an access
+control with a denied name, so all TCP meets the proxy, which copies it) and **rules** (a header
+rule for the server's name: the proxy parses each request's head and adds a header; the name is
+in the host's ``/etc/hosts`` meanwhile, as the proxy checks it against the address dialled).
 
 A real ``hutch serve`` on loopback (its own bridge and subnet, never ``hutch0``), two busybox
 templates that differ only in ``network`` (``none`` and ``egress``). Each round creates a sandbox
@@ -51,11 +53,18 @@ from hutch import SandboxClient
 
 MODES = ("none", "egress")
 FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
+HOSTS = Path("/etc/hosts")
+#: The upstream's name (the Host of every request; a header rule's host).
+UPSTREAM_NAME = "upstream.bench"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=20, help="rounds (one sandbox of each mode)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        help="rounds, one sandbox of each mode (default 20); --proxy: connections (default 200)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="rounds not counted")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--proxy", action="store_true", help="the egress proxy against direct")
@@ -65,7 +74,8 @@ def main() -> int:
         print("bench/network.py needs root (runc, network namespaces, iptables)", file=sys.stderr)
         return 2
     if args.proxy:
-        return proxy_bench(args.n if args.n != 20 else 200, args.mib, args.json)
+        return proxy_bench(args.n or 200, args.mib, args.json)
+    args.n = args.n or 20
     # The bridge plugin turns IPv4 forwarding on; the benchmark puts it back as it found it.
     forwarding = FORWARDING.read_text()
     tmp = Path(tempfile.mkdtemp(prefix="hutch-bench-net-"))
@@ -150,7 +160,7 @@ import json, socket, sys, time
 host, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def get(size):
     s = socket.create_connection((host, 80))
-    s.sendall(b"GET /%d HTTP/1.1\r\nHost: upstream.bench\r\n\r\n" % size)
+    s.sendall(b"GET /%d HTTP/1.1\r\nHost: upstream.bench\r\nConnection: close\r\n\r\n" % size)
     got = 0
     while chunk := s.recv(1 << 20):
         got += len(chunk)
@@ -174,6 +184,7 @@ def proxy_bench(n: int, mib: int, as_json: bool) -> int:
     tag = secrets.token_hex(3)
     ns, host_if, peer_if, bridge = f"hbp-{tag}", f"hbh{tag}", f"hbu{tag}", f"hbp{tag}"
     upstream_ip = "198.51.100.80"
+    hosts_line = f"{upstream_ip} {UPSTREAM_NAME}\n"
 
     def sh(*argv: str) -> None:
         subprocess.run(argv, check=True, capture_output=True)
@@ -197,6 +208,8 @@ def proxy_bench(n: int, mib: int, as_json: bool) -> int:
         sh("ip", "link", "set", host_if, "up")
         sh("ip", "-n", ns, "addr", "add", f"{upstream_ip}/24", "dev", peer_if)
         sh("ip", "-n", ns, "link", "set", peer_if, "up")
+        with HOSTS.open("a") as f:
+            f.write(hosts_line)
         upstream = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-c", UPSTREAM],
             stdout=subprocess.PIPE,
@@ -211,9 +224,12 @@ def proxy_bench(n: int, mib: int, as_json: bool) -> int:
         ) as http:
             body = {"name": "bench-proxy", "image": "local/python", "network": "egress"}
             http.post("/v2/sandboxes/templates", json=body).raise_for_status()
+            header = {"name": "X-Bench", "type": "plaintext", "value": "1"}
+            rule = {"name": "bench", "match_hosts": [UPSTREAM_NAME], "headers": [header]}
             policies = {
                 "direct": None,
                 "proxy": {"access_control": {"deny_list": ["denied.invalid"]}},
+                "rules": {"rules": [rule]},
             }
             for label, proxy_config in policies.items():
                 create: dict[str, object] = {"template_name": "bench-proxy", "name": label}
@@ -232,6 +248,7 @@ def proxy_bench(n: int, mib: int, as_json: bool) -> int:
                 mib_per_s[label] = mib / out["seconds"]
                 http.delete(f"/v2/sandboxes/boxes/{label}")
     finally:
+        HOSTS.write_text(HOSTS.read_text().replace(hosts_line, ""))
         if server is not None:
             stop_server(server)
             remove_all_sandboxes(data)
