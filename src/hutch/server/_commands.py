@@ -1,5 +1,9 @@
 """Starting a command session: one path for every transport (``/execute/ws``, SSE, the web UI).
 
+A command with pipes (not a PTY) is started to survive a server restart (``ExecSpec.keep``,
+see "Commands across a server restart" in ``docs/architecture.md``): a later server takes it
+over with :func:`recover_commands`, under the same command id, before it looks one up.
+
 A command runs as ``<shell> -c <command>`` with the sandbox's run configuration (spec §9.1
 ``run_config``: the snapshot's layer, then the sandbox's, then the command's own; see
 :class:`hutch.protocol._exec.RunConfig`) and the caller's ``env``/``cwd`` on top.
@@ -7,8 +11,14 @@ A command runs as ``<shell> -c <command>`` with the sandbox's run configuration 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from hutch.protocol._errors import ErrorType
 from hutch.protocol._exec import ExecTooLarge, RunConfig, check_exec_size
@@ -17,13 +27,22 @@ from hutch.runtime._interface import ExecSpec, Process, SandboxNotFound, SpawnEr
 from hutch.server._deps import Services
 from hutch.server._errors import ApiError
 from hutch.server._snapshot_store import effective_run_config
-from hutch.sessions import CommandSession, SessionError, SessionExpired, SessionOptions
+from hutch.sessions import (
+    CommandSession,
+    Recovered,
+    SessionError,
+    SessionExpired,
+    SessionOptions,
+    Stream,
+)
+from hutch.sessions._types import STREAMS
 from hutch.store import Sandbox
 
 __all__ = [
     "CommandRequest",
     "exec_spec",
     "limit",
+    "recover_commands",
     "resolve_command",
     "sandbox_run_config",
     "start_command",
@@ -139,6 +158,7 @@ async def start_command(
     Raises:
         ApiError: ``CommandError`` (bad shell, cwd or user; spawn failed), ``SessionExpired``.
     """
+    await recover_commands(svc, row)
     spec = exec_spec(svc, row, req)
     options = SessionOptions(
         timeout=limit(req.timeout) if req.timeout else None,
@@ -148,16 +168,67 @@ async def start_command(
         pty=req.pty,
     )
 
+    command_id = req.command_id or uuid.uuid4().hex
+    if not req.pty:
+        spec = dataclasses.replace(spec, keep=_keep_text(command_id, options))
+
     async def spawn() -> Process:
         return await svc.runtime.exec(row.id, spec)
 
     try:
-        session, created = await svc.sessions.start(
-            row.id, spawn, options, command_id=req.command_id
-        )
+        session, created = await svc.sessions.start(row.id, spawn, options, command_id=command_id)
     except SessionExpired:
         raise ApiError(ErrorType.SESSION_EXPIRED, f"Session expired: {req.command_id}") from None
     except (SpawnError, SandboxNotFound, SessionError, ValueError) as exc:
         raise ApiError(ErrorType.COMMAND_ERROR, f"Command could not start: {exc}") from exc
     await svc.manager.touch(row.id)
     return session, created
+
+
+def _keep_text(command_id: str, options: SessionOptions) -> str:
+    """What a later server needs to make the session again (kept with the command)."""
+    return json.dumps(
+        {
+            "command_id": command_id,
+            "started": time.time(),
+            "timeout": options.timeout,
+            "idle_timeout": options.idle_timeout,
+            "ttl": options.ttl,
+            "kill_on_disconnect": options.kill_on_disconnect,
+        }
+    )
+
+
+def _recovered(keep: str, process: Process, history: Mapping[str, tuple[int, bytes]]) -> Recovered:
+    meta: dict[str, Any] = json.loads(keep)
+    timeout = meta["timeout"]
+    if timeout is not None:
+        # The timeout counts from the command's start, not from the take-over.
+        timeout = max(0.0, float(timeout) - (time.time() - float(meta["started"])))
+    options = SessionOptions(
+        timeout=timeout,
+        idle_timeout=meta["idle_timeout"],
+        ttl=meta["ttl"],
+        kill_on_disconnect=bool(meta["kill_on_disconnect"]),
+    )
+    streams: dict[Stream, tuple[int, bytes]] = {}
+    for name in STREAMS:
+        if name in history:
+            streams[name] = history[name]
+    return Recovered(str(meta["command_id"]), process, options, streams)
+
+
+async def recover_commands(svc: Services, row: Sandbox) -> None:
+    """Take over, once per sandbox and server, the commands an earlier server left running in
+    ``row`` (their sessions come back under the same ids; see :meth:`SessionManager.recover`)."""
+
+    async def load(history: int) -> list[Recovered]:
+        found = []
+        for kept in await svc.runtime.kept_commands(row.id, history):
+            try:
+                found.append(_recovered(kept.keep, kept.process, kept.history))
+            except (ValueError, KeyError, TypeError):
+                await kept.process.close()  # not ours to understand: forget it
+        return found
+
+    await svc.sessions.recover(row.id, load)

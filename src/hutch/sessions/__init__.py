@@ -17,8 +17,8 @@ from hutch.sessions._errors import (
     TooManySessions,
 )
 from hutch.sessions._log import DEFAULT_CAPACITY, MAX_EVENT_BYTES
-from hutch.sessions._manager import SessionManager
-from hutch.sessions._session import CommandSession, Subscription, SupportsResize
+from hutch.sessions._manager import Recovered, SessionManager
+from hutch.sessions._session import CommandSession, Subscription, SupportsDetach, SupportsResize
 from hutch.sessions._types import (
     Error,
     Event,
@@ -45,6 +45,7 @@ __all__ = [
     "InvalidSessionState",
     "Output",
     "RawOutput",
+    "Recovered",
     "SessionError",
     "SessionExpired",
     "SessionManager",
@@ -55,6 +56,7 @@ __all__ = [
     "StdinClosed",
     "Stream",
     "Subscription",
+    "SupportsDetach",
     "SupportsResize",
     "Terminal",
     "TimerHandle",

@@ -1,0 +1,65 @@
+"""A command streaming through a server restart (``kill -9`` or graceful) arrives byte-exact.
+
+The sandbox's init keeps the command's pipe ends and exit status, and every byte the server read
+from a pipe is in a log file in the sandbox's bundle first (see "Commands across a server
+restart" in ``docs/architecture.md``): a restarted server takes the command over under the same
+id, and a client reconnecting from its last offsets gets exactly the rest of the stream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server, start_server, stop_server
+from tests.faults.test_control_socket_restart import ARGS, _restart, data
+
+pytestmark = pytest.mark.root
+__all__ = ["data"]  # the fixture, shared with the control socket's restart tests
+LINES = 6_000_000  # `seq 1 LINES` is 46.9 MB
+COMMAND = f"seq 1 {LINES}; echo done >&2; exit 7"
+EXPECTED = "".join(f"{i}\n" for i in range(1, LINES + 1))
+BEFORE = 5 * 1024 * 1024  # read this much through the first server
+
+
+@pytest.mark.parametrize("how", ["kill -9", "graceful"])
+def test_a_command_streams_byte_exact_through_a_restart(data: Path, how: str) -> None:
+    """Reconnecting by command id after a restart resumes the stream from the client's offsets
+    with every byte exactly once, and the exit code and stderr of the command."""
+    srv: Server = start_server(data, *ARGS)
+    try:
+        with srv.client() as c:
+            sb = c.create_sandbox(name="survivor")
+            handle = sb.run(COMMAND, wait=False, timeout=0)
+            got: list[str] = []
+            size = 0
+            for chunk in handle:
+                if chunk.stream == "stdout":
+                    got.append(chunk.data)
+                    size += len(chunk.data)
+                if size >= BEFORE:
+                    break
+            command_id = handle.command_id
+            stdout_offset = handle.last_stdout_offset
+            stderr_offset = handle.last_stderr_offset
+            assert stdout_offset == size and stderr_offset == 0
+            # The command cannot have finished: it blocks on a full pipe while nobody reads.
+            srv = _restart(srv, data, how)
+            handle.close()
+        with srv.client() as c:
+            sb = c.get_sandbox("survivor")
+            later = sb.reconnect(
+                command_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset
+            )
+            err: list[str] = []
+            for chunk in later:
+                (got if chunk.stream == "stdout" else err).append(chunk.data)
+            result = later.result
+        out = "".join(got)
+        assert len(out) == len(EXPECTED)
+        assert out == EXPECTED
+        assert "".join(err) == "done\n"
+        assert result.exit_code == 7
+    finally:
+        stop_server(srv)
