@@ -8,10 +8,17 @@ id, and a client reconnecting from its last offsets gets exactly the rest of the
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from tests import conftest
+from tests.compat._venvs import NEWEST_015, langsmith_python
 from tests.conftest import Server, start_server, stop_server
 from tests.faults.test_control_socket_restart import ARGS, _restart, data
 
@@ -62,4 +69,54 @@ def test_a_command_streams_byte_exact_through_a_restart(data: Path, how: str) ->
         assert "".join(err) == "done\n"
         assert result.exit_code == 7
     finally:
+        stop_server(srv)
+
+
+@pytest.mark.parametrize("how", ["kill -9", "graceful"])
+def test_the_langsmith_sdk_resumes_by_itself_through_a_restart(
+    data: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The langsmith 0.15 SDK, iterating one handle while the server restarts on the same port,
+    reconnects by itself from its offsets and gets the whole stream byte-exact."""
+    srv: Server = start_server(data, *ARGS)
+    flow = None
+    try:
+        with srv.client() as c:
+            c.create_sandbox(name="survivor")
+        args = {
+            "url": srv.url,
+            "key": srv.key,
+            "sandbox": "survivor",
+            "command": COMMAND,
+            "before": BEFORE,
+        }
+        flow = subprocess.Popen(
+            [
+                str(langsmith_python(NEWEST_015, websockets=True)),
+                str(Path(__file__).with_name("langsmith_restart_flow.py")),
+                json.dumps(args),
+            ],
+            env={k: v for k, v in os.environ.items() if not k.startswith("LANGSMITH_")},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert flow.stdin is not None and flow.stdout is not None
+        assert "command_id" in json.loads(flow.stdout.readline())
+        # The same port: the SDK reconnects to the address it has.
+        port = urlsplit(srv.url).port
+        monkeypatch.setattr(conftest, "free_port", lambda: port)
+        srv = _restart(srv, data, how)
+        flow.stdin.write("go\n")
+        flow.stdin.flush()
+        out, _ = flow.communicate(timeout=300)
+        assert flow.returncode == 0
+        got = json.loads(out.strip().splitlines()[-1])
+        assert got["size"] == len(EXPECTED)
+        assert got["sha256"] == hashlib.sha256(EXPECTED.encode()).hexdigest()
+        assert (got["stderr"], got["exit_code"]) == ("done\n", 7)
+    finally:
+        if flow is not None and flow.poll() is None:
+            flow.kill()
+            flow.wait()
         stop_server(srv)

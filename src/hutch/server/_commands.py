@@ -12,13 +12,9 @@ A command runs as ``<shell> -c <command>`` with the sandbox's run configuration 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from hutch.protocol._errors import ErrorType
 from hutch.protocol._exec import ExecTooLarge, RunConfig, check_exec_size
@@ -29,13 +25,12 @@ from hutch.server._errors import ApiError
 from hutch.server._snapshot_store import effective_run_config
 from hutch.sessions import (
     CommandSession,
-    Recovered,
     SessionError,
     SessionExpired,
     SessionOptions,
-    Stream,
+    keep_text,
+    take_over_commands,
 )
-from hutch.sessions._types import STREAMS
 from hutch.store import Sandbox
 
 __all__ = [
@@ -170,7 +165,7 @@ async def start_command(
 
     command_id = req.command_id or uuid.uuid4().hex
     if not req.pty:
-        spec = dataclasses.replace(spec, keep=_keep_text(command_id, options))
+        spec = dataclasses.replace(spec, keep=keep_text(command_id, options))
 
     async def spawn() -> Process:
         return await svc.runtime.exec(row.id, spec)
@@ -185,50 +180,6 @@ async def start_command(
     return session, created
 
 
-def _keep_text(command_id: str, options: SessionOptions) -> str:
-    """What a later server needs to make the session again (kept with the command)."""
-    return json.dumps(
-        {
-            "command_id": command_id,
-            "started": time.time(),
-            "timeout": options.timeout,
-            "idle_timeout": options.idle_timeout,
-            "ttl": options.ttl,
-            "kill_on_disconnect": options.kill_on_disconnect,
-        }
-    )
-
-
-def _recovered(keep: str, process: Process, history: Mapping[str, tuple[int, bytes]]) -> Recovered:
-    meta: dict[str, Any] = json.loads(keep)
-    timeout = meta["timeout"]
-    if timeout is not None:
-        # The timeout counts from the command's start, not from the take-over.
-        timeout = max(0.0, float(timeout) - (time.time() - float(meta["started"])))
-    options = SessionOptions(
-        timeout=timeout,
-        idle_timeout=meta["idle_timeout"],
-        ttl=meta["ttl"],
-        kill_on_disconnect=bool(meta["kill_on_disconnect"]),
-    )
-    streams: dict[Stream, tuple[int, bytes]] = {}
-    for name in STREAMS:
-        if name in history:
-            streams[name] = history[name]
-    return Recovered(str(meta["command_id"]), process, options, streams)
-
-
 async def recover_commands(svc: Services, row: Sandbox) -> None:
-    """Take over, once per sandbox and server, the commands an earlier server left running in
-    ``row`` (their sessions come back under the same ids; see :meth:`SessionManager.recover`)."""
-
-    async def load(history: int) -> list[Recovered]:
-        found = []
-        for kept in await svc.runtime.kept_commands(row.id, history):
-            try:
-                found.append(_recovered(kept.keep, kept.process, kept.history))
-            except (ValueError, KeyError, TypeError):
-                await kept.process.close()  # not ours to understand: forget it
-        return found
-
-    await svc.sessions.recover(row.id, load)
+    """Take over the commands an earlier server left in ``row`` (once per sandbox and server)."""
+    await take_over_commands(svc.sessions, svc.runtime, row.id)

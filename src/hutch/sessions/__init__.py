@@ -16,6 +16,7 @@ from hutch.sessions._errors import (
     StdinClosed,
     TooManySessions,
 )
+from hutch.sessions._kept import keep_text, take_over_commands
 from hutch.sessions._log import DEFAULT_CAPACITY, MAX_EVENT_BYTES
 from hutch.sessions._manager import Recovered, SessionManager
 from hutch.sessions._session import CommandSession, Subscription, SupportsDetach, SupportsResize
@@ -61,4 +62,6 @@ __all__ = [
     "Terminal",
     "TimerHandle",
     "TooManySessions",
+    "keep_text",
+    "take_over_commands",
 ]

@@ -73,6 +73,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -90,7 +91,7 @@ enum {
     LIST = 9, ENTRY = 10, LISTED = 11, FORGET = 12, STDIN_EOF = 13
 };
 enum { FLAG_PTY = 1, FLAG_USER = 2, FLAG_KEEP = 4 };
-#define MAX_KEPT 512 /* commands kept at once; a server keeps at most 288 per sandbox */
+#define MAX_KEPT 320 /* commands kept at once; a server keeps at most 288 per sandbox */
 #define MAX_CHILDREN 4096
 #define MAX_PAYLOAD (8u << 20)
 #define MAX_GROUPS 64
@@ -142,6 +143,7 @@ static int nchildren;
 static int ctl = -1;
 static int parked = -1;    /* the server's end of ctl (PARK), kept open across server restarts */
 static uint64_t max_id;    /* the highest command id seen (HELLO) */
+static struct rlimit nofile; /* the sandbox's own limit, given back to each command */
 
 /* Messages the socket could not take yet, oldest first: at most a SPAWNED and an EXITED per
  * child, and one answer per request being handled, so this never overflows. */
@@ -377,6 +379,7 @@ static void child_main(const struct spawn_msg *m, const struct spawn_user *user,
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    setrlimit(RLIMIT_NOFILE, &nofile);
     setsid();
     if (m->flags & FLAG_PTY) {
         int s = ioctl(master, TIOCGPTPEER, O_RDWR);
@@ -614,6 +617,14 @@ static void on_control(void) {
 
 int main(void) {
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    /* Kept commands hold three fds each here: take the hard limit, not the soft one (a command
+     * gets the sandbox's own back before it execs). */
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+        struct rlimit mine = {nofile.rlim_max, nofile.rlim_max};
+        setrlimit(RLIMIT_NOFILE, &mine);
+    } else {
+        nofile.rlim_cur = nofile.rlim_max = RLIM_INFINITY;
+    }
     struct stat st;
     if (fstat(0, &st) == 0 && S_ISSOCK(st.st_mode))
         ctl = fcntl(0, F_DUPFD_CLOEXEC, 3);
