@@ -120,3 +120,32 @@ def test_the_langsmith_sdk_resumes_by_itself_through_a_restart(
             flow.kill()
             flow.wait()
         stop_server(srv)
+
+
+def test_stdin_and_an_exit_while_no_server_runs_survive_a_kill(data: Path) -> None:
+    """Across kill -9: a command reading stdin still gets later input and its EOF; a command
+    that exits while no server runs reports its output and real exit code."""
+    srv: Server = start_server(data, *ARGS)
+    try:
+        with srv.client() as c:
+            sb = c.create_sandbox(name="survivor")
+            reader = sb.run("read x; echo got-$x; cat; exit 3", wait=False, timeout=0)
+            reader.send_input("a\n")
+            first = next(iter(reader))
+            assert (first.stream, first.data) == ("stdout", "got-a\n")
+            late = sb.run("sleep 0.5; echo late; echo err >&2; exit 5", wait=False, timeout=0)
+            late_id = late.command_id
+            late.close()
+            srv = _restart(srv, data, "kill -9")
+            reader.close()
+        with srv.client() as c:
+            sb = c.get_sandbox("survivor")
+            again = sb.reconnect(reader.command_id, stdout_offset=len("got-a\n"))
+            again.send_input("b\n")
+            again.close_stdin()
+            result = again.result
+            assert (result.stdout, result.exit_code) == ("b\n", 3)
+            done = sb.reconnect(late_id).result
+            assert (done.stdout, done.stderr, done.exit_code) == ("late\n", "err\n", 5)
+    finally:
+        stop_server(srv)

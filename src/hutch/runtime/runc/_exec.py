@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -40,6 +41,31 @@ from hutch.runtime.runc._process import (
 )
 
 log = logging.getLogger("hutch.runtime")
+
+
+def _all_pipes(entry: _spawner.Kept) -> bool:
+    """What the init (code inside the sandbox) hands back as a command's ends must be pipes."""
+    try:
+        return all(
+            stat.S_ISFIFO(os.fstat(fd).st_mode)
+            for fd in (entry.stdout, entry.stderr, entry.stdin)
+            if fd is not None
+        )
+    except OSError:
+        return False
+
+
+async def _tail(path: Path, size: int, take: int) -> bytes:
+    """The last ``take`` of the first ``size`` bytes of a kept log file (off the event loop)."""
+    if take <= 0:
+        return b""
+
+    def read() -> bytes:
+        with path.open("rb") as f:
+            f.seek(size - take)
+            return f.read(take)
+
+    return await asyncio.to_thread(read)
 
 
 def _enter_cgroup(proc: RuncProcess, cgroup: Path, spawned: _spawner.Spawned) -> None:
@@ -384,7 +410,7 @@ class ExecMixin(BundleMixin):
                 _spawner._close_kept(entry)  # one of this server's own: not ours to adopt
                 continue
             cmd_id, meta = described.get(entry.id, ("", {}))
-            if not cmd_id or not isinstance(meta.get("keep"), str):
+            if not cmd_id or not isinstance(meta.get("keep"), str) or not _all_pipes(entry):
                 _spawner._close_kept(entry)
                 spawner.forget(entry.id)
                 continue
@@ -416,17 +442,10 @@ class ExecMixin(BundleMixin):
         err_take = min(sizes[1], history // 2)
         out_take = min(sizes[0], history - err_take)
         err_take = min(sizes[1], history - out_take)
-        took = {}
-        for name, path, size, take in (
-            ("stdout", files.stdout, sizes[0], out_take),
-            ("stderr", files.stderr, sizes[1], err_take),
-        ):
-            data = b""
-            if take:
-                with path.open("rb") as f:
-                    f.seek(size - take)
-                    data = f.read(take)
-            took[name] = (size - take, data)
+        took = {
+            "stdout": (sizes[0] - out_take, await _tail(files.stdout, sizes[0], out_take)),
+            "stderr": (sizes[1] - err_take, await _tail(files.stderr, sizes[1], err_take)),
+        }
         proc = KeptProcess(cgroup, spawner, entry.id, files)
         with contextlib.suppress(OSError, ValueError, IndexError):
             proc.pid = _cgroups.pids(cgroup)[0]
