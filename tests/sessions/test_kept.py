@@ -8,7 +8,7 @@ import time
 
 from hutch.runtime._interface import Process
 from hutch.runtime._local import LocalProcess
-from hutch.sessions import Exit, Recovered, SessionOptions, keep_text
+from hutch.sessions import Exit, Recovered, SessionManager, SessionOptions, keep_text
 from hutch.sessions._kept import recovered
 from tests.sessions.conftest import (
     NO_LIMITS,
@@ -94,3 +94,11 @@ def test_options_are_kept_with_the_command_and_the_timeout_counts_from_its_start
     old = json.loads(kept)
     old["started"] = time.time() - 3600
     assert recovered(json.dumps(old), None, {}).options.timeout == 0  # type: ignore[arg-type]
+
+
+def test_history_fits_the_log_whatever_its_capacity() -> None:
+    """The history a taken-over session restores never exceeds what its log keeps, and is never
+    negative for the smallest log."""
+    assert SessionManager(log_capacity=4096).history_bytes == 0
+    big = SessionManager()
+    assert 14 * 1024 * 1024 < big.history_bytes < 15 * 1024 * 1024

@@ -107,7 +107,8 @@ class SessionManager:
         """Most bytes of history a recovered session's log takes (both streams together):
         what the log keeps beside its read-ahead, less the chunks' bookkeeping."""
         room = self._log_capacity - min(self._log_capacity // 2, 1024 * 1024)
-        return room * MAX_READ // (MAX_READ + CHUNK_OVERHEAD) - 2 * MAX_READ
+        # Less a read per stream: room for the first reads after the take-over.
+        return max(0, room * MAX_READ // (MAX_READ + CHUNK_OVERHEAD) - 2 * MAX_READ)
 
     async def recover(
         self, owner: str, load: Callable[[int], Awaitable[Iterable[Recovered]]]

@@ -439,6 +439,7 @@ class ExecMixin(BundleMixin):
                 sizes.append(0)
         # The most recent output of both streams, as much as ``history`` allows (stderr gets at
         # most half unless stdout needs less).
+        history = max(0, history)
         err_take = min(sizes[1], history // 2)
         out_take = min(sizes[0], history - err_take)
         err_take = min(sizes[1], history - out_take)
