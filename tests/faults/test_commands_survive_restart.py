@@ -27,7 +27,9 @@ __all__ = ["data"]  # the fixture, shared with the control socket's restart test
 LINES = 6_000_000  # `seq 1 LINES` is 46.9 MB
 COMMAND = f"seq 1 {LINES}; echo done >&2; exit 7"
 EXPECTED = "".join(f"{i}\n" for i in range(1, LINES + 1))
-BEFORE = 5 * 1024 * 1024  # read this much through the first server
+#: Read this much through the first server: past what its log file keeps (so blocks before it
+#: were given back), less than all of it.
+BEFORE = 30 * 1024 * 1024
 
 
 @pytest.mark.parametrize("how", ["kill -9", "graceful"])
@@ -68,6 +70,10 @@ def test_a_command_streams_byte_exact_through_a_restart(data: Path, how: str) ->
         assert out == EXPECTED
         assert "".join(err) == "done\n"
         assert result.exit_code == 7
+        # The log file keeps the stream's offsets but not all its blocks.
+        [log] = (data / "sandboxes" / sb.id / "exec").glob("*.out")
+        assert log.stat().st_size == len(EXPECTED)
+        assert log.stat().st_blocks * 512 <= 17 * 1024 * 1024
     finally:
         stop_server(srv)
 

@@ -55,15 +55,22 @@ def _all_pipes(entry: _spawner.Kept) -> bool:
         return False
 
 
-async def _tail(path: Path, size: int, take: int) -> bytes:
-    """The last ``take`` of the first ``size`` bytes of a kept log file (off the event loop)."""
+async def _tail(path: Path, size: int, take: int) -> tuple[int, bytes]:
+    """Up to the last ``take`` of the first ``size`` bytes of a kept log file, and the offset
+    they start at (off the event loop). Blocks given back (see ``KEPT_HISTORY``) read as zeros:
+    the tail starts after the last of them."""
     if take <= 0:
-        return b""
+        return size, b""
 
-    def read() -> bytes:
+    def read() -> tuple[int, bytes]:
         with path.open("rb") as f:
-            f.seek(size - take)
-            return f.read(take)
+            try:
+                start = os.lseek(f.fileno(), size - take, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data past it
+                return size, b""
+            start = min(start, size)
+            f.seek(start)
+            return start, f.read(size - start)
 
     return await asyncio.to_thread(read)
 
@@ -444,8 +451,8 @@ class ExecMixin(BundleMixin):
         out_take = min(sizes[0], history - err_take)
         err_take = min(sizes[1], history - out_take)
         took = {
-            "stdout": (sizes[0] - out_take, await _tail(files.stdout, sizes[0], out_take)),
-            "stderr": (sizes[1] - err_take, await _tail(files.stderr, sizes[1], err_take)),
+            "stdout": await _tail(files.stdout, sizes[0], out_take),
+            "stderr": await _tail(files.stderr, sizes[1], err_take),
         }
         proc = KeptProcess(cgroup, spawner, entry.id, files)
         with contextlib.suppress(OSError, ValueError, IndexError):
