@@ -140,3 +140,23 @@ async def test_the_reader_moves_every_byte_through_its_file(tmp_path: Path) -> N
 def _write_rest(fd: int, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+async def test_an_init_from_before_keeps_nothing_and_is_not_asked() -> None:
+    """An init whose answer to HELLO names no features (built before kept commands): the server
+    neither lists its kept commands nor asks it to keep one (it would refuse the flag)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.setblocking(False)
+    try:
+        attaching = asyncio.ensure_future(_spawner.Spawner.attach(ours))
+        hello = await asyncio.get_running_loop().sock_recv(theirs, 64)
+        assert _spawner._SHORT.unpack(hello)[0] == _spawner.HELLO
+        theirs.send(_spawner._SHORT.pack(_spawner.HELLO, 0, 7))
+        old = await asyncio.wait_for(attaching, 10)
+        try:
+            assert not old.can_keep and old.first_id == 8
+            assert await old.list_kept() == []
+        finally:
+            old.close()
+    finally:
+        theirs.close()

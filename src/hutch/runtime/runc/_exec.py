@@ -197,7 +197,7 @@ class ExecMixin(BundleMixin):
         env.update(spec.env)
         spawner = self._spawners.get(sandbox_id) or await self._reattach(sandbox_id)
         if spawner is not None and not spawner.closed:
-            if spec.keep is not None and not spec.pty:
+            if spec.keep is not None and not spec.pty and spawner.can_keep:
                 return await self._spawn_kept(
                     sandbox_id, spawner, cgroup, spec, env, user, cmd_id, spec.keep
                 )

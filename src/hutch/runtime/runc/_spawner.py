@@ -42,6 +42,7 @@ SOURCE = Path(__file__).with_name("hutch-init.c")
 SPAWN, GO, ABORT, SPAWNED, EXITED, PARK, PARKED, HELLO = 1, 2, 3, 4, 5, 6, 7, 8
 LIST, ENTRY, LISTED, FORGET, STDIN_EOF = 9, 10, 11, 12, 13
 FLAG_PTY, FLAG_USER, FLAG_KEEP = 1, 2, 4
+FEATURE_KEEP = 1  # in the init's answer to HELLO
 _SPAWN = struct.Struct("=IIQIIHHI")  # the last field is the number of supplementary groups
 _USER = struct.Struct("=II")  # uid, gid; then one u32 per supplementary group
 _SHORT = struct.Struct("=IiQ")
@@ -206,7 +207,10 @@ class Spawner:
         self._first = 1
         #: Answers to PARK (by id) and to HELLO.
         self._replies: dict[int, asyncio.Future[int]] = {}
-        self._hello: asyncio.Future[int] | None = None
+        self._hello: asyncio.Future[tuple[int, int]] | None = None
+        #: The init knows FLAG_KEEP and LIST (one this server built does; an older one's answer
+        #: to HELLO says it does not).
+        self.can_keep = True
         self._spawning: dict[int, asyncio.Future[Spawned]] = {}
         self._on_exit: dict[int, Callable[[int], None]] = {}
         self._early_exits: dict[int, int] = {}
@@ -303,11 +307,12 @@ class Spawner:
         self._hello = self._loop.create_future()
         try:
             self._send_nowait(_SHORT.pack(HELLO, 0, 0))
-            last = await asyncio.wait_for(self._hello, SPAWN_TIMEOUT)
+            last, features = await asyncio.wait_for(self._hello, SPAWN_TIMEOUT)
         except BaseException:
             self.close()
             raise
         self._next = self._first = last + 1
+        self.can_keep = bool(features & FEATURE_KEEP)
         return self
 
     @property
@@ -322,6 +327,8 @@ class Spawner:
         """
         if self.closed:
             raise SpawnerError("the sandbox's init is not listening")
+        if not self.can_keep:
+            return []  # an init from before kept commands: it keeps none
         if self._listing is not None:
             raise SpawnerError("a LIST is already in progress")
         ident = self._next
@@ -444,7 +451,7 @@ class Spawner:
             for fd in fds:
                 os.close(fd)
             if kind == HELLO:
-                self._hello.set_result(ident)
+                self._hello.set_result((ident, value))
             return
         if kind in (ENTRY, LISTED):
             self._on_listing(kind, value, ident, fds)

@@ -20,7 +20,9 @@
  *   server -> init  PARK     {u32 type=6, u32 0, u64 id}  fds: [the server's own end of this socket]
  *   init -> server  PARKED   {u32 type=7, i32 fd number or -errno, u64 id}
  *   server -> init  HELLO    {u32 type=8, u32 0, u64 id}
- *   init -> server  HELLO    {u32 type=8, i32 0, u64 the highest command id it has seen}
+ *   init -> server  HELLO    {u32 type=8, i32 features, u64 the highest command id it has seen}
+ *                            features: FEATURE_KEEP (1) if it knows FLAG_KEEP and what follows
+ *                            (an init from before answers 0: a server then keeps nothing)
  *   server -> init  LIST     {u32 type=9, u32 0, u64 id}
  *   init -> server  ENTRY    {u32 type=10, i32 wait status or -1 while running, u64 command id}
  *                            fds: [stdout, stderr] or [stdout, stderr, stdin] (the kept ends)
@@ -91,6 +93,7 @@ enum {
     LIST = 9, ENTRY = 10, LISTED = 11, FORGET = 12, STDIN_EOF = 13
 };
 enum { FLAG_PTY = 1, FLAG_USER = 2, FLAG_KEEP = 4 };
+enum { FEATURE_KEEP = 1 };
 #define MAX_KEPT 320 /* commands kept at once; a server keeps at most 288 per sandbox */
 #define MAX_CHILDREN 4096
 #define MAX_PAYLOAD (8u << 20)
@@ -581,7 +584,7 @@ static void on_control(void) {
         /* A new server took over: it never sends GO for a spawn of the one before. */
         for (int i = 0; i < nchildren; i++)
             release_go(&children[i], 'x');
-        send_msg(HELLO, 0, max_id, NULL, 0);
+        send_msg(HELLO, FEATURE_KEEP, max_id, NULL, 0);
         return;
     }
     if (m.brief.type == LIST && n == (ssize_t)sizeof m.brief) {
