@@ -56,8 +56,8 @@ async def test_a_taken_over_session_replays_its_history_then_goes_on() -> None:
 
 
 async def test_shutdown_lets_go_of_a_command_that_survives_a_restart() -> None:
-    """aclose detaches (does not kill) a process that can outlive the server, and still kills
-    one that cannot."""
+    """aclose detaches (does not kill) a process that can outlive the server, even one to be
+    killed when its client disconnects, and still kills one that cannot outlive it."""
     keeps = await _Detachable.spawn(["sleep", "30"])
     ends = await LocalProcess.spawn(["sleep", "30"])
 
@@ -67,9 +67,14 @@ async def test_shutdown_lets_go_of_a_command_that_survives_a_restart() -> None:
     async def spawn_ends() -> Process:
         return ends
 
+    on_disconnect = SessionOptions(
+        timeout=None, idle_timeout=None, ttl=None, kill_on_disconnect=True
+    )
     try:
         async with session_manager() as manager:
-            await manager.start("box", spawn_keeps, NO_LIMITS, command_id="keeps")
+            # Even attached with kill_on_disconnect: the server going is no client's disconnect.
+            kept, _ = await manager.start("box", spawn_keeps, on_disconnect, command_id="keeps")
+            kept.attach()
             await manager.start("box", spawn_ends, NO_LIMITS, command_id="ends")
         assert keeps.detached and alive(keeps.pid)
         await eventually(lambda: not alive(ends.pid))

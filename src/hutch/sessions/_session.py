@@ -255,8 +255,8 @@ class CommandSession:
         if sub not in self._subscribers:
             return
         self._subscribers.discard(sub)
-        if self._subscribers:
-            return
+        if self._subscribers or self._abandoning:
+            return  # (the server going is no client's disconnect: the command goes on)
         if self._state is _RUNNING:
             if self.options.kill_on_disconnect:
                 self._kill_requested.set()
