@@ -75,6 +75,24 @@ class ExecSpec:
     #: ``uid:gid``, resolved against the sandbox's own ``/etc/passwd`` and ``/etc/group``;
     #: None: root (uid 0, gid 0).
     user: str | None = None
+    #: Keep the command across a server restart (pipes only; a runtime may not support it, then
+    #: it is an ordinary command): its output and exit status are kept outside the server, and
+    #: :meth:`Runtime.kept_commands` of a later server returns it with this text (opaque here).
+    keep: str | None = None
+
+
+@dataclass
+class KeptCommand:
+    """A command an earlier server started with :attr:`ExecSpec.keep`, taken over by this one.
+
+    ``process`` continues each stream right after ``history`` (per stream: the offset its bytes
+    start at, and the most recent output, up to the size asked for); its ``close`` forgets the
+    command for good.
+    """
+
+    keep: str
+    process: Process
+    history: dict[str, tuple[int, bytes]]
 
 
 class Process(abc.ABC):
@@ -347,6 +365,11 @@ class Runtime(SandboxFiles, abc.ABC):
 
     @abc.abstractmethod
     async def exec(self, sandbox_id: str, spec: ExecSpec) -> Process: ...
+
+    async def kept_commands(self, sandbox_id: str, history: int) -> list[KeptCommand]:
+        """Commands earlier servers started with ``keep`` in this sandbox, each with up to
+        ``history`` bytes of recent output (both streams together); called once per sandbox."""
+        return []
 
     @abc.abstractmethod
     async def connect(self, sandbox_id: str, port: int) -> socket.socket:

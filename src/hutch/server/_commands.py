@@ -1,5 +1,9 @@
 """Starting a command session: one path for every transport (``/execute/ws``, SSE, the web UI).
 
+A command with pipes (not a PTY) is started to survive a server restart (``ExecSpec.keep``,
+see "Commands across a server restart" in ``docs/architecture.md``): a later server takes it
+over with :func:`recover_commands`, under the same command id, before it looks one up.
+
 A command runs as ``<shell> -c <command>`` with the sandbox's run configuration (spec §9.1
 ``run_config``: the snapshot's layer, then the sandbox's, then the command's own; see
 :class:`hutch.protocol._exec.RunConfig`) and the caller's ``env``/``cwd`` on top.
@@ -7,6 +11,8 @@ A command runs as ``<shell> -c <command>`` with the sandbox's run configuration 
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from dataclasses import dataclass
 
 from hutch.protocol._errors import ErrorType
@@ -23,13 +29,21 @@ from hutch.server._deps import Services
 from hutch.server._errors import ApiError
 from hutch.server._file_errors import not_running
 from hutch.server._snapshot_store import effective_run_config
-from hutch.sessions import CommandSession, SessionError, SessionExpired, SessionOptions
+from hutch.sessions import (
+    CommandSession,
+    SessionError,
+    SessionExpired,
+    SessionOptions,
+    keep_text,
+    take_over_commands,
+)
 from hutch.store import Sandbox
 
 __all__ = [
     "CommandRequest",
     "exec_spec",
     "limit",
+    "recover_commands",
     "resolve_command",
     "sandbox_run_config",
     "start_command",
@@ -136,6 +150,7 @@ async def start_command(
     Raises:
         ApiError: ``CommandError`` (bad shell, cwd or user; spawn failed), ``SessionExpired``.
     """
+    await recover_commands(svc, row)
     spec = await exec_spec(svc, row, req)
     options = SessionOptions(
         timeout=limit(req.timeout) if req.timeout else None,
@@ -145,16 +160,23 @@ async def start_command(
         pty=req.pty,
     )
 
+    command_id = req.command_id or uuid.uuid4().hex
+    if not req.pty:
+        spec = dataclasses.replace(spec, keep=keep_text(command_id, options))
+
     async def spawn() -> Process:
         return await svc.runtime.exec(row.id, spec)
 
     try:
-        session, created = await svc.sessions.start(
-            row.id, spawn, options, command_id=req.command_id
-        )
+        session, created = await svc.sessions.start(row.id, spawn, options, command_id=command_id)
     except SessionExpired:
         raise ApiError(ErrorType.SESSION_EXPIRED, f"Session expired: {req.command_id}") from None
     except (SpawnError, SandboxNotFound, SessionError, ValueError) as exc:
         raise ApiError(ErrorType.COMMAND_ERROR, f"Command could not start: {exc}") from exc
     await svc.manager.touch(row.id)
     return session, created
+
+
+async def recover_commands(svc: Services, row: Sandbox) -> None:
+    """Take over the commands an earlier server left in ``row`` (once per sandbox and server)."""
+    await take_over_commands(svc.sessions, svc.runtime, row.id)

@@ -49,7 +49,7 @@ from hutch.server._lifetimes import Action, Deadline, Lifetime, next_deadline
 from hutch.server._metrics import Metrics
 from hutch.server._registry_auth import TemplateCredentials
 from hutch.server._snapshot_store import Snapshots
-from hutch.sessions import SessionManager
+from hutch.sessions import SessionManager, take_over_commands
 from hutch.store import Database, Sandbox, Template
 
 log = logging.getLogger("hutch.server")
@@ -186,7 +186,12 @@ class SandboxManager:
             if r.status == DELETING:
                 await self.destroy(r.id)
             elif r.status in (READY, STOPPED):
-                if (r.status == READY) == await self.runtime.is_running(r.id):
+                running = await self.runtime.is_running(r.id)
+                if r.status == READY and running:
+                    # Its commands go on: sessions again, before the idle reaper looks.
+                    await take_over_commands(self.sessions, self.runtime, r.id)
+                    continue
+                if r.status == STOPPED and not running:
                     continue
                 # A stop the restart cut short, or a container gone with the host: stopped.
                 message = (

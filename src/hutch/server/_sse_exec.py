@@ -56,7 +56,7 @@ from starlette.types import Receive, Scope, Send
 from hutch.protocol import _exec as proto
 from hutch.protocol._errors import ErrorType
 from hutch.server._auth import Principal
-from hutch.server._commands import CommandRequest, start_command
+from hutch.server._commands import CommandRequest, recover_commands, start_command
 from hutch.server._dataplane import ready_sandbox
 from hutch.server._deps import Services, principal, services
 from hutch.server._errors import ApiError
@@ -427,6 +427,7 @@ async def stream_resume(
     who: Principal = Depends(principal),
 ) -> EventStreamResponse:
     row = await ready_sandbox(svc, who, sandbox_id)
+    await recover_commands(svc, row)
     try:
         session = svc.sessions.get(row.id, body.command_id)
     except CommandNotFound:

@@ -21,7 +21,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from hutch.protocol import _exec as proto
 from hutch.protocol._errors import ErrorType
-from hutch.server._commands import CommandRequest, start_command
+from hutch.server._commands import CommandRequest, recover_commands, start_command
 from hutch.server._deps import Services
 from hutch.server._errors import ApiError
 from hutch.server._metrics import Metrics
@@ -110,6 +110,7 @@ async def _serve(ws: WebSocket, svc: Services, row: Sandbox) -> None:
             await session.close_stdin()
         offsets = (0, 0)
     elif isinstance(first, proto.Reconnect):
+        await recover_commands(svc, row)
         try:
             session = sessions.get(row.id, first.command_id)
         except CommandNotFound:

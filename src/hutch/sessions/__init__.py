@@ -16,9 +16,10 @@ from hutch.sessions._errors import (
     StdinClosed,
     TooManySessions,
 )
+from hutch.sessions._kept import keep_text, take_over_commands
 from hutch.sessions._log import DEFAULT_CAPACITY, MAX_EVENT_BYTES
-from hutch.sessions._manager import SessionManager
-from hutch.sessions._session import CommandSession, Subscription, SupportsResize
+from hutch.sessions._manager import Recovered, SessionManager
+from hutch.sessions._session import CommandSession, Subscription, SupportsDetach, SupportsResize
 from hutch.sessions._types import (
     Error,
     Event,
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidSessionState",
     "Output",
     "RawOutput",
+    "Recovered",
     "SessionError",
     "SessionExpired",
     "SessionManager",
@@ -55,8 +57,11 @@ __all__ = [
     "StdinClosed",
     "Stream",
     "Subscription",
+    "SupportsDetach",
     "SupportsResize",
     "Terminal",
     "TimerHandle",
     "TooManySessions",
+    "keep_text",
+    "take_over_commands",
 ]

@@ -139,6 +139,16 @@ class OutputLog:
 
     # -- writing -------------------------------------------------------------------------------
 
+    def restore(self, stream: Stream, start: int, data: bytes) -> None:
+        """Start ``stream`` at offset ``start`` with ``data`` as history already delivered (a
+        command taken over after a server restart); only into a log with nothing of it yet."""
+        if self.total[stream] or any(c.stream == stream for c in self._chunks):
+            raise ValueError(f"{stream} already has output")
+        self.total[stream] = self.retained_from[stream] = start
+        for i in range(0, len(data), MAX_READ):
+            self.append(stream, data[i : i + MAX_READ])
+        self.delivered[stream] = self.total[stream]
+
     def read_budget(self) -> int:
         """Bytes a reader may :meth:`reserve` before its next read, or 0: wait for deliveries.
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 from hutch.runtime._interface import Process
 from hutch.sessions._clock import AsyncioClock, Clock
@@ -16,9 +18,11 @@ from hutch.sessions._errors import (
     ShuttingDown,
     TooManySessions,
 )
-from hutch.sessions._log import DEFAULT_CAPACITY, MIN_CAPACITY
+from hutch.sessions._log import CHUNK_OVERHEAD, DEFAULT_CAPACITY, MAX_READ, MIN_CAPACITY
 from hutch.sessions._session import CommandSession
-from hutch.sessions._types import SessionOptions, SessionState
+from hutch.sessions._types import SessionOptions, SessionState, Stream
+
+log = logging.getLogger("hutch.sessions")
 
 #: Running commands one owner may have at once.
 DEFAULT_MAX_RUNNING = 256
@@ -31,6 +35,18 @@ DEFAULT_REMEMBERED_EXPIRED = 10_000
 MAX_COMMAND_ID = 128
 
 _Key = tuple[str, str]
+
+
+@dataclass
+class Recovered:
+    """A command an earlier server started, to become a session again (same id)."""
+
+    command_id: str
+    process: Process
+    options: SessionOptions
+    #: Per stream: the offset ``data`` starts at, and the most recent output (see
+    #: :meth:`SessionManager.recover`).
+    history: dict[Stream, tuple[int, bytes]]
 
 
 async def _discard(process: Process) -> None:
@@ -82,7 +98,62 @@ class SessionManager:
         self._expired: OrderedDict[_Key, None] = OrderedDict()
         self._retired: set[CommandSession] = set()  # expired; their task may still be finishing
         self._generation: dict[str, int] = {}  # bumped by close_owner
+        #: Per owner, the one take-over of an earlier server's commands (see recover).
+        self._recovering: dict[str, asyncio.Future[None]] = {}
         self._closed = False
+
+    @property
+    def history_bytes(self) -> int:
+        """Most bytes of history a recovered session's log takes (both streams together):
+        what the log keeps beside its read-ahead, less the chunks' bookkeeping."""
+        room = self._log_capacity - min(self._log_capacity // 2, 1024 * 1024)
+        # Less a read per stream: room for the first reads after the take-over.
+        return max(0, room * MAX_READ // (MAX_READ + CHUNK_OVERHEAD) - 2 * MAX_READ)
+
+    async def recover(
+        self, owner: str, load: Callable[[int], Awaitable[Iterable[Recovered]]]
+    ) -> None:
+        """Once per owner (later calls wait for the first): make sessions again of the commands
+        an earlier server left running (or finished, not yet expired), as ``load`` returns them
+        given :attr:`history_bytes`. A failure is logged; the owner counts as recovered."""
+        attempt = self._recovering.get(owner)
+        if attempt is None:
+            attempt = asyncio.ensure_future(self._recover(owner, load))
+            self._recovering[owner] = attempt
+        await asyncio.shield(attempt)
+
+    async def _recover(
+        self, owner: str, load: Callable[[int], Awaitable[Iterable[Recovered]]]
+    ) -> None:
+        try:
+            found = list(await load(self.history_bytes))
+        except Exception:
+            log.exception("sandbox %s: cannot take over its earlier commands", owner)
+            return
+        for r in found:
+            if self._closed or r.command_id in self._sessions.get(owner, {}):
+                await _discard(r.process)
+                continue
+            try:
+                session = CommandSession(
+                    r.command_id,
+                    owner,
+                    r.process,
+                    r.options,
+                    clock=self._clock,
+                    log_capacity=self._log_capacity,
+                    on_expired=self._on_expired,
+                    on_exited=self._on_exited,
+                    history=r.history,
+                )
+            except Exception:
+                log.exception("sandbox %s: cannot take over command %s", owner, r.command_id)
+                await _discard(r.process)
+                continue
+            self._sessions.setdefault(owner, {})[r.command_id] = session
+            log.info("sandbox %s: took over command %s", owner, r.command_id)
+        self._trim_finished(owner)
+        self._keep_to_budget()
 
     async def start(
         self,
@@ -177,12 +248,19 @@ class SessionManager:
         await self._close_all(sessions.values())
 
     async def aclose(self) -> None:
-        """Kill every session and wait for all their tasks; later starts raise ShuttingDown."""
+        """Kill every session (but let go of those whose command survives a restart: see
+        :meth:`CommandSession.abandon`) and wait for all their tasks; later starts raise
+        ShuttingDown."""
         self._closed = True
+        for attempt in self._recovering.values():
+            attempt.cancel()
+        await asyncio.gather(*self._recovering.values(), return_exceptions=True)
         sessions = [s for by_id in self._sessions.values() for s in by_id.values()]
         self._sessions.clear()
         self._finished.clear()
-        await self._close_all(sessions)
+        async with asyncio.TaskGroup() as tg:
+            for session in sessions:
+                tg.create_task(session.abandon(), name=f"abandon-{session.command_id}")
         for session in list(self._retired):
             await session.wait_closed()
         self._retired.clear()

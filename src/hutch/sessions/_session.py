@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -66,6 +66,14 @@ _RUNNING = SessionState.RUNNING
 _EXITED = SessionState.EXITED
 _EXPIRED = SessionState.EXPIRED
 _TRANSITIONS = {_RUNNING: _EXITED, _EXITED: _EXPIRED}
+
+
+@runtime_checkable
+class SupportsDetach(Protocol):
+    """A process that can outlive this server: :meth:`detach` lets go of it without ending it
+    (a later server takes it over)."""
+
+    async def detach(self) -> None: ...
 
 
 @runtime_checkable
@@ -115,7 +123,10 @@ class CommandSession:
         drain_grace: float = DRAIN_GRACE,
         on_expired: Callable[[CommandSession], None] | None = None,
         on_exited: Callable[[CommandSession], None] | None = None,
+        history: Mapping[Stream, tuple[int, bytes]] | None = None,
     ) -> None:
+        """``history`` (per stream: start offset and bytes) restores the output a command
+        taken over from an earlier server had before; its process continues right after it."""
         self.command_id = command_id
         self.owner = owner
         self.options = options
@@ -129,6 +140,11 @@ class CommandSession:
         self._on_expired = on_expired
         self._on_exited = on_exited
         self._log = OutputLog(log_capacity)
+        self._splitters: dict[Stream, Utf8Splitter] = {s: Utf8Splitter() for s in STREAMS}
+        for stream, (start, data) in (history or {}).items():
+            # An unfinished character at the end waits for its rest, as in _pump.
+            self._log.restore(stream, start, self._splitters[stream].feed(data))
+        self._abandoning = False
         self._readers: dict[Stream, asyncio.StreamReader] = {"stdout": process.stdout}
         if process.stderr is not None:
             self._readers["stderr"] = process.stderr
@@ -239,8 +255,8 @@ class CommandSession:
         if sub not in self._subscribers:
             return
         self._subscribers.discard(sub)
-        if self._subscribers:
-            return
+        if self._subscribers or self._abandoning:
+            return  # (the server going is no client's disconnect: the command goes on)
         if self._state is _RUNNING:
             if self.options.kill_on_disconnect:
                 self._kill_requested.set()
@@ -317,6 +333,23 @@ class CommandSession:
     async def wait_closed(self) -> None:
         """Wait until the session's task has finished (after expiry or :meth:`aclose`)."""
         await asyncio.shield(self._task)
+
+    @property
+    def survives_restart(self) -> bool:
+        return isinstance(self._process, SupportsDetach)
+
+    async def abandon(self) -> None:
+        """The server is going: let go of a process that :attr:`survives_restart` without
+        ending it (its command, output and exit status stay for the next server); others are
+        closed as by :meth:`aclose`."""
+        if not self.survives_restart or self._state is _EXPIRED:
+            await self.aclose()
+            return
+        self._abandoning = True
+        for sub in list(self._subscribers):
+            sub.close()
+        self._stop.set()
+        await self._task
 
     async def aclose(self) -> None:
         """Kill the tree if it runs, stop reading, release the process; the session expires.
@@ -427,6 +460,16 @@ class CommandSession:
         for timer in (self._timeout_timer, self._idle_timer, self._ttl_timer):
             if timer is not None:
                 timer.cancel()
+        if self._abandoning and isinstance(self._process, SupportsDetach):
+            try:
+                await self._process.detach()
+            except Exception:
+                log.exception("command %s: letting go of the process failed", self.command_id)
+            for stream in STREAMS:
+                self._ended[stream] = True
+            self._state = _EXPIRED
+            self._data.notify()
+            return
         try:
             if self._exit_code is None:
                 await self._process.kill()
@@ -481,7 +524,7 @@ class CommandSession:
         self._record_exit(code)
 
     async def _pump(self, stream: Stream, reader: asyncio.StreamReader) -> None:
-        splitter = Utf8Splitter()
+        splitter = self._splitters[stream]
         while True:
             budget = await self._reserve(stream)
             try:

@@ -16,22 +16,71 @@ import json
 import logging
 import os
 import socket
+import stat
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from hutch.runtime import _netns, _users
-from hutch.runtime._interface import ExecSpec, ResourceExhausted, SandboxNotFound, SpawnError
+from hutch.runtime._interface import (
+    ExecSpec,
+    KeptCommand,
+    ResourceExhausted,
+    SandboxNotFound,
+    SpawnError,
+)
 from hutch.runtime.runc import _cgroups, _spawner, _spec
 from hutch.runtime.runc._bundle import CONTROL_FD, BundleMixin
 from hutch.runtime.runc._process import (
     DetachedProcess,
+    KeptFiles,
+    KeptProcess,
     PtyProcess,
     RuncProcess,
     check_peer_is_root,
 )
 
 log = logging.getLogger("hutch.runtime")
+
+
+def _all_pipes(entry: _spawner.Kept) -> bool:
+    """What the init (code inside the sandbox) hands back as a command's ends must be pipes."""
+    try:
+        return all(
+            stat.S_ISFIFO(os.fstat(fd).st_mode)
+            for fd in (entry.stdout, entry.stderr, entry.stdin)
+            if fd is not None
+        )
+    except OSError:
+        return False
+
+
+async def _tail(path: Path, size: int, take: int) -> tuple[int, bytes]:
+    """Up to the last ``take`` of the first ``size`` bytes of a kept log file, and the offset
+    they start at (off the event loop). Blocks given back (see ``KEPT_HISTORY``) read as zeros:
+    the tail starts after the last of them."""
+    if take <= 0:
+        return size, b""
+
+    def read() -> tuple[int, bytes]:
+        with path.open("rb") as f:
+            try:
+                start = os.lseek(f.fileno(), size - take, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data past it
+                return size, b""
+            start = min(start, size)
+            f.seek(start)
+            return start, f.read(size - start)
+
+    return await asyncio.to_thread(read)
+
+
+def _enter_cgroup(proc: RuncProcess, cgroup: Path, spawned: _spawner.Spawned) -> None:
+    """Move a child waiting for GO into its command's cgroup (kill takes the tree there)."""
+    if spawned.pid:
+        with contextlib.suppress(ProcessLookupError):  # already gone: EXITED follows
+            (cgroup / "cgroup.procs").write_text(str(spawned.pid))
+    proc.pid = spawned.pid
 
 
 class ExecMixin(BundleMixin):
@@ -148,6 +197,10 @@ class ExecMixin(BundleMixin):
         env.update(spec.env)
         spawner = self._spawners.get(sandbox_id) or await self._reattach(sandbox_id)
         if spawner is not None and not spawner.closed:
+            if spec.keep is not None and not spec.pty and spawner.can_keep:
+                return await self._spawn_kept(
+                    sandbox_id, spawner, cgroup, spec, env, user, cmd_id, spec.keep
+                )
             return await self._spawn(sandbox_id, spawner, cgroup, spec, env, user)
         spec_file = bundle / "exec" / f"{cmd_id}.json"
         pid_file = bundle / "exec" / f"{cmd_id}.pid"
@@ -245,19 +298,11 @@ class ExecMixin(BundleMixin):
         except BaseException as exc:
             for f in ours:
                 f.close()
-            _cgroups.remove_if_empty(cgroup)
-            if isinstance(exc, _spawner.SpawnerError):
-                self._check_pids(sandbox_id, exc.errno)
-                raise SpawnError(
-                    f"could not start {spec.argv[0]!r} in {spec.cwd!r}: {exc}"
-                ) from exc
+            self._spawn_failed(sandbox_id, cgroup, spec, exc)
             raise
         proc = (PtyProcess if spec.pty else DetachedProcess)(cgroup, None, None)
         try:
-            if spawned.pid:
-                with contextlib.suppress(ProcessLookupError):  # already gone: EXITED follows
-                    (cgroup / "cgroup.procs").write_text(str(spawned.pid))
-            proc.pid = spawned.pid
+            _enter_cgroup(proc, cgroup, spawned)
             if isinstance(proc, PtyProcess):
                 assert spawned.master is not None
                 master, spawned.master = spawned.master, None
@@ -274,6 +319,152 @@ class ExecMixin(BundleMixin):
             raise
         spawner.release(spawned.id, proc._exited)
         return proc
+
+    def _spawn_failed(
+        self, sandbox_id: str, cgroup: Path, spec: ExecSpec, exc: BaseException
+    ) -> None:
+        """After the init could not start a command: drop its cgroup, and raise what to say
+        (ResourceExhausted at the process limit, SpawnError) if it was the init's refusal."""
+        _cgroups.remove_if_empty(cgroup)
+        if isinstance(exc, _spawner.SpawnerError):
+            self._check_pids(sandbox_id, exc.errno)
+            raise SpawnError(f"could not start {spec.argv[0]!r} in {spec.cwd!r}: {exc}") from exc
+
+    def _kept_files(self, sandbox_id: str, cmd_id: str) -> KeptFiles:
+        exec_dir = self._bundle(sandbox_id) / "exec"
+        return KeptFiles(
+            exec_dir / f"{cmd_id}.out", exec_dir / f"{cmd_id}.err", exec_dir / f"{cmd_id}.kept"
+        )
+
+    async def _spawn_kept(
+        self,
+        sandbox_id: str,
+        spawner: _spawner.Spawner,
+        cgroup: Path,
+        spec: ExecSpec,
+        env: dict[str, str],
+        user: _users.Credentials | None,
+        cmd_id: str,
+        keep: str,
+    ) -> RuncProcess:
+        """Start a command whose pipes the init keeps and whose output goes through log files
+        in the bundle (see :class:`KeptProcess`); ``<cmd_id>.kept`` there says, for a later
+        server, which init id, cgroup and ``keep`` text it has."""
+        files = self._kept_files(sandbox_id, cmd_id)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        ours = [out_r, err_r, in_w]
+        try:
+            try:
+                spawned = await spawner.spawn(
+                    spec.argv,
+                    env,
+                    spec.cwd,
+                    (in_r, out_w, err_w),
+                    rows=spec.rows,
+                    cols=spec.cols,
+                    user=user,
+                    keep=(out_r, err_r, in_w),
+                )
+            finally:
+                for fd in (in_r, out_w, err_w):
+                    os.close(fd)
+        except BaseException as exc:
+            for fd in ours:
+                os.close(fd)
+            self._spawn_failed(sandbox_id, cgroup, spec, exc)
+            raise
+        proc = KeptProcess(cgroup, spawner, spawned.id, files)
+        try:
+            _enter_cgroup(proc, cgroup, spawned)
+            tmp = files.meta.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"id": spawned.id, "cgroup": str(cgroup), "keep": keep}))
+            tmp.rename(files.meta)
+            ours = []
+            await proc._connect_kept(out_r, err_r, in_w)  # owns them now, even if it fails
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            spawner.release(spawned.id, proc._exited, run=False)
+            await asyncio.shield(proc.close())
+            raise
+        spawner.release(spawned.id, proc._exited)
+        return proc
+
+    async def kept_commands(self, sandbox_id: str, history: int) -> list[KeptCommand]:
+        """Commands an earlier server started with ``keep`` (see :meth:`_spawn_kept`), taken
+        over: the init lists them with their pipe ends and exit status; their files say the rest.
+        A kept command with no readable description is forgotten (and its files removed)."""
+        spawner = self._spawners.get(sandbox_id) or await self._reattach(sandbox_id)
+        if spawner is None or spawner.closed:
+            return []
+        try:
+            entries = await spawner.list_kept()
+        except _spawner.SpawnerError as exc:
+            log.warning("sandbox %s: cannot list its kept commands: %s", sandbox_id, exc)
+            return []
+        described: dict[int, tuple[str, dict[str, object]]] = {}
+        for path in (self._bundle(sandbox_id) / "exec").glob("*.kept"):
+            try:
+                meta = json.loads(path.read_text())
+                described[int(meta["id"])] = (path.stem, meta)
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("sandbox %s: unreadable %s", sandbox_id, path.name)
+        found: list[KeptCommand] = []
+        for entry in entries:
+            if entry.id >= spawner.first_id:
+                _spawner._close_kept(entry)  # one of this server's own: not ours to adopt
+                continue
+            cmd_id, meta = described.get(entry.id, ("", {}))
+            if not cmd_id or not isinstance(meta.get("keep"), str) or not _all_pipes(entry):
+                _spawner._close_kept(entry)
+                spawner.forget(entry.id)
+                continue
+            try:
+                found.append(await self._adopt(sandbox_id, spawner, entry, cmd_id, meta, history))
+            except Exception:
+                log.exception("sandbox %s: cannot take over kept command %s", sandbox_id, cmd_id)
+        return found
+
+    async def _adopt(
+        self,
+        sandbox_id: str,
+        spawner: _spawner.Spawner,
+        entry: _spawner.Kept,
+        cmd_id: str,
+        meta: dict[str, object],
+        history: int,
+    ) -> KeptCommand:
+        files = self._kept_files(sandbox_id, cmd_id)
+        cgroup = _cgroups.command_cgroup(_spec.cgroup_parent(sandbox_id), cmd_id)
+        sizes = []
+        for path in (files.stdout, files.stderr):
+            try:
+                sizes.append(path.stat().st_size)
+            except FileNotFoundError:
+                sizes.append(0)
+        # The most recent output of both streams, as much as ``history`` allows (stderr gets at
+        # most half unless stdout needs less).
+        history = max(0, history)
+        err_take = min(sizes[1], history // 2)
+        out_take = min(sizes[0], history - err_take)
+        err_take = min(sizes[1], history - out_take)
+        took = {
+            "stdout": await _tail(files.stdout, sizes[0], out_take),
+            "stderr": await _tail(files.stderr, sizes[1], err_take),
+        }
+        proc = KeptProcess(cgroup, spawner, entry.id, files)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            proc.pid = _cgroups.pids(cgroup)[0]
+        await proc._connect_kept(
+            entry.stdout, entry.stderr, entry.stdin, ((sizes[0], sizes[0]), (sizes[1], sizes[1]))
+        )
+        if entry.status is not None:
+            proc._exited(entry.status)
+        else:
+            spawner.adopt(entry.id, proc._exited)
+        return KeptCommand(str(meta["keep"]), proc, took)
 
     async def _exec_pty(
         self, args: list[str], sandbox_id: str, cgroup: Path, spec_file: Path, pid_file: Path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import fcntl
 import functools
@@ -17,6 +18,8 @@ import os
 import socket
 import struct
 import termios
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -195,3 +198,196 @@ def check_peer_is_root(conn: socket.socket) -> None:
     _pid, uid, _gid = struct.unpack("3i", creds)
     if uid != 0:
         raise SpawnError("console socket peer is not root; refusing its terminal")
+
+
+#: Output already handed on stays in a kept log this long (bytes per stream) before its disk
+#: blocks are given back: a restarted server replays at most this much history.
+KEPT_HISTORY = 8 * 1024 * 1024
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+class KeptReader(asyncio.StreamReader):
+    """One stream of a kept command: what leaves the pipe is already in the log file.
+
+    Each read first moves bytes from the pipe into the end of the file in the kernel
+    (``splice(2)``), then reads them from the file: a server killed at any point leaves every
+    byte either still in the pipe (whose read end the init keeps) or in the file, never only in
+    its own memory. Reads are pulled by the session, so backpressure stays the pipe's. Only
+    :meth:`read` is supported. The file's blocks more than :data:`KEPT_HISTORY` behind what was
+    handed on are punched out, so its disk use stays bounded while its offsets stay the
+    stream's offsets.
+    """
+
+    def __init__(self, pipe: int, file: int, pos: int, end: int) -> None:
+        super().__init__()
+        os.set_blocking(pipe, False)
+        self._pipe = pipe
+        self._file = file
+        self._pos = pos  # the next byte to hand on
+        self._end = end  # the file's size: bytes moved out of the pipe
+        self._punched = 0
+        self._eof = False
+
+    @property
+    def offset(self) -> int:
+        return self._pos
+
+    async def read(self, n: int = -1) -> bytes:
+        if n <= 0:
+            n = 1 << 16
+        if self._pos >= self._end and not self._eof:
+            await self._fill(n)
+        if self._pos >= self._end:
+            return b""
+        data = os.pread(self._file, min(n, self._end - self._pos), self._pos)
+        self._pos += len(data)
+        if self._pos - self._punched >= 2 * KEPT_HISTORY:
+            upto = (self._pos - KEPT_HISTORY) & ~0xFFFF
+            flags = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+            if _libc.fallocate(self._file, flags, self._punched, upto - self._punched) == 0:
+                self._punched = upto
+        return data
+
+    async def _fill(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                moved = os.splice(
+                    self._pipe, self._file, n, offset_dst=self._end, flags=os.SPLICE_F_NONBLOCK
+                )
+            except BlockingIOError:
+                ready: asyncio.Future[None] = loop.create_future()
+
+                def wake(f: asyncio.Future[None] = ready) -> None:
+                    if not f.done():
+                        f.set_result(None)
+
+                loop.add_reader(self._pipe, wake)
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(self._pipe)
+                continue
+            if moved == 0:
+                self._eof = True
+            self._end += moved
+            return
+
+    def close(self) -> None:
+        for fd in (self._pipe, self._file):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._pipe = self._file = -1
+
+
+class _KeptStdin(asyncio.StreamWriter):
+    """A kept command's stdin: closing it also has the init close its copy (else no EOF)."""
+
+    on_close: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
+        super().close()
+
+
+@dataclass
+class KeptFiles:
+    """Where a kept command's output and description live (host side, in its bundle)."""
+
+    stdout: Path
+    stderr: Path
+    meta: Path
+
+    def remove(self) -> None:
+        for path in (self.stdout, self.stderr, self.meta):
+            path.unlink(missing_ok=True)
+
+
+class KeptProcess(DetachedProcess):
+    """A command started through the init with FLAG_KEEP: it, its pipes and its output outlive
+    the server (see ``hutch-init.c``); a later server adopts it (``ExecMixin.kept_commands``).
+
+    :meth:`close` releases it for good (FORGET, files removed); :meth:`detach` only lets go of
+    this server's descriptors, for the next server to take over.
+    """
+
+    def __init__(
+        self, cgroup: Path, spawner: _spawner.Spawner, ident: int, files: KeptFiles
+    ) -> None:
+        super().__init__(cgroup, None, None)
+        self._spawner = spawner
+        self._ident = ident
+        self._files = files
+        self._kept_readers: list[KeptReader] = []
+        self._detached = False
+
+    async def _connect_kept(
+        self,
+        out: int,
+        err: int,
+        in_: int | None,
+        positions: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0)),
+    ) -> None:
+        """Take our ends (owned from now on, closed here on failure) and open the log files;
+        ``positions`` are ``(next byte to hand on, file size)`` per stream (a later server
+        resumes mid-file)."""
+        readers: list[KeptReader] = []
+        try:
+            for path, (pos, end) in zip(
+                (self._files.stdout, self._files.stderr), positions, strict=True
+            ):
+                file = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                readers.append(KeptReader(out if not readers else err, file, pos, end))
+        except BaseException:
+            for r in readers:
+                r.close()
+            for fd in (out, err, in_)[len(readers) :]:
+                if fd is not None:
+                    os.close(fd)
+            raise
+        self._kept_readers = readers
+        self.stdout, self.stderr = readers
+        self.stdin = None
+        if in_ is not None:
+            loop = asyncio.get_running_loop()
+            proto = asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop))
+            wtransport, _ = await loop.connect_write_pipe(
+                functools.partial(_same, proto), os.fdopen(in_, "wb", 0)
+            )
+            self._transports.append(wtransport)
+            stdin = _KeptStdin(wtransport, proto, None, loop)
+            stdin.on_close = functools.partial(self._spawner.stdin_eof, self._ident)
+            self.stdin = stdin
+
+    def _exited(self, status: int) -> None:
+        if status < 0 and self._detached:
+            return  # this server let go; the init (if any) still has the command
+        super()._exited(status)
+
+    def _release_fds(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        for reader in self._kept_readers:
+            reader.close()
+
+    async def close(self) -> None:
+        if not self._exit.done():
+            await self.kill()
+            await self.wait()
+        self._release_fds()
+        self._spawner.forget(self._ident)
+        self._files.remove()
+        self._cleanup()
+
+    async def detach(self) -> None:
+        """Let go without ending anything: the command, its pipes (kept by the init) and its
+        output stay for the next server."""
+        self._detached = True
+        if self.stdin is not None:
+            assert isinstance(self.stdin, _KeptStdin)
+            self.stdin.on_close = None  # closing our end here is not the client's EOF
+        self._release_fds()

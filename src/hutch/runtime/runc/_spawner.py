@@ -40,7 +40,9 @@ log = logging.getLogger("hutch.runtime")
 SOURCE = Path(__file__).with_name("hutch-init.c")
 
 SPAWN, GO, ABORT, SPAWNED, EXITED, PARK, PARKED, HELLO = 1, 2, 3, 4, 5, 6, 7, 8
-FLAG_PTY, FLAG_USER = 1, 2
+LIST, ENTRY, LISTED, FORGET, STDIN_EOF = 9, 10, 11, 12, 13
+FLAG_PTY, FLAG_USER, FLAG_KEEP = 1, 2, 4
+FEATURE_KEEP = 1  # in the init's answer to HELLO
 _SPAWN = struct.Struct("=IIQIIHHI")  # the last field is the number of supplementary groups
 _USER = struct.Struct("=II")  # uid, gid; then one u32 per supplementary group
 _SHORT = struct.Struct("=IiQ")
@@ -119,9 +121,10 @@ def _spawn_header(
     rows: int,
     cols: int,
     user: Credentials | None,
+    keep: bool = False,
 ) -> bytes:
     """The SPAWN message (see ``hutch-init.c``); ``user=None`` keeps the init's own ids (root)."""
-    flags = FLAG_PTY if pty else 0
+    flags = (FLAG_PTY if pty else 0) | (FLAG_KEEP if keep else 0)
     if user is None:
         return _SPAWN.pack(SPAWN, flags, ident, argc, envc, rows, cols, 0)
     ids = (user.uid, user.gid, *user.groups)
@@ -143,6 +146,24 @@ class Spawned:
     id: int
     pid: int
     master: int | None
+
+
+@dataclass
+class Kept:
+    """A command whose pipe ends the init keeps (FLAG_KEEP), as LIST reports it: the raw wait
+    status once it exited, and dups of the server's ends (stdin None once closed)."""
+
+    id: int
+    status: int | None
+    stdout: int
+    stderr: int
+    stdin: int | None
+
+
+def _close_kept(e: Kept) -> None:
+    for fd in (e.stdout, e.stderr, e.stdin):
+        if fd is not None:
+            os.close(fd)
 
 
 def take_socket(init_pid: int, fd: int) -> socket.socket:
@@ -186,7 +207,10 @@ class Spawner:
         self._first = 1
         #: Answers to PARK (by id) and to HELLO.
         self._replies: dict[int, asyncio.Future[int]] = {}
-        self._hello: asyncio.Future[int] | None = None
+        self._hello: asyncio.Future[tuple[int, int]] | None = None
+        #: The init knows FLAG_KEEP and LIST (one this server built does; an older one's answer
+        #: to HELLO says it does not).
+        self.can_keep = True
         self._spawning: dict[int, asyncio.Future[Spawned]] = {}
         self._on_exit: dict[int, Callable[[int], None]] = {}
         self._early_exits: dict[int, int] = {}
@@ -194,6 +218,10 @@ class Spawner:
         #: every SPAWN, late or not, and the late answer must be consumed, not taken for a
         #: confused init. An id leaves once its answer (and, for a child, its EXITED) came.
         self._abandoned: set[int] = set()
+        #: Kept commands of earlier servers that this one took over (their EXITED matter).
+        self._adopted: set[int] = set()
+        #: The answer to a LIST being collected.
+        self._listing: tuple[int, list[Kept], asyncio.Future[list[Kept]]] | None = None
         self.closed = False
         self._loop.add_reader(sock.fileno(), self._readable)
 
@@ -206,22 +234,27 @@ class Spawner:
         rows: int = 24,
         cols: int = 80,
         user: Credentials | None = None,
+        keep: tuple[int, int, int] | None = None,
     ) -> Spawned:
         """Fork a child that waits for :meth:`go`; ``stdio=None`` asks for a new PTY.
 
         With ``user`` the command runs with those credentials; without, as the init (root).
+        With ``keep`` (our stdout, stderr and stdin ends) the init keeps copies of those until
+        :meth:`forget`, and the command's exit status (see FLAG_KEEP in ``hutch-init.c``).
         """
         if self.closed:
             raise SpawnerError("the sandbox's init is not listening")
         ident = self._next
         self._next += 1
-        header = _spawn_header(ident, len(argv), len(env), stdio is None, rows, cols, user)
+        header = _spawn_header(
+            ident, len(argv), len(env), stdio is None, rows, cols, user, keep is not None
+        )
         payload = _payload(argv, env, cwd)
         fut: asyncio.Future[Spawned] = self._loop.create_future()
         self._spawning[ident] = fut
         try:
             try:
-                await self._send(header, [payload, *(stdio or ())])
+                await self._send(header, [payload, *(stdio or ()), *(keep or ())])
             finally:
                 os.close(payload)
         except BaseException:
@@ -239,6 +272,8 @@ class Spawner:
             elif not fut.done():
                 self._abandoned.add(ident)
             self._send_nowait(_SHORT.pack(ABORT, 0, ident))
+            if keep is not None:
+                self.forget(ident)
             if isinstance(exc, TimeoutError):
                 raise SpawnerError("the sandbox's init did not answer") from None
             raise
@@ -272,12 +307,64 @@ class Spawner:
         self._hello = self._loop.create_future()
         try:
             self._send_nowait(_SHORT.pack(HELLO, 0, 0))
-            last = await asyncio.wait_for(self._hello, SPAWN_TIMEOUT)
+            last, features = await asyncio.wait_for(self._hello, SPAWN_TIMEOUT)
         except BaseException:
             self.close()
             raise
         self._next = self._first = last + 1
+        self.can_keep = bool(features & FEATURE_KEEP)
         return self
+
+    @property
+    def first_id(self) -> int:
+        """Ids below this were used by an earlier server."""
+        return self._first
+
+    async def list_kept(self) -> list[Kept]:
+        """Every command the init keeps (LIST); the caller owns the descriptors returned.
+
+        Those of an earlier server are adopted: their EXITED, from now on, goes to :meth:`adopt`.
+        """
+        if self.closed:
+            raise SpawnerError("the sandbox's init is not listening")
+        if not self.can_keep:
+            return []  # an init from before kept commands: it keeps none
+        if self._listing is not None:
+            raise SpawnerError("a LIST is already in progress")
+        ident = self._next
+        self._next += 1
+        fut: asyncio.Future[list[Kept]] = self._loop.create_future()
+        entries: list[Kept] = []
+        self._listing = (ident, entries, fut)
+        try:
+            await self._send(_SHORT.pack(LIST, 0, ident), [])
+            return await asyncio.wait_for(asyncio.shield(fut), SPAWN_TIMEOUT)
+        except TimeoutError:
+            raise SpawnerError("the sandbox's init did not answer") from None
+        finally:
+            self._listing = None
+            if not fut.done():  # given up on: the entries gathered so far are nobody's
+                fut.cancel()
+                for e in entries:
+                    _close_kept(e)
+
+    def adopt(self, ident: int, on_exit: Callable[[int], None]) -> None:
+        """Follow an earlier server's kept command: ``on_exit`` gets its raw wait status, or -1
+        if the init went away first."""
+        if ident in self._early_exits:
+            on_exit(self._early_exits.pop(ident))
+        else:
+            self._on_exit[ident] = on_exit
+
+    def forget(self, ident: int) -> None:
+        """Have the init close its copies of a kept command's ends and drop its status."""
+        self._adopted.discard(ident)
+        self._early_exits.pop(ident, None)
+        self._send_nowait(_SHORT.pack(FORGET, 0, ident))
+
+    def stdin_eof(self, ident: int) -> None:
+        """Have the init close its copy of a kept command's stdin (so the command sees EOF)."""
+        self._send_nowait(_SHORT.pack(STDIN_EOF, 0, ident))
 
     def release(self, ident: int, on_exit: Callable[[int], None], *, run: bool = True) -> None:
         """Let the waiting child exec (or, with ``run=False``, exit 255 without running).
@@ -297,7 +384,8 @@ class Spawner:
         self._abandoned.clear()
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
-        for fut in [*self._spawning.values(), *self._replies.values(), self._hello]:
+        listing = self._listing[2] if self._listing is not None else None
+        for fut in [*self._spawning.values(), *self._replies.values(), self._hello, listing]:
             if fut is not None and not fut.done():
                 fut.set_exception(SpawnerError("the sandbox's init went away"))
         callbacks, self._on_exit = self._on_exit, {}
@@ -335,7 +423,7 @@ class Spawner:
     def _readable(self) -> None:
         while not self.closed:
             try:
-                data, fds, flags, _ = socket.recv_fds(self._sock, 64, 2, socket.MSG_CMSG_CLOEXEC)
+                data, fds, flags, _ = socket.recv_fds(self._sock, 64, 3, socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return
             except OSError:
@@ -363,9 +451,12 @@ class Spawner:
             for fd in fds:
                 os.close(fd)
             if kind == HELLO:
-                self._hello.set_result(ident)
+                self._hello.set_result((ident, value))
             return
-        if ident < self._first and kind in (SPAWNED, EXITED):
+        if kind in (ENTRY, LISTED):
+            self._on_listing(kind, value, ident, fds)
+            return
+        if ident < self._first and kind in (SPAWNED, EXITED) and ident not in self._adopted:
             for fd in fds:
                 os.close(fd)
             return  # an earlier server's command
@@ -383,7 +474,7 @@ class Spawner:
                 cb(value)
             elif ident in self._abandoned:
                 self._abandoned.discard(ident)
-            elif ident < self._next:
+            elif ident < self._next or ident in self._adopted:
                 self._early_exits[ident] = value
             return
         if kind == SPAWNED and ident in self._abandoned:
@@ -410,6 +501,34 @@ class Spawner:
         finally:
             os.close(pidfd)
         fut.set_result(Spawned(ident, pid, master))
+
+    def _on_listing(self, kind: int, value: int, ident: int, fds: list[int]) -> None:
+        listing = self._listing
+        if listing is None or listing[2].done():
+            for fd in fds:
+                os.close(fd)
+            raise ValueError("an answer to a LIST nobody asked")
+        request, entries, fut = listing
+        if kind == LISTED:
+            for fd in fds:
+                os.close(fd)
+            if ident != request:
+                raise ValueError(f"LISTED for {ident}, not {request}")
+            if value < 0:
+                for e in entries:
+                    _close_kept(e)
+                fut.set_exception(SpawnerError(f"the init cannot list: {os.strerror(-value)}"))
+                return
+            fut.set_result(entries)
+            return
+        if len(fds) not in (2, 3):
+            for fd in fds:
+                os.close(fd)
+            raise ValueError(f"ENTRY with {len(fds)} descriptors")
+        if ident < self._first:
+            self._adopted.add(ident)
+        status = None if value < 0 else value
+        entries.append(Kept(ident, status, fds[0], fds[1], fds[2] if len(fds) == 3 else None))
 
 
 def exit_code(status: int) -> int:

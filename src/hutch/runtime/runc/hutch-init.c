@@ -20,7 +20,15 @@
  *   server -> init  PARK     {u32 type=6, u32 0, u64 id}  fds: [the server's own end of this socket]
  *   init -> server  PARKED   {u32 type=7, i32 fd number or -errno, u64 id}
  *   server -> init  HELLO    {u32 type=8, u32 0, u64 id}
- *   init -> server  HELLO    {u32 type=8, i32 0, u64 the highest command id it has seen}
+ *   init -> server  HELLO    {u32 type=8, i32 features, u64 the highest command id it has seen}
+ *                            features: FEATURE_KEEP (1) if it knows FLAG_KEEP and what follows
+ *                            (an init from before answers 0: a server then keeps nothing)
+ *   server -> init  LIST     {u32 type=9, u32 0, u64 id}
+ *   init -> server  ENTRY    {u32 type=10, i32 wait status or -1 while running, u64 command id}
+ *                            fds: [stdout, stderr] or [stdout, stderr, stdin] (the kept ends)
+ *   init -> server  LISTED   {u32 type=11, i32 number of ENTRYs or -errno, u64 LIST's id}
+ *   server -> init  FORGET   {u32 type=12, u32 0, u64 id}  close a kept command's ends, drop it
+ *   server -> init  STDIN_EOF {u32 type=13, u32 0, u64 id}  close a kept command's stdin end
  *
  * PARK is how the control socket outlives the server: the init holds the server's end (never
  * reading it) at the fd number PARKED names, so a server that exits or is killed leaves the
@@ -28,6 +36,14 @@
  * ids already used. Nothing the init sends is lost meanwhile: a message the socket cannot take
  * (its queue is full while no server reads) waits in order in the init's own bounded queue, and
  * the init keeps reaping.
+ *
+ * KEEP (a SPAWN flag, pipes only) is how a command outlives the server: the SPAWN then carries
+ * three more fds, the server's own ends of the command's pipes (stdout and stderr read ends,
+ * stdin write end). The init holds them (never reading or writing) and, once the command is
+ * reaped, its wait status, until the server sends FORGET. So a server that dies does not end
+ * the command's pipes (no SIGPIPE, no EOF on stdin), and a restarted one asks LIST for every
+ * kept command: one ENTRY each (with dups of the ends), then LISTED. The command's output is
+ * kept by the server (see _process.py), not here: this keeps only descriptors and numbers.
  *
  * A spawned child waits for GO before it execs, so that the server can first move it into the
  * command's own cgroup (kill takes the whole tree from there). It runs the command with its
@@ -59,6 +75,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -71,8 +88,13 @@
 #define TIOCGPTPEER _IO('T', 0x41)
 #endif
 
-enum { SPAWN = 1, GO = 2, ABORT = 3, SPAWNED = 4, EXITED = 5, PARK = 6, PARKED = 7, HELLO = 8 };
-enum { FLAG_PTY = 1, FLAG_USER = 2 };
+enum {
+    SPAWN = 1, GO = 2, ABORT = 3, SPAWNED = 4, EXITED = 5, PARK = 6, PARKED = 7, HELLO = 8,
+    LIST = 9, ENTRY = 10, LISTED = 11, FORGET = 12, STDIN_EOF = 13
+};
+enum { FLAG_PTY = 1, FLAG_USER = 2, FLAG_KEEP = 4 };
+enum { FEATURE_KEEP = 1 };
+#define MAX_KEPT 320 /* commands kept at once; a server keeps at most 288 per sandbox */
 #define MAX_CHILDREN 4096
 #define MAX_PAYLOAD (8u << 20)
 #define MAX_GROUPS 64
@@ -110,18 +132,28 @@ struct child {
     int go_fd; /* write end of the child's GO pipe, -1 once used */
 };
 
+/* A command whose pipe ends the init keeps for the server (FLAG_KEEP). */
+struct kept {
+    uint64_t id;
+    int status; /* wait status once reaped, else -1 */
+    int fds[3]; /* the server's stdout, stderr and stdin ends; -1 once closed */
+};
+
+static struct kept kept[MAX_KEPT];
+static int nkept;
 static struct child children[MAX_CHILDREN];
 static int nchildren;
 static int ctl = -1;
 static int parked = -1;    /* the server's end of ctl (PARK), kept open across server restarts */
 static uint64_t max_id;    /* the highest command id seen (HELLO) */
+static struct rlimit nofile; /* the sandbox's own limit, given back to each command */
 
 /* Messages the socket could not take yet, oldest first: at most a SPAWNED and an EXITED per
  * child, and one answer per request being handled, so this never overflows. */
-#define MAX_PENDING (2 * MAX_CHILDREN + 8)
+#define MAX_PENDING (2 * MAX_CHILDREN + 8 + 4 * (MAX_KEPT + 1))
 struct pending {
     struct short_msg m;
-    int fds[2], nfds;
+    int fds[3], nfds;
 };
 static struct pending pending[MAX_PENDING];
 static int npending, pending_head;
@@ -129,6 +161,12 @@ static int npending, pending_head;
 extern char **environ;
 
 static void release_go(struct child *c, char what);
+
+static void close_all(const int *fds, int n) {
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
 
 /* The control socket is closed for good: from now on, only reap. Children still waiting for GO
  * exit, and messages not yet sent are dropped. */
@@ -148,7 +186,7 @@ static void close_ctl(void) {
 static int try_send(const struct short_msg *m, const int *fds, int nfds) {
     struct iovec iov = {(void *)m, sizeof *m};
     union {
-        char buf[CMSG_SPACE(2 * sizeof(int))];
+        char buf[CMSG_SPACE(3 * sizeof(int))];
         struct cmsghdr align;
     } u;
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
@@ -211,6 +249,18 @@ static void send_msg(uint32_t type, int32_t value, uint64_t id, const int *fds, 
     npending++;
 }
 
+static struct kept *find_kept(uint64_t id) {
+    for (int i = 0; i < nkept; i++)
+        if (kept[i].id == id)
+            return &kept[i];
+    return NULL;
+}
+
+static void forget(struct kept *k) {
+    close_all(k->fds, 3);
+    *k = kept[--nkept];
+}
+
 static struct child *find(uint64_t id) {
     for (int i = 0; i < nchildren; i++)
         if (children[i].id == id)
@@ -237,6 +287,9 @@ static void reap(void) {
             if (children[i].pid != pid)
                 continue;
             send_msg(EXITED, status, children[i].id, NULL, 0);
+            struct kept *k = find_kept(children[i].id);
+            if (k)
+                k->status = status;
             if (children[i].go_fd >= 0)
                 close(children[i].go_fd);
             children[i] = children[--nchildren];
@@ -300,12 +353,6 @@ nomem:
     return ENOMEM;
 }
 
-static void close_all(const int *fds, int n) {
-    for (int i = 0; i < n; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
-}
-
 /* Take the command's credentials; NULL on success, else the call that failed (errno set). */
 static const char *become(const struct spawn_user *u, uint32_t ngroups) {
     gid_t groups[MAX_GROUPS];
@@ -335,6 +382,7 @@ static void child_main(const struct spawn_msg *m, const struct spawn_user *user,
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    setrlimit(RLIMIT_NOFILE, &nofile);
     setsid();
     if (m->flags & FLAG_PTY) {
         int s = ioctl(master, TIOCGPTPEER, O_RDWR);
@@ -384,8 +432,10 @@ static int check_spawn(const struct spawn_full *f, size_t len) {
     const struct spawn_msg *m = &f->h;
     if (len < sizeof *m)
         return EBADMSG;
-    if (m->flags & ~(uint32_t)(FLAG_PTY | FLAG_USER))
+    if (m->flags & ~(uint32_t)(FLAG_PTY | FLAG_USER | FLAG_KEEP))
         return EINVAL;
+    if ((m->flags & FLAG_PTY) && (m->flags & FLAG_KEEP))
+        return EINVAL; /* a terminal's output cannot be kept */
     if (!(m->flags & FLAG_USER))
         return m->ngroups == 0 && len == sizeof *m ? 0 : EBADMSG;
     if (m->ngroups > MAX_GROUPS ||
@@ -404,12 +454,16 @@ static void spawn(const struct spawn_full *f, size_t len, int *fds, int nfds) {
     const struct spawn_user *user = (m->flags & FLAG_USER) ? &f->u : NULL;
     char *cwd = NULL, **argv = NULL, **envp = NULL;
     int pty = (m->flags & FLAG_PTY) != 0;
+    int keep = (m->flags & FLAG_KEEP) != 0;
+    int want = (pty ? 1 : 4) + (keep ? 3 : 0);
     int master = -1, go[2] = {-1, -1};
     int err = check_spawn(f, len);
     if (m->id > max_id)
         max_id = m->id;
-    if (!err && (nfds != (pty ? 1 : 4) || nchildren >= MAX_CHILDREN || find(m->id)))
-        err = nfds != (pty ? 1 : 4) ? EBADMSG : (nchildren >= MAX_CHILDREN ? EAGAIN : EEXIST);
+    if (!err && (nfds != want || nchildren >= MAX_CHILDREN || find(m->id)))
+        err = nfds != want ? EBADMSG : (nchildren >= MAX_CHILDREN ? EAGAIN : EEXIST);
+    if (!err && keep && (nkept >= MAX_KEPT || find_kept(m->id)))
+        err = nkept >= MAX_KEPT ? EAGAIN : EEXIST;
     if (!err)
         err = parse_payload(fds[0], m, &cwd, &argv, &envp);
     if (!err && pty) {
@@ -451,7 +505,7 @@ static void spawn(const struct spawn_full *f, size_t len, int *fds, int nfds) {
         free(argv);
         free(envp);
     }
-    close_all(fds, nfds);
+    close_all(fds, err || !keep ? nfds : 4); /* on success the kept ends stay (below) */
     if (go[0] >= 0)
         close(go[0]);
     if (err) {
@@ -463,6 +517,8 @@ static void spawn(const struct spawn_full *f, size_t len, int *fds, int nfds) {
         return;
     }
     children[nchildren++] = (struct child){m->id, pid, go[1]};
+    if (keep)
+        kept[nkept++] = (struct kept){m->id, -1, {fds[4], fds[5], fds[6]}};
     int out[2] = {pidfd, master};
     send_msg(SPAWNED, 0, m->id, out, pty ? 2 : 1);
     close(pidfd);
@@ -528,7 +584,31 @@ static void on_control(void) {
         /* A new server took over: it never sends GO for a spawn of the one before. */
         for (int i = 0; i < nchildren; i++)
             release_go(&children[i], 'x');
-        send_msg(HELLO, 0, max_id, NULL, 0);
+        send_msg(HELLO, FEATURE_KEEP, max_id, NULL, 0);
+        return;
+    }
+    if (m.brief.type == LIST && n == (ssize_t)sizeof m.brief) {
+        if (npending + nkept + 1 > MAX_PENDING) {
+            send_msg(LISTED, -EAGAIN, m.brief.id, NULL, 0);
+            return;
+        }
+        for (int i = 0; i < nkept; i++) {
+            int out[3], nout = 0;
+            for (int j = 0; j < 3 && kept[i].fds[j] >= 0; j++)
+                out[nout++] = kept[i].fds[j];
+            send_msg(ENTRY, kept[i].status, kept[i].id, out, nout);
+        }
+        send_msg(LISTED, nkept, m.brief.id, NULL, 0);
+        return;
+    }
+    if ((m.brief.type == FORGET || m.brief.type == STDIN_EOF) && n == (ssize_t)sizeof m.brief) {
+        struct kept *k = find_kept(m.brief.id);
+        if (k && m.brief.type == FORGET)
+            forget(k);
+        else if (k && k->fds[2] >= 0) {
+            close(k->fds[2]);
+            k->fds[2] = -1;
+        }
         return;
     }
     if ((m.brief.type == GO || m.brief.type == ABORT) && n == (ssize_t)sizeof m.brief) {
@@ -540,6 +620,14 @@ static void on_control(void) {
 
 int main(void) {
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    /* Kept commands hold three fds each here: take the hard limit, not the soft one (a command
+     * gets the sandbox's own back before it execs). */
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+        struct rlimit mine = {nofile.rlim_max, nofile.rlim_max};
+        setrlimit(RLIMIT_NOFILE, &mine);
+    } else {
+        nofile.rlim_cur = nofile.rlim_max = RLIM_INFINITY;
+    }
     struct stat st;
     if (fstat(0, &st) == 0 && S_ISSOCK(st.st_mode))
         ctl = fcntl(0, F_DUPFD_CLOEXEC, 3);
