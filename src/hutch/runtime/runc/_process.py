@@ -203,6 +203,10 @@ def check_peer_is_root(conn: socket.socket) -> None:
 #: Output already handed on stays in a kept log this long (bytes per stream) before its disk
 #: blocks are given back: a restarted server replays at most this much history.
 KEPT_HISTORY = 8 * 1024 * 1024
+#: Most bytes a kept stream moves from its pipe, or reads from its file, at once; its pipe is
+#: made this large too, so a fast writer's output moves in few system calls (and more of it
+#: waits in the pipe, which the init keeps, while no server reads).
+KEPT_BATCH = 1024 * 1024
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
@@ -223,12 +227,16 @@ class KeptReader(asyncio.StreamReader):
     def __init__(self, pipe: int, file: int, pos: int, end: int) -> None:
         super().__init__()
         os.set_blocking(pipe, False)
+        with contextlib.suppress(OSError):  # above the host's pipe-max-size: stays as it is
+            fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, KEPT_BATCH)
         self._pipe = pipe
         self._file = file
         self._pos = pos  # the next byte to hand on
         self._end = end  # the file's size: bytes moved out of the pipe
         self._punched = 0
         self._eof = False
+        #: Bytes read from the file but not handed on yet (all of them at ``_pos``).
+        self._ahead = memoryview(b"")
 
     @property
     def offset(self) -> int:
@@ -237,11 +245,18 @@ class KeptReader(asyncio.StreamReader):
     async def read(self, n: int = -1) -> bytes:
         if n <= 0:
             n = 1 << 16
-        if self._pos >= self._end and not self._eof:
-            await self._fill(n)
-        if self._pos >= self._end:
-            return b""
-        data = os.pread(self._file, min(n, self._end - self._pos), self._pos)
+        if not self._ahead:
+            if self._pos + len(self._ahead) >= self._end and not self._eof:
+                await self._fill()
+            if self._pos >= self._end:
+                return b""
+            # Read ahead from the file (its bytes are kept there already): one pread for
+            # many of the session's reads.
+            self._ahead = memoryview(
+                os.pread(self._file, min(KEPT_BATCH, self._end - self._pos), self._pos)
+            )
+        data = bytes(self._ahead[:n])
+        self._ahead = self._ahead[len(data) :]
         self._pos += len(data)
         if self._pos - self._punched >= 2 * KEPT_HISTORY:
             upto = (self._pos - KEPT_HISTORY) & ~0xFFFF
@@ -250,12 +265,18 @@ class KeptReader(asyncio.StreamReader):
                 self._punched = upto
         return data
 
-    async def _fill(self, n: int) -> None:
+    async def _fill(self) -> None:
+        """Move what the pipe holds (up to :data:`KEPT_BATCH`) to the file; wait for some if
+        it holds nothing."""
         loop = asyncio.get_running_loop()
         while True:
             try:
                 moved = os.splice(
-                    self._pipe, self._file, n, offset_dst=self._end, flags=os.SPLICE_F_NONBLOCK
+                    self._pipe,
+                    self._file,
+                    KEPT_BATCH,
+                    offset_dst=self._end,
+                    flags=os.SPLICE_F_NONBLOCK,
                 )
             except BlockingIOError:
                 ready: asyncio.Future[None] = loop.create_future()
@@ -273,6 +294,21 @@ class KeptReader(asyncio.StreamReader):
             if moved == 0:
                 self._eof = True
             self._end += moved
+            # More may be there already (a pipe hands over one buffer per splice).
+            while moved and self._end - self._pos < KEPT_BATCH:
+                try:
+                    moved = os.splice(
+                        self._pipe,
+                        self._file,
+                        KEPT_BATCH - (self._end - self._pos),
+                        offset_dst=self._end,
+                        flags=os.SPLICE_F_NONBLOCK,
+                    )
+                except BlockingIOError:
+                    break
+                if moved == 0:
+                    self._eof = True
+                self._end += moved
             return
 
     def close(self) -> None:
