@@ -1,6 +1,6 @@
 """Commands run as a chosen user: resolution against the sandbox's files, hutch-init, runc exec.
 
-The first part checks the pure resolution (:mod:`hutch.runtime._users`) with examples and
+The first part checks the pure resolution (:mod:`hutch.runtime.runc._users`) with examples and
 hypothesis; the second the credentials in hutch-init's SPAWN message, against the real binary run
 as an ordinary process; the third real sandboxes, through hutch-init and through the ``runc exec``
 fallback of adopted sandboxes.
@@ -26,11 +26,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hutch.runtime import _users
 from hutch.runtime._interface import ExecSpec, SandboxSpec, SpawnError
-from hutch.runtime._users import Credentials, UserError
 from hutch.runtime.images import Image, ImageStore
-from hutch.runtime.runc import RuncRuntime, _spawner
+from hutch.runtime.runc import RuncRuntime, _spawner, _users
+from hutch.runtime.runc._users import Credentials, UserError
 from tests.conftest import TIME_SCALE
 
 #: The async tests share the session's event loop (the module's sandbox fixture lives on it).
@@ -359,7 +358,7 @@ async def test_malformed_credentials_are_refused_and_nothing_runs(
         3: (spawn(3, 2, 65, user(1, 1, *range(65))), "EBADMSG"),  # too many groups
         4: (spawn(4, 0, 1, b""), "EBADMSG"),  # groups without FLAG_USER
         5: (spawn(5, 0, 0, user(1, 1)), "EBADMSG"),  # credentials without FLAG_USER
-        6: (spawn(6, 4, 0, b""), "EINVAL"),  # unknown flag
+        6: (spawn(6, 8, 0, b""), "EINVAL"),  # unknown flag
         7: (spawn(7, 2, 0, user(65536, 1)), "EINVAL"),
         8: (spawn(8, 2, 0, user(1, 0xFFFFFFFF)), "EINVAL"),  # -1 would mean "unchanged"
         9: (spawn(9, 2, 1, user(1, 1, 0xFFFFFFFF)), "EINVAL"),

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from hutch.runtime import _netns, _users
+from hutch.runtime import _netns
 from hutch.runtime._interface import (
     ExecSpec,
     KeptCommand,
@@ -29,7 +29,7 @@ from hutch.runtime._interface import (
     SandboxNotFound,
     SpawnError,
 )
-from hutch.runtime.runc import _cgroups, _spawner, _spec
+from hutch.runtime.runc import _cgroups, _spawner, _spec, _users
 from hutch.runtime.runc._bundle import CONTROL_FD, BundleMixin
 from hutch.runtime.runc._process import (
     DetachedProcess,

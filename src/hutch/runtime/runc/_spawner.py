@@ -14,7 +14,7 @@ vouches for. The pid comes from the pidfd (the kernel translates it; the init ca
 processes of its own sandbox), and an exit status can only misreport that sandbox's own command.
 
 Credentials (who the command runs as) ride in the SPAWN message after its header, as resolved by
-the server (:mod:`hutch.runtime._users`); the child takes them after GO, right before it execs.
+the server (:mod:`hutch.runtime.runc._users`); the child takes them after GO, right before it execs.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hutch.runtime._users import MAX_GROUPS, MAX_ID, Credentials
+from hutch.runtime.runc._users import MAX_GROUPS, MAX_ID, Credentials
 
 log = logging.getLogger("hutch.runtime")
 

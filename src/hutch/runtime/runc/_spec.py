@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from hutch.runtime._interface import SandboxSpec
-from hutch.runtime._users import Credentials
 from hutch.runtime.runc import _seccomp
 from hutch.runtime.runc._userns import IdMap
+from hutch.runtime.runc._users import Credentials
 
 # The sandbox's pid 1, bind-mounted read-only into /dev's tmpfs: hutch-init (see _spawner), or
 # catatonit where hutch-init could not be built.
